@@ -1,0 +1,18 @@
+"""CheckHealth: during a bake, the gating alarms decide whether the rollout goes on."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from layershift_core.health import check_health
+from layershift_core.models import StepState
+from layershift_core.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=StepState)
+def handler(event: StepState, context: LambdaContext) -> dict[str, Any]:
+    return check_health(event).model_dump(mode="json", exclude_none=True)

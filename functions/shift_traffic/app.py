@@ -1,0 +1,18 @@
+"""SetTrafficWeight: route one traffic step's share of each alias to the new version."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from layershift_core.models import StepState
+from layershift_core.traffic import shift_traffic
+from layershift_core.observability import logger, metrics, tracer
+from layershift_core.settings import load_settings
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=StepState)
+def handler(event: StepState, context: LambdaContext) -> dict[str, Any]:
+    return shift_traffic(event, load_settings()).model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,37 @@
+"""The artifact bucket: pushed specs, per-rollout records, and build outputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .aws import client
+
+
+def rollout_prefix(layer: str, rollout_id: str) -> str:
+    return f"rollouts/{layer}/{rollout_id}/"
+
+
+def artifact_prefix(layer: str, build_key: str) -> str:
+    return f"artifacts/{layer}/{build_key}/"
+
+
+def read_bytes(bucket: str, key: str, version_id: str | None = None) -> bytes:
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id:
+        kwargs["VersionId"] = version_id
+    return client("s3").get_object(**kwargs)["Body"].read()
+
+
+def write_bytes(bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream") -> str | None:
+    response = client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    return response.get("VersionId")
+
+
+def read_json(bucket: str, key: str) -> Any:
+    return json.loads(read_bytes(bucket, key))
+
+
+def write_json(bucket: str, key: str, value: Any) -> str | None:
+    body = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+    return write_bytes(bucket, key, body, "application/json")

@@ -1,0 +1,57 @@
+"""Every domain exception, in one module.
+
+A Python exception's class name becomes the Step Functions error name when a Lambda task raises
+it, so the state machine catches these by name. Rename one and the ASL must change with it.
+"""
+
+
+class LayershiftError(Exception):
+    """Base of every error layershift raises on purpose."""
+
+
+class InvalidRequirements(LayershiftError):
+    """The pushed requirements file breaks the requirements policy. Nothing is built."""
+
+
+class InvalidLayerSpec(LayershiftError):
+    """layer.toml is malformed or holds a value out of range. Nothing is built."""
+
+
+class LayerLocked(LayershiftError):
+    """Another rollout holds this layer's lock."""
+
+
+class BuildFailed(LayershiftError):
+    """The layer could not be built (resolution, sdist-only package, smoke test, size budget)."""
+
+
+class SdistOnlyPackage(BuildFailed):
+    """A requirement has no wheel for the target runtime and architecture."""
+
+
+class SizeBudgetExceeded(BuildFailed):
+    """The unzipped layer is over Lambda's 250 MB budget."""
+
+
+class ImportSmokeTestFailed(BuildFailed):
+    """A top-level module of the built layer does not import."""
+
+
+class ArtifactMissing(LayershiftError):
+    """A build reported success but its layer zip or manifest is not in the artifact bucket."""
+
+
+class ConcurrentModification(LayershiftError):
+    """A function or alias changed under us (RevisionId no longer matches)."""
+
+
+class RolloutUnhealthy(LayershiftError):
+    """A gating alarm or the canary analysis says the new layer version is worse."""
+
+
+class RollbackIncomplete(LayershiftError):
+    """Restoring at least one alias failed: an operator must act."""
+
+
+class InvalidRequest(LayershiftError):
+    """The execution input does not describe a pushed layer spec in the artifact bucket."""

@@ -1,0 +1,179 @@
+"""The typed boundaries of the rollout workflow.
+
+Every Lambda task receives the execution state and returns it with its own section filled in, so
+the state reads top to bottom in the Step Functions console: `request` (what was pushed),
+`rollout` (the validated request), `build`, `layer_version`, `plan`, then `outcome`. The plan
+itself lives in S3 and DynamoDB; the state carries only its key and counts, far below Step
+Functions' 256 KB payload limit.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LAYER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+LayerName = Annotated[str, Field(pattern=LAYER_NAME_PATTERN)]
+Runtime = Literal["python3.11", "python3.12", "python3.13"]
+Architecture = Literal["x86_64", "arm64"]
+
+
+class Model(BaseModel):
+    """Base for models that cross a boundary: unknown fields are kept, so a task passes through
+    what later tasks added."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class TrafficStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: int = Field(ge=1, le=99, description="percent of the alias's traffic on the new version")
+    bake_seconds: int = Field(ge=0, le=86_400, description="how long to watch before the next step")
+
+
+class LayerSpec(BaseModel):
+    """layer.toml, resolved against the template's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtimes: list[Runtime] = Field(min_length=1)
+    architectures: list[Architecture] = Field(min_length=1)
+    allow_ranges: bool = False
+    license: str | None = Field(default=None, max_length=512)
+    alias: str = Field(pattern=r"^(?!^[0-9]+$)[A-Za-z0-9_-]{1,128}$")
+    functions: list[str] = Field(default_factory=list, description="extra target functions by name")
+    strategy: str
+    steps: list[TrafficStep]
+    poll_seconds: int = Field(ge=1, le=3_600)
+    alarms: list[str] = Field(default_factory=list)
+
+
+class RolloutRequest(Model):
+    """What started the execution: a pushed requirements file, pinned to its S3 object version."""
+
+    layer: str = Field(max_length=1024)
+    bucket: str
+    requirements_key: str
+    requirements_version: str | None = None
+    config_key: str | None = None
+    config_version: str | None = None
+    source: Literal["s3", "codecommit", "cli"] = "s3"
+    commit_id: str | None = None
+
+
+class BuildEnvironmentVariable(BaseModel):
+    Name: str
+    Value: str
+    Type: Literal["PLAINTEXT"] = "PLAINTEXT"
+
+
+class ValidatedRollout(Model):
+    rollout_id: str
+    layer: LayerName
+    spec: LayerSpec
+    build_key: str
+    runtime: Runtime
+    architecture: Architecture
+    requirements_uri: str
+    artifact_prefix: str
+    build_environment: list[BuildEnvironmentVariable]
+
+
+class LayerVersionRef(Model):
+    arn: str
+    version: int
+    build_key: str
+    compatible_runtimes: list[str] = Field(default_factory=list)
+    compatible_architectures: list[str] = Field(default_factory=list)
+    unzipped_bytes: int = 0
+
+
+class BuildDecision(Model):
+    reused: bool
+    layer_version: LayerVersionRef | None = None
+
+
+class Verdict(StrEnum):
+    TARGET = "target"
+    SKIPPED = "skipped"
+
+
+class TargetPlan(Model):
+    function_name: str
+    alias: str
+    verdict: Verdict
+    reason: str | None = None
+    old_version: str | None = None
+    current_layers: list[str] = Field(default_factory=list)
+    new_layers: list[str] = Field(default_factory=list)
+    revision_id: str | None = None
+    new_version: str | None = None
+
+
+class RolloutPlan(Model):
+    rollout_id: str
+    layer: str
+    layer_version_arn: str
+    alias: str
+    steps: list[TrafficStep]
+    targets: list[TargetPlan]
+
+    @property
+    def active(self) -> list[TargetPlan]:
+        return [t for t in self.targets if t.verdict is Verdict.TARGET]
+
+
+class PlanSummary(Model):
+    plan_key: str
+    target_count: int
+    skipped_count: int
+    steps: list[TrafficStep]
+
+
+class ErrorInfo(Model):
+    Error: str
+    Cause: str | None = None
+
+
+class Outcome(Model):
+    status: Literal["promoted", "rolled_back", "rejected", "rollback_incomplete"]
+    error: str | None = None
+    cause: str | None = None
+    restored: list[str] = Field(default_factory=list)
+    unrestored: list[str] = Field(default_factory=list)
+
+
+class RolloutState(Model):
+    """The execution state: each task fills in its own section."""
+
+    request: RolloutRequest
+    rollout: ValidatedRollout | None = None
+    build: BuildDecision | None = None
+    layer_version: LayerVersionRef | None = None
+    plan: PlanSummary | None = None
+    error: ErrorInfo | None = None
+    outcome: Outcome | None = None
+
+
+class StepState(Model):
+    """One traffic step inside the ShiftTraffic Map: small on purpose."""
+
+    rollout_id: str
+    layer: str
+    plan_key: str
+    alarms: list[str]
+    poll_seconds: int
+    step: TrafficStep
+    step_index: int
+    started_at: float | None = None
+    wait_seconds: int = 0
+    bake_complete: bool = False
+    checks: int = 0
+
+
+class NotifyRequest(Model):
+    event: Literal["promoted", "rolled_back", "rejected", "rollback_incomplete"]
+    state: RolloutState

@@ -1,0 +1,150 @@
+"""Step 5: find every function that should move to the new layer version, and say why not where not.
+
+The plan is written to S3 (the full record) and its counts to the execution state; Step
+Functions' payload and history limits never see the target list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .artifacts import read_json, rollout_prefix, write_json
+from .aws import client
+from .models import LayerVersionRef, PlanSummary, RolloutPlan, RolloutState, TargetPlan, Verdict
+from .registry import Registry
+from .settings import Settings
+
+MAX_LAYERS = 5
+UNZIPPED_LIMIT_BYTES = 262_144_000
+TARGET_TAG = "layershift:layer"
+
+
+def layer_name_of(arn: str) -> str:
+    """`arn:aws:lambda:r:a:layer:NAME:7` → `NAME`."""
+    parts = arn.split(":")
+    return parts[6] if len(parts) >= 8 and parts[5] == "layer" else ""
+
+
+def replace_layer(layers: list[str], new_arn: str) -> list[str]:
+    """The function's layer list with the same layer's position replaced (order kept), or appended."""
+    name = layer_name_of(new_arn)
+    replaced = [new_arn if layer_name_of(arn) == name else arn for arn in layers]
+    return replaced if new_arn in replaced else [*layers, new_arn]
+
+
+def plan_key(layer: str, rollout_id: str) -> str:
+    return rollout_prefix(layer, rollout_id) + "plan.json"
+
+
+def load_plan(bucket: str, key: str) -> RolloutPlan:
+    return RolloutPlan.model_validate(read_json(bucket, key))
+
+
+def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
+    write_json(bucket, key, plan.model_dump(mode="json"))
+
+
+def _candidates(layer: str, extra: list[str]) -> dict[str, dict[str, Any]]:
+    """Functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec."""
+    lam = client("lambda")
+    found: dict[str, dict[str, Any]] = {}
+    for page in lam.get_paginator("list_functions").paginate():
+        for config in page["Functions"]:
+            uses = any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", []))
+            if uses:
+                found[config["FunctionName"]] = config
+                continue
+            tags = lam.list_tags(Resource=config["FunctionArn"]).get("Tags", {})
+            if tags.get(TARGET_TAG) == layer:
+                found[config["FunctionName"]] = config
+    for name in extra:
+        if name not in found:
+            found[name] = lam.get_function_configuration(FunctionName=name)
+    return found
+
+
+def _layer_size(arn: str, cache: dict[str, int]) -> int:
+    if arn not in cache:
+        layer_arn, _, version = arn.rpartition(":")
+        response = client("lambda").get_layer_version(LayerName=layer_arn, VersionNumber=int(version))
+        cache[arn] = int(response["Content"].get("CodeSize", 0))
+    return cache[arn]
+
+
+def assess(
+    config: dict[str, Any], alias_name: str, new_layer: LayerVersionRef, layer_sizes: dict[str, int]
+) -> TargetPlan:
+    """One function's verdict: a target with its before/after, or skipped with the reason."""
+    name = config["FunctionName"]
+    current = [entry["Arn"] for entry in config.get("Layers", [])]
+    plan = TargetPlan(function_name=name, alias=alias_name, verdict=Verdict.SKIPPED, current_layers=current)
+
+    def skip(reason: str) -> TargetPlan:
+        plan.reason = reason
+        return plan
+
+    if config.get("PackageType") == "Image":
+        return skip("container image functions cannot use layers")
+    runtime = config.get("Runtime")
+    if new_layer.compatible_runtimes and runtime not in new_layer.compatible_runtimes:
+        return skip(f"runtime {runtime} is not one the layer supports ({', '.join(new_layer.compatible_runtimes)})")
+    arch = (config.get("Architectures") or ["x86_64"])[0]
+    if new_layer.compatible_architectures and arch not in new_layer.compatible_architectures:
+        return skip(
+            f"architecture {arch} is not one the layer supports ({', '.join(new_layer.compatible_architectures)})"
+        )
+    if new_layer.arn in current:
+        return skip(f"already uses {new_layer.arn}")
+    new_layers = replace_layer(current, new_layer.arn)
+    if len(new_layers) > MAX_LAYERS:
+        return skip(f"already has {len(current)} layers; Lambda allows {MAX_LAYERS}")
+    others = sum(_layer_size(arn, layer_sizes) for arn in new_layers if arn != new_layer.arn)
+    total = int(config.get("CodeSize", 0)) + others + new_layer.unzipped_bytes
+    if total > UNZIPPED_LIMIT_BYTES:
+        return skip(f"code and layers would come to {total / 1e6:.1f} MB, over Lambda's 250 MB unzipped limit")
+
+    lam = client("lambda")
+    try:
+        alias = lam.get_alias(FunctionName=name, Name=alias_name)
+    except lam.exceptions.ResourceNotFoundException:
+        return skip(f"has no alias {alias_name!r}")
+    if alias["FunctionVersion"] == "$LATEST":
+        return skip(f"alias {alias_name!r} points at $LATEST; weighted routing needs a published version")
+    if (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights"):
+        return skip(f"alias {alias_name!r} is already routing traffic to two versions")
+
+    plan.verdict = Verdict.TARGET
+    plan.old_version = alias["FunctionVersion"]
+    plan.new_layers = new_layers
+    plan.revision_id = config.get("RevisionId")
+    return plan
+
+
+def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
+    if state.rollout is None or state.layer_version is None:
+        raise ValueError("planning needs a validated rollout and a layer version")
+    rollout, layer_version = state.rollout, state.layer_version
+    spec = rollout.spec
+    sizes: dict[str, int] = {}
+    candidates = _candidates(rollout.layer, spec.functions)
+    targets = [assess(config, spec.alias, layer_version, sizes) for _, config in sorted(candidates.items())]
+    plan = RolloutPlan(
+        rollout_id=rollout.rollout_id,
+        layer=rollout.layer,
+        layer_version_arn=layer_version.arn,
+        alias=spec.alias,
+        steps=spec.steps,
+        targets=targets,
+    )
+    key = plan_key(rollout.layer, rollout.rollout_id)
+    save_plan(settings.bucket, key, plan)
+    registry = Registry(settings.table)
+    registry.put_rollout(rollout.layer, rollout.rollout_id, status="planned", plan_key=key)
+    registry.set_version_status(rollout.layer, layer_version.version, "rolling_out")
+    state.plan = PlanSummary(
+        plan_key=key,
+        target_count=len(plan.active),
+        skipped_count=len(targets) - len(plan.active),
+        steps=spec.steps,
+    )
+    return state

@@ -1,0 +1,200 @@
+"""The layer registry and the per-layer lock, in one DynamoDB table.
+
+Items (pk / sk):
+- `LAYER#<name>` / `LOCK`: who holds the layer, until when (a lease, so a crashed execution
+  cannot block the layer for ever);
+- `LAYER#<name>` / `VERSION#<000042>`: one published layer version, its build key and status;
+- `LAYER#<name>` / `ROLLOUT#<rollout id>`: one rollout, its status and reason;
+- `BUILD#<build key>` / `BUILD`: the published version a build key produced, for reuse.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .aws import client, error_code
+from .errors import LayerLocked
+
+VersionStatus = str  # published | rolling_out | promoted | rolled_back
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _layer_pk(layer: str) -> dict[str, str]:
+    return {"S": f"LAYER#{layer}"}
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB item as plain Python values."""
+    out: dict[str, Any] = {}
+    for name, typed in item.items():
+        (kind, value), = typed.items()
+        out[name] = int(value) if kind == "N" else value
+    return out
+
+
+class Registry:
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.ddb = client("dynamodb")
+
+    # -- the lock ---------------------------------------------------------------------------
+    def acquire_lock(self, layer: str, owner: str, lease_seconds: int) -> None:
+        now = int(time.time())
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item={
+                    "pk": _layer_pk(layer),
+                    "sk": {"S": "LOCK"},
+                    "owner": {"S": owner},
+                    "acquired_at": {"S": _now_iso()},
+                    "expires_at": {"N": str(now + lease_seconds)},
+                },
+                ConditionExpression="attribute_not_exists(pk) OR #owner = :me OR expires_at < :now",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":me": {"S": owner}, ":now": {"N": str(now)}},
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            holder = self.lock_holder(layer) or {}
+            raise LayerLocked(
+                f"layer {layer!r} is locked by rollout {holder.get('owner', '?')} since "
+                f"{holder.get('acquired_at', '?')}; it is released when that rollout ends"
+            ) from None
+
+    def release_lock(self, layer: str, owner: str) -> bool:
+        """Release the lock if `owner` holds it. Returns whether it was held."""
+        try:
+            self.ddb.delete_item(
+                TableName=self.table,
+                Key={"pk": _layer_pk(layer), "sk": {"S": "LOCK"}},
+                ConditionExpression="#owner = :me",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":me": {"S": owner}},
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def lock_holder(self, layer: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(
+            TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": "LOCK"}}, ConsistentRead=True
+        ).get("Item")
+        return _plain(item) if item else None
+
+    # -- builds and versions ----------------------------------------------------------------
+    def find_build(self, build_key: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(
+            TableName=self.table, Key={"pk": {"S": f"BUILD#{build_key}"}, "sk": {"S": "BUILD"}}
+        ).get("Item")
+        return _plain(item) if item else None
+
+    def forget_build(self, build_key: str) -> None:
+        self.ddb.delete_item(TableName=self.table, Key={"pk": {"S": f"BUILD#{build_key}"}, "sk": {"S": "BUILD"}})
+
+    def record_version(
+        self, layer: str, version: int, arn: str, build_key: str, manifest_key: str, sha256: str, rollout_id: str
+    ) -> None:
+        now = _now_iso()
+        self.ddb.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": {
+                            "pk": _layer_pk(layer),
+                            "sk": {"S": f"VERSION#{version:06d}"},
+                            "arn": {"S": arn},
+                            "version": {"N": str(version)},
+                            "build_key": {"S": build_key},
+                            "manifest_key": {"S": manifest_key},
+                            "sha256": {"S": sha256},
+                            "status": {"S": "published"},
+                            "rollout_id": {"S": rollout_id},
+                            "published_at": {"S": now},
+                        },
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": {
+                            "pk": {"S": f"BUILD#{build_key}"},
+                            "sk": {"S": "BUILD"},
+                            "layer": {"S": layer},
+                            "arn": {"S": arn},
+                            "version": {"N": str(version)},
+                            "manifest_key": {"S": manifest_key},
+                            "sha256": {"S": sha256},
+                        },
+                    }
+                },
+            ]
+        )
+
+    def set_version_status(self, layer: str, version: int, status: VersionStatus, reason: str | None = None) -> None:
+        names = {"#status": "status"}
+        values: dict[str, Any] = {":status": {"S": status}, ":at": {"S": _now_iso()}}
+        update = "SET #status = :status, updated_at = :at"
+        if reason:
+            update += ", reason = :reason"
+            values[":reason"] = {"S": reason[:2000]}
+        self.ddb.update_item(
+            TableName=self.table,
+            Key={"pk": _layer_pk(layer), "sk": {"S": f"VERSION#{version:06d}"}},
+            UpdateExpression=update,
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    def versions(self, layer: str) -> list[dict[str, Any]]:
+        return self._query(layer, "VERSION#")
+
+    # -- rollouts ---------------------------------------------------------------------------
+    def put_rollout(self, layer: str, rollout_id: str, **fields: str) -> None:
+        values = {name: {"S": value} for name, value in fields.items() if value is not None}
+        names = {f"#{name}": name for name in values}
+        update = "SET " + ", ".join(f"#{name} = :{name}" for name in values) + ", updated_at = :updated_at"
+        attr_values = {f":{name}": value for name, value in values.items()}
+        attr_values[":updated_at"] = {"S": _now_iso()}
+        self.ddb.update_item(
+            TableName=self.table,
+            Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}},
+            UpdateExpression=update,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=attr_values,
+        )
+
+    def rollouts(self, layer: str) -> list[dict[str, Any]]:
+        return self._query(layer, "ROLLOUT#")
+
+    def layers(self) -> list[str]:
+        """Every layer with a registry record (a scan: for the CLI's status, not the workflow)."""
+        names: set[str] = set()
+        paginator = self.ddb.get_paginator("scan")
+        for page in paginator.paginate(TableName=self.table, ProjectionExpression="pk"):
+            for item in page["Items"]:
+                pk = item["pk"]["S"]
+                if pk.startswith("LAYER#"):
+                    names.add(pk.removeprefix("LAYER#"))
+        return sorted(names)
+
+    def _query(self, layer: str, prefix: str) -> list[dict[str, Any]]:
+        paginator = self.ddb.get_paginator("query")
+        items: list[dict[str, Any]] = []
+        for page in paginator.paginate(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": _layer_pk(layer), ":prefix": {"S": prefix}},
+        ):
+            items.extend(_plain(item) for item in page["Items"])
+        return items
+
+
+def is_missing(exc: Exception) -> bool:
+    return error_code(exc) in {"ResourceNotFoundException", "NoSuchKey", "ParameterNotFound"}
