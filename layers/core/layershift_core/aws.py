@@ -23,3 +23,8 @@ def client(service: str) -> Any:
 def error_code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
+
+
+def guarded(revision_id: str | None) -> dict[str, str]:
+    """`RevisionId=...` for a mutating Lambda call, when the revision is known."""
+    return {"RevisionId": revision_id} if revision_id else {}

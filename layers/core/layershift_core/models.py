@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 LAYER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 LayerName = Annotated[str, Field(pattern=LAYER_NAME_PATTERN)]
@@ -43,12 +43,19 @@ class LayerSpec(BaseModel):
     architectures: list[Architecture] = Field(min_length=1)
     allow_ranges: bool = False
     license: str | None = Field(default=None, max_length=512)
-    alias: str = Field(pattern=r"^(?!^[0-9]+$)[A-Za-z0-9_-]{1,128}$")
+    alias: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
     functions: list[str] = Field(default_factory=list, description="extra target functions by name")
     strategy: str
     steps: list[TrafficStep]
     poll_seconds: int = Field(ge=1, le=3_600)
     alarms: list[str] = Field(default_factory=list)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_is_not_a_version(cls, value: str) -> str:
+        if value.isdigit():
+            raise ValueError("an alias name cannot be all digits (that is a version number)")
+        return value
 
 
 class RolloutRequest(Model):

@@ -113,10 +113,13 @@ def assess(
     if (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights"):
         return skip(f"alias {alias_name!r} is already routing traffic to two versions")
 
+    latest = lam.get_function_configuration(FunctionName=name)
+    if [entry["Arn"] for entry in latest.get("Layers", [])] != current:
+        return skip("its layers changed while the plan was made; push again to include it")
     plan.verdict = Verdict.TARGET
     plan.old_version = alias["FunctionVersion"]
     plan.new_layers = new_layers
-    plan.revision_id = config.get("RevisionId")
+    plan.revision_id = latest.get("RevisionId")
     return plan
 
 

@@ -131,6 +131,8 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
         else:
             strategy = rollout.strategy or defaults.strategy
             steps = strategy_steps(strategy)
+    except InvalidLayerSpec as exc:
+        raise InvalidLayerSpec(f"{source}: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         index = next((i for i, s in enumerate(rollout.steps or []) if _invalid(s)), 0)

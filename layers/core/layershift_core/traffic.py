@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any, Literal
 
-from .aws import client
+from .aws import client, guarded
 from .errors import RollbackIncomplete
 from .models import Outcome, RolloutPlan, RolloutState, StepState, TargetPlan
 from .observability import logger
@@ -128,12 +128,12 @@ def _restore(target: TargetPlan) -> str | None:
             Name=target.alias,
             FunctionVersion=target.old_version,
             RoutingConfig=NO_ROUTING,
-            RevisionId=alias["RevisionId"],
+            **guarded(alias.get("RevisionId")),
         )
     config = lam.get_function_configuration(FunctionName=target.function_name)
     if [entry["Arn"] for entry in config.get("Layers", [])] == target.new_layers:
         lam.update_function_configuration(
-            FunctionName=target.function_name, Layers=target.current_layers, RevisionId=config["RevisionId"]
+            FunctionName=target.function_name, Layers=target.current_layers, **guarded(config.get("RevisionId"))
         )
     return None
 

@@ -6,7 +6,7 @@ plan is never overwritten; the plan records each new version before any alias mo
 
 from __future__ import annotations
 
-from .aws import client
+from .aws import client, guarded
 from .errors import ConcurrentModification
 from .models import RolloutState
 from .observability import logger
@@ -34,7 +34,7 @@ def prepare_versions(state: RolloutState, settings: Settings) -> RolloutState:
                 )
             try:
                 lam.update_function_configuration(
-                    FunctionName=target.function_name, Layers=target.new_layers, RevisionId=target.revision_id
+                    FunctionName=target.function_name, Layers=target.new_layers, **guarded(target.revision_id)
                 )
             except lam.exceptions.PreconditionFailedException:
                 raise ConcurrentModification(
@@ -44,7 +44,7 @@ def prepare_versions(state: RolloutState, settings: Settings) -> RolloutState:
         updated = lam.get_function_configuration(FunctionName=target.function_name)
         published = lam.publish_version(
             FunctionName=target.function_name,
-            RevisionId=updated["RevisionId"],
+            **guarded(updated.get("RevisionId")),
             Description=f"layershift {plan.layer} rollout {plan.rollout_id}"[:256],
         )
         target.new_version = published["Version"]

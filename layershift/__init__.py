@@ -1,0 +1,1 @@
+"""layershift: the CLI and the local emulated AWS."""

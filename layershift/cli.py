@@ -1,0 +1,158 @@
+"""`layershift`: build layers, push requirement files, watch rollouts, and run the local demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import controlplane
+from .controlplane import ControlPlane, ControlPlaneNotFound
+
+
+def _project_root() -> Path:
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "template.yaml").exists() and (folder / "statemachines").is_dir():
+            return folder
+    return Path(__file__).resolve().parent.parent
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--local", action="store_true", help="the control plane started by `layershift local`")
+    group.add_argument("--stack", help="a deployed stack's name (default: samconfig.toml's stack_name)")
+    parser.add_argument("--region", help="AWS region of the stack")
+
+
+def _control_plane(args: argparse.Namespace) -> ControlPlane:
+    if args.local:
+        return controlplane.from_local(_project_root() / controlplane.LOCAL_STATE_FILE)
+    stack = args.stack or controlplane.stack_name_from_samconfig(_project_root() / "samconfig.toml")
+    if not stack:
+        raise ControlPlaneNotFound("name the stack with --stack (or set stack_name in samconfig.toml), or use --local")
+    return controlplane.from_stack(stack, args.region)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    cp = _control_plane(args)
+    requirements = Path(args.file).read_bytes()
+    config = Path(args.config).read_bytes() if args.config else None
+    result = controlplane.push(cp, args.layer, requirements, config)
+    print(f"pushed layers/{args.layer}/requirements.txt (version {result.requirements_version})")
+    print(f"execution: {result.execution_arn}")
+    if not args.wait:
+        return 0
+    controlplane.wait_for_execution(cp, result.execution_arn)
+    described = controlplane.follow(cp, result.execution_arn)
+    return 0 if described["status"] == "SUCCEEDED" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cp = _control_plane(args)
+    ddb = cp.client("dynamodb")
+    rows = ddb.scan(TableName=cp.table).get("Items", [])
+    layers = sorted({r["pk"]["S"].removeprefix("LAYER#") for r in rows if r["pk"]["S"].startswith("LAYER#")})
+    if args.layer:
+        layers = [name for name in layers if name == args.layer]
+    if not layers:
+        print("no layers yet: push one with `layershift push requirements.txt --layer NAME`")
+    for layer in layers:
+        items = [r for r in rows if r["pk"]["S"] == f"LAYER#{layer}"]
+        print(f"layer {layer}")
+        for item in items:
+            if item["sk"]["S"] == "LOCK":
+                print(f"  LOCKED by {item['owner']['S']} since {item['acquired_at']['S']}")
+        try:
+            arn = cp.client("ssm").get_parameter(Name=f"/layershift/{layer}/arn")["Parameter"]["Value"]
+            print(f"  promoted: {arn}")
+        except Exception:
+            print("  promoted: (none yet)")
+        for item in sorted(items, key=lambda r: r["sk"]["S"]):
+            sk = item["sk"]["S"]
+            if sk.startswith("VERSION#"):
+                print(f"  version {int(sk[8:])}: {item['status']['S']}  build {item['build_key']['S'][:12]}")
+        for item in sorted(items, key=lambda r: r.get("updated_at", {}).get("S", ""))[-5:]:
+            sk = item["sk"]["S"]
+            if sk.startswith("ROLLOUT#"):
+                reason = item.get("reason", {}).get("S", "")
+                print(f"  rollout {sk[8:]}: {item['status']['S']}{'  ' + reason[:160] if reason else ''}")
+    print("recent executions:")
+    for execution in controlplane.executions(cp, limit=args.limit):
+        print(f"  {execution['startDate']:%Y-%m-%d %H:%M:%S}  {execution['status']:<9}  {execution['name']}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from layershift_core.builder.command import main as build_main
+
+    return build_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(_project_root(), keep_running=args.keep_running)
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from .local.deploy import deploy_control_plane
+    from .local.server import LocalAws
+
+    root = _project_root()
+    with LocalAws(state_dir=root / ".layershift" / "local") as aws:
+        stack = deploy_control_plane(aws, root)
+        cp = controlplane.from_outputs(stack.outputs, aws.region, aws.endpoint_url)
+        cp.save_local(root / controlplane.LOCAL_STATE_FILE)
+        print(f"local control plane on {aws.endpoint_url}; bucket {cp.bucket}")
+        print("push with: layershift push requirements.txt --layer NAME --local --wait   (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layershift", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build a layer zip and manifest locally", add_help=False)
+    build.add_argument("rest", nargs=argparse.REMAINDER)
+    build.set_defaults(func=cmd_build)
+
+    push = sub.add_parser("push", help="upload a requirements file; the upload starts a rollout")
+    push.add_argument("file")
+    push.add_argument("--layer", required=True)
+    push.add_argument("--config", help="layer.toml to upload beside it")
+    push.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
+    _add_target(push)
+    push.set_defaults(func=cmd_push)
+
+    status = sub.add_parser("status", help="layers, versions, locks and recent rollouts")
+    status.add_argument("--layer")
+    status.add_argument("--limit", type=int, default=10)
+    _add_target(status)
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="a promotion and an automatic rollback on the local emulated AWS")
+    demo.add_argument("--keep-running", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    local = sub.add_parser("local", help="run the local emulated AWS with the control plane deployed")
+    local.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ControlPlaneNotFound as exc:
+        print(f"layershift: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

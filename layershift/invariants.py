@@ -1,0 +1,109 @@
+"""The invariants every rollout must leave behind, checked against the AWS APIs after an execution.
+
+- Every target alias points 100% at its old or its new version, with no routing left.
+- `$LATEST` layers agree with the ending: the new layer list if promoted, the old one if rolled back.
+- The layer lock is released.
+- The registry agrees with Lambda and SSM.
+- The pushed spec and the built artifact are kept.
+
+Used by the demo and by the tests: one definition of "nothing was left half-done".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from layershift_core.models import RolloutPlan, RolloutState
+
+from .controlplane import ControlPlane
+
+
+def _s3_has(cp: ControlPlane, key: str, version_id: str | None = None) -> bool:
+    kwargs: dict[str, Any] = {"Bucket": cp.bucket, "Key": key}
+    if version_id:
+        kwargs["VersionId"] = version_id
+    try:
+        cp.client("s3").head_object(**kwargs)
+    except Exception:
+        return False
+    return True
+
+
+def _routing(alias: dict[str, Any]) -> dict[str, float]:
+    return (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+
+
+def check_invariants(cp: ControlPlane, execution_arn: str) -> list[str]:
+    """Every violated invariant, as a sentence. An empty list means the rollout left things whole."""
+    sfn, lam = cp.client("stepfunctions"), cp.client("lambda")
+    described = sfn.describe_execution(executionArn=execution_arn)
+    if described["status"] == "RUNNING":
+        return ["the execution is still running"]
+    name = execution_arn.rsplit(":", 1)[-1]
+    state = RolloutState.model_validate(json.loads(described["input"]))
+    layer = state.request.layer
+    problems: list[str] = []
+    promoted = described["status"] == "SUCCEEDED"
+
+    if state.request.requirements_version and not _s3_has(
+        cp, state.request.requirements_key, state.request.requirements_version
+    ):
+        problems.append(f"the pushed {state.request.requirements_key} version is gone")
+
+    plan_key = f"rollouts/{layer}/{name}/plan.json"
+    plan: RolloutPlan | None = None
+    if _s3_has(cp, plan_key):
+        body = cp.client("s3").get_object(Bucket=cp.bucket, Key=plan_key)["Body"].read()
+        plan = RolloutPlan.model_validate_json(body)
+    for target in plan.active if plan else []:
+        label = f"{target.function_name}:{target.alias}"
+        alias = lam.get_alias(FunctionName=target.function_name, Name=target.alias)
+        if _routing(alias):
+            problems.append(f"{label} is still split: {_routing(alias)}")
+        expected = target.new_version if promoted else target.old_version
+        if alias["FunctionVersion"] != expected:
+            problems.append(f"{label} is on version {alias['FunctionVersion']}, expected {expected}")
+        latest = lam.get_function_configuration(FunctionName=target.function_name)
+        layers = [entry["Arn"] for entry in latest.get("Layers", [])]
+        expected_layers = target.new_layers if promoted else target.current_layers
+        if layers != expected_layers:
+            problems.append(f"{target.function_name} $LATEST layers are {layers}, expected {expected_layers}")
+
+    ddb = cp.client("dynamodb")
+    lock = ddb.get_item(
+        TableName=cp.table, Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": "LOCK"}}, ConsistentRead=True
+    ).get("Item")
+    if lock and lock.get("owner", {}).get("S") == name:
+        problems.append(f"the lock on {layer} is still held by {name}")
+
+    rollout = ddb.get_item(
+        TableName=cp.table, Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": f"ROLLOUT#{name}"}}, ConsistentRead=True
+    ).get("Item")
+    status = rollout.get("status", {}).get("S") if rollout else None
+    arn = rollout.get("layer_version_arn", {}).get("S") if rollout else None
+    if promoted and status != "promoted":
+        problems.append(f"the registry says rollout {name} is {status!r}, but the execution succeeded")
+    if not promoted and status not in (None, "validated", "rolled_back"):
+        problems.append(f"the registry says rollout {name} is {status!r}, but the execution failed")
+    if arn:
+        layer_arn, _, version = arn.rpartition(":")
+        try:
+            lam.get_layer_version(LayerName=layer_arn, VersionNumber=int(version))
+        except Exception:
+            problems.append(f"the registry names {arn}, which Lambda does not have")
+        record = ddb.get_item(
+            TableName=cp.table, Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": f"VERSION#{int(version):06d}"}}
+        ).get("Item")
+        if record is None:
+            problems.append(f"the registry has no record of {arn}")
+        else:
+            build_key = record["build_key"]["S"]
+            for artifact in ("layer.zip", "manifest.json"):
+                if not _s3_has(cp, f"artifacts/{layer}/{build_key}/{artifact}"):
+                    problems.append(f"the built {artifact} of {arn} is gone")
+        if promoted:
+            parameter = cp.client("ssm").get_parameter(Name=f"/layershift/{layer}/arn")["Parameter"]["Value"]
+            if parameter != arn:
+                problems.append(f"/layershift/{layer}/arn is {parameter}, but {arn} was promoted")
+    return problems

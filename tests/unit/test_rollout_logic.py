@@ -1,0 +1,194 @@
+"""Planning, preparing, shifting, promoting and rolling back against moto's Lambda, in-process.
+
+The workflow-level tests (tests/integration) run the same code through the state machine; these
+pin down each step's decisions and its effect on aliases and $LATEST.
+"""
+
+import io
+import zipfile
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from layershift_core import aws
+from layershift_core.errors import LayerLocked, RollbackIncomplete
+from layershift_core.models import (
+    ErrorInfo,
+    LayerSpec,
+    LayerVersionRef,
+    RolloutRequest,
+    RolloutState,
+    StepState,
+    TrafficStep,
+    ValidatedRollout,
+)
+from layershift_core.planner import load_plan, plan_rollout, replace_layer
+from layershift_core.registry import Registry
+from layershift_core.settings import Settings
+from layershift_core.traffic import promote, roll_back, shift_traffic
+from layershift_core.versions import prepare_versions
+
+SETTINGS = Settings(bucket="artifacts-bucket", table="registry")
+
+
+def _zip(text: str = "def handler(e, c):\n    return 1\n") -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", text)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def env() -> Iterator[dict[str, str]]:
+    with mock_aws():
+        aws.client.cache_clear()
+        boto3.client("s3").create_bucket(Bucket=SETTINGS.bucket)
+        boto3.client("dynamodb").create_table(
+            TableName=SETTINGS.table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        role = boto3.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        lam = boto3.client("lambda")
+        layer = {}
+        for name in ("shared", "other"):
+            for _ in range(2):
+                layer[name] = lam.publish_layer_version(
+                    LayerName=name, Content={"ZipFile": _zip()}, CompatibleRuntimes=["python3.13"]
+                )["LayerVersionArn"]
+        old_shared = layer["shared"].rsplit(":", 1)[0] + ":1"
+
+        def function(name: str, layers: list[str], alias: str | None = "live", runtime: str = "python3.13") -> None:
+            lam.create_function(FunctionName=name, Runtime=runtime, Role=role, Handler="app.handler",
+                                Code={"ZipFile": _zip()}, Layers=layers)
+            if alias:
+                version = lam.publish_version(FunctionName=name)["Version"]
+                lam.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+
+        function("good", [layer["other"].rsplit(":", 1)[0] + ":1", old_shared])
+        function("no-alias", [old_shared], alias=None)
+        function("old-runtime", [old_shared], runtime="python3.11")
+        function("unrelated", [layer["other"]])
+        function("split", [old_shared])
+        version = lam.publish_version(FunctionName="split", Description="second")["Version"]
+        lam.update_alias(FunctionName="split", Name="live", RoutingConfig={"AdditionalVersionWeights": {version: 0.5}})
+        yield {"new": layer["shared"], "old": old_shared}
+        aws.client.cache_clear()
+
+
+def _state(new_arn: str, steps: list[TrafficStep] | None = None) -> RolloutState:
+    spec = LayerSpec(runtimes=["python3.13"], architectures=["x86_64"], alias="live", strategy="Custom",
+                     steps=steps or [TrafficStep(weight=10, bake_seconds=0)], poll_seconds=1)
+    rollout = ValidatedRollout(rollout_id="shared-abc", layer="shared", spec=spec, build_key="k" * 64,
+                               runtime="python3.13", architecture="x86_64", requirements_uri="s3://x/y",
+                               artifact_prefix="artifacts/shared/k/", build_environment=[])
+    Registry(SETTINGS.table).record_version("shared", 2, new_arn, "k" * 64, "m", "sha", "shared-abc")
+    return RolloutState(
+        request=RolloutRequest(layer="shared", bucket=SETTINGS.bucket, requirements_key="layers/shared/requirements.txt"),
+        rollout=rollout,
+        layer_version=LayerVersionRef(arn=new_arn, version=2, build_key="k" * 64,
+                                      compatible_runtimes=["python3.13"], compatible_architectures=["x86_64"]),
+    )
+
+
+def test_replace_layer_keeps_position_and_order() -> None:
+    a1 = "arn:aws:lambda:us-east-1:1:layer:a:1"
+    b1, b2 = "arn:aws:lambda:us-east-1:1:layer:b:1", "arn:aws:lambda:us-east-1:1:layer:b:2"
+    c1 = "arn:aws:lambda:us-east-1:1:layer:c:1"
+    assert replace_layer([a1, b1, c1], b2) == [a1, b2, c1]
+    assert replace_layer([a1], b2) == [a1, b2]
+
+
+def test_plan_targets_users_of_the_layer_and_skips_with_reasons(env: dict[str, str]) -> None:
+    state = plan_rollout(_state(env["new"]), SETTINGS)
+    assert state.plan is not None
+    plan = load_plan(SETTINGS.bucket, state.plan.plan_key)
+    verdicts = {t.function_name: (t.verdict.value, t.reason) for t in plan.targets}
+    assert verdicts["good"] == ("target", None)
+    assert "no alias 'live'" in verdicts["no-alias"][1]
+    assert "runtime python3.11" in verdicts["old-runtime"][1]
+    assert "already routing" in verdicts["split"][1]
+    assert "unrelated" not in verdicts
+    good = next(t for t in plan.targets if t.function_name == "good")
+    assert good.new_layers[1] == env["new"] and good.new_layers[0] == good.current_layers[0]
+    assert (state.plan.target_count, state.plan.skipped_count) == (1, 3)
+
+
+def _through_shift(env: dict[str, str]) -> tuple[RolloutState, StepState]:
+    state = prepare_versions(plan_rollout(_state(env["new"]), SETTINGS), SETTINGS)
+    assert state.plan is not None
+    step = StepState(rollout_id="shared-abc", layer="shared", plan_key=state.plan.plan_key, alarms=[],
+                     poll_seconds=1, step=TrafficStep(weight=10, bake_seconds=0), step_index=0)
+    return state, shift_traffic(step, SETTINGS)
+
+
+def test_shift_keeps_old_version_primary(env: dict[str, str]) -> None:
+    state, _ = _through_shift(env)
+    alias = boto3.client("lambda").get_alias(FunctionName="good", Name="live")
+    plan = load_plan(SETTINGS.bucket, state.plan.plan_key)  # type: ignore[union-attr]
+    target = plan.active[0]
+    assert alias["FunctionVersion"] == target.old_version
+    assert alias["RoutingConfig"]["AdditionalVersionWeights"] == {target.new_version: 0.1}
+    latest = boto3.client("lambda").get_function_configuration(FunctionName="good")
+    assert [entry["Arn"] for entry in latest["Layers"]] == target.new_layers
+
+
+def test_roll_back_restores_alias_and_latest(env: dict[str, str]) -> None:
+    state, _ = _through_shift(env)
+    state.error = ErrorInfo(Error="RolloutUnhealthy", Cause='{"errorMessage": "alarm x fired", "errorType": "RolloutUnhealthy"}')
+    state = roll_back(state, SETTINGS)
+    lam = boto3.client("lambda")
+    alias = lam.get_alias(FunctionName="good", Name="live")
+    assert alias["FunctionVersion"] == "1"
+    assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+    plan = load_plan(SETTINGS.bucket, state.plan.plan_key)  # type: ignore[union-attr]
+    latest = lam.get_function_configuration(FunctionName="good")
+    assert [entry["Arn"] for entry in latest["Layers"]] == plan.active[0].current_layers
+    assert state.outcome is not None and state.outcome.error == "RolloutUnhealthy"
+    assert state.outcome.cause == "alarm x fired"
+    assert Registry(SETTINGS.table).rollouts("shared")[0]["status"] == "rolled_back"
+
+
+def test_roll_back_leaves_an_alias_someone_else_moved_and_says_so(env: dict[str, str]) -> None:
+    state, _ = _through_shift(env)
+    lam = boto3.client("lambda")
+    lam.update_function_configuration(FunctionName="good", Description="hotfix by a human")
+    foreign = lam.publish_version(FunctionName="good")["Version"]
+    lam.update_alias(FunctionName="good", Name="live", FunctionVersion=foreign, RoutingConfig={"AdditionalVersionWeights": {}})
+    with pytest.raises(RollbackIncomplete, match="changed by someone else"):
+        roll_back(state, SETTINGS)
+    assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == foreign
+
+
+def test_promote_moves_alias_and_publishes_the_arn(env: dict[str, str]) -> None:
+    state, _ = _through_shift(env)
+    state = promote(state, SETTINGS)
+    lam = boto3.client("lambda")
+    plan = load_plan(SETTINGS.bucket, state.plan.plan_key)  # type: ignore[union-attr]
+    alias = lam.get_alias(FunctionName="good", Name="live")
+    assert alias["FunctionVersion"] == plan.active[0].new_version
+    assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+    assert boto3.client("ssm").get_parameter(Name="/layershift/shared/arn")["Parameter"]["Value"] == env["new"]
+    versions = Registry(SETTINGS.table).versions("shared")
+    assert versions[0]["status"] == "promoted"
+
+
+def test_lock_is_exclusive_and_released_only_by_its_owner(env: dict[str, str]) -> None:
+    registry = Registry(SETTINGS.table)
+    registry.acquire_lock("shared", "first", 3600)
+    registry.acquire_lock("shared", "first", 3600)  # a retried acquire by the owner is fine
+    with pytest.raises(LayerLocked, match="locked by rollout first"):
+        registry.acquire_lock("shared", "second", 3600)
+    assert registry.release_lock("shared", "second") is False
+    assert registry.release_lock("shared", "first") is True
+    registry.acquire_lock("shared", "second", 3600)
+
+
+def test_an_expired_lease_does_not_block_the_layer(env: dict[str, str]) -> None:
+    registry = Registry(SETTINGS.table)
+    registry.acquire_lock("shared", "crashed", -10)
+    registry.acquire_lock("shared", "next", 3600)
+    assert registry.lock_holder("shared")["owner"] == "next"  # type: ignore[index]
