@@ -12,8 +12,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from layershift.local import revisions
 from layershift_core import aws
-from layershift_core.errors import LayerLocked, RollbackIncomplete
+from layershift_core.errors import ConcurrentModification, LayerLocked, RollbackIncomplete
 from layershift_core.models import (
     ErrorInfo,
     LayerSpec,
@@ -42,6 +43,7 @@ def _zip(text: str = "def handler(e, c):\n    return 1\n") -> bytes:
 
 @pytest.fixture
 def env() -> Iterator[dict[str, str]]:
+    revisions.install()  # moto ignores RevisionId; the emulation's adapter enforces it as Lambda does
     with mock_aws():
         aws.client.cache_clear()
         boto3.client("s3").create_bucket(Bucket=SETTINGS.bucket)
@@ -77,6 +79,7 @@ def env() -> Iterator[dict[str, str]]:
         lam.update_alias(FunctionName="split", Name="live", RoutingConfig={"AdditionalVersionWeights": {version: 0.5}})
         yield {"new": layer["shared"], "old": old_shared}
         aws.client.cache_clear()
+    revisions.uninstall()
 
 
 def _state(new_arn: str, steps: list[TrafficStep] | None = None) -> RolloutState:
@@ -192,3 +195,13 @@ def test_an_expired_lease_does_not_block_the_layer(env: dict[str, str]) -> None:
     registry.acquire_lock("shared", "crashed", -10)
     registry.acquire_lock("shared", "next", 3600)
     assert registry.lock_holder("shared")["owner"] == "next"  # type: ignore[index]
+
+
+def test_a_function_changed_after_the_plan_is_not_overwritten(env: dict[str, str]) -> None:
+    state = plan_rollout(_state(env["new"]), SETTINGS)
+    lam = boto3.client("lambda")
+    lam.update_function_configuration(FunctionName="good", Description="changed by its team")
+    before = lam.get_function_configuration(FunctionName="good")["Layers"]
+    with pytest.raises(ConcurrentModification, match="good changed since the plan"):
+        prepare_versions(state, SETTINGS)
+    assert lam.get_function_configuration(FunctionName="good")["Layers"] == before

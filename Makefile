@@ -1,0 +1,51 @@
+# The one entry point for people, CI and pre-commit: `make demo`, `make test`, `make lint`.
+SHELL := /bin/bash
+
+# Python 3.13 is the Lambda runtime we target: the venv, the local Lambda workers and the layer
+# bytecode use it when it is found. Elsewhere everything still runs, with the costs said plainly.
+PY313 := $(shell for p in python3.13 /root/.pyenv/versions/3.13*/bin/python3.13; do \
+	if $$p -c 'import sys' >/dev/null 2>&1; then command -v $$p 2>/dev/null || echo $$p; break; fi; done)
+PYTHON ?= $(if $(PY313),$(PY313),python3)
+PY313_PATH := $(if $(PY313),$(dir $(PY313)):,)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+export AWS_DEFAULT_REGION ?= us-east-1
+export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
+
+.PHONY: help venv demo test lint unit integration sam-build clean
+
+help:
+	@echo "make demo   a real rollout on the local emulated AWS: one promotion, one automatic rollback"
+	@echo "make test   lint, statelint, sam validate and the whole pytest suite"
+	@echo "make lint   ruff, statelint and sam validate --lint only"
+
+$(STAMP):
+	@if [ -z "$(PY313)" ]; then echo "note: python3.13 not found; using $$($(PYTHON) --version). Layers are built without bytecode and 'sam build' needs python3.13 on PATH."; fi
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/layershift demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/statelint statemachines/*.asl.json
+	$(BIN)/sam validate --lint --template template.yaml
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+sam-build: $(STAMP)
+	$(BIN)/sam build --template template.yaml
+
+clean:
+	rm -rf $(VENV) .aws-sam .layershift .pytest_cache .ruff_cache
