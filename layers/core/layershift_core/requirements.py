@@ -221,18 +221,13 @@ def _check_specifier(req: Requirement, allow_ranges: bool) -> str | None:
     if allow_ranges:
         return None
     specs = list(req.specifier)
-    pin_hint = "pin it with == (or set allow_ranges = true in layer.toml)"
-    if not specs:
-        return f"is not pinned; {pin_hint}"
+    ranges_hint = "(or set allow_ranges = true in layer.toml)"
+    if not specs or (len(specs) == 1 and specs[0].operator != "=="):
+        return f"is not pinned; pin it with == {ranges_hint}"
     if len(specs) > 1:
-        return f"has more than one version clause; {pin_hint}"
-    spec = specs[0]
-    if spec.operator != "==":
-        return f"is not pinned; {pin_hint}"
-    if spec.version.endswith(".*"):
-        return (
-            "uses a wildcard pin; pin one exact version with == (or set allow_ranges = true in layer.toml)"
-        )
+        return f"has more than one version clause; pin it with == {ranges_hint}"
+    if specs[0].version.endswith(".*"):
+        return f"uses a wildcard pin; pin one exact version with == {ranges_hint}"
     return None
 
 

@@ -1,0 +1,138 @@
+"""The CodeBuild entry: download the requirements, build the layer, upload zip and manifest.
+
+Environment:
+- ``LAYERSHIFT_REQUIREMENTS_URI``  s3://bucket/key of the requirements file
+- ``LAYERSHIFT_RUNTIME``           e.g. python3.13
+- ``LAYERSHIFT_ARCH``              x86_64 or arm64
+- ``LAYERSHIFT_OUTPUT_URI``        s3://bucket/artifacts/<layer>/<build_key>/
+- ``LAYERSHIFT_BUILD_KEY``         the build key the workflow expects (optional; a mismatch fails)
+- ``LAYERSHIFT_ALLOW_RANGES``      true/false (default false)
+- ``LAYERSHIFT_PROFILE``           build profile (default "default")
+
+boto3 honours ``AWS_ENDPOINT_URL``, so the job runs unchanged against any S3-compatible endpoint.
+Run as ``python -m layershift_core.builder.build_job``. Exit code 0 on success; on failure the
+last line of output states the error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from layershift_core.builder.build import LAYER_ZIP, MANIFEST_JSON, build_layer
+from layershift_core.builder.key import compute_build_key
+from layershift_core.errors import BuildFailed, LayershiftError
+from layershift_core.requirements import parse_requirements
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+class JobConfigError(Exception):
+    """The job's environment is incomplete or malformed."""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise JobConfigError(f"{uri!r} is not an s3://bucket/key URI")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+def _env(name: str, environ: dict[str, str]) -> str:
+    value = environ.get(name, "").strip()
+    if not value:
+        raise JobConfigError(f"environment variable {name} is not set")
+    return value
+
+
+def _flag(name: str, environ: dict[str, str]) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise JobConfigError(f"environment variable {name}={value!r} must be true or false")
+
+
+def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
+    """Run one build from the environment. Returns the process exit code."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        req_bucket, req_key = parse_s3_uri(_env("LAYERSHIFT_REQUIREMENTS_URI", env))
+        out_bucket, out_prefix = parse_s3_uri(_env("LAYERSHIFT_OUTPUT_URI", env))
+        runtime = _env("LAYERSHIFT_RUNTIME", env)
+        architecture = _env("LAYERSHIFT_ARCH", env)
+        allow_ranges = _flag("LAYERSHIFT_ALLOW_RANGES", env)
+        profile = env.get("LAYERSHIFT_PROFILE", "").strip() or "default"
+        expected_key = env.get("LAYERSHIFT_BUILD_KEY", "").strip()
+    except JobConfigError as exc:
+        print(f"layershift build job: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if out_prefix and not out_prefix.endswith("/"):
+        out_prefix += "/"
+
+    if s3_client is None:
+        import boto3
+
+        s3_client = boto3.client("s3")
+    try:
+        print(f"layershift build job: reading s3://{req_bucket}/{req_key}", flush=True)
+        body = s3_client.get_object(Bucket=req_bucket, Key=req_key)["Body"].read()
+        reqs = parse_requirements(body, allow_ranges=allow_ranges, source=req_key.rsplit("/", 1)[-1])
+        build_key = compute_build_key(reqs, runtime, architecture, profile)
+        if expected_key and expected_key != build_key:
+            raise BuildFailed(
+                f"build key mismatch: the workflow expects {expected_key} but these inputs give {build_key} "
+                "(the requirements changed, or the builder version differs from the workflow's)"
+            )
+        with tempfile.TemporaryDirectory(prefix="layershift-job-") as tmp:
+            out_dir = Path(tmp)
+            manifest = build_layer(
+                body,
+                runtime=runtime,
+                architecture=architecture,
+                out_dir=out_dir,
+                allow_ranges=allow_ranges,
+                profile=profile,
+            )
+            metadata = {"build-key": manifest.build_key, "sha256": manifest.sha256}
+            s3_client.upload_file(
+                str(out_dir / LAYER_ZIP),
+                out_bucket,
+                out_prefix + LAYER_ZIP,
+                ExtraArgs={"ContentType": "application/zip", "Metadata": metadata},
+            )
+            s3_client.upload_file(
+                str(out_dir / MANIFEST_JSON),
+                out_bucket,
+                out_prefix + MANIFEST_JSON,
+                ExtraArgs={"ContentType": "application/json", "Metadata": metadata},
+            )
+        print(
+            f"layershift build job: uploaded {LAYER_ZIP} and {MANIFEST_JSON} to s3://{out_bucket}/{out_prefix}"
+        )
+        print(f"layershift build job: succeeded, sha256 {manifest.sha256}", flush=True)
+        return 0
+    except LayershiftError as exc:
+        message = str(exc)
+        print(message, file=sys.stderr, flush=True)
+        first = message.splitlines()[0] if message else ""
+        print(f"layershift build job failed: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:
+        print(f"layershift build job failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def main() -> int:
+    """Entry point for ``python -m layershift_core.builder.build_job``."""
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""``layershift build``: build a layer zip locally from a requirements file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from layershift_core.builder.build import build_layer
+from layershift_core.builder.key import PROFILES
+from layershift_core.builder.platforms import ARCHITECTURES, RUNTIMES
+from layershift_core.errors import LayershiftError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the build options to a parser (the CLI's ``build`` sub-command uses this too)."""
+    parser.add_argument("-r", "--requirements", required=True, type=Path, help="requirements file to build")
+    parser.add_argument("--runtime", default="python3.13", choices=sorted(RUNTIMES), help="Lambda runtime")
+    parser.add_argument(
+        "--arch",
+        "--architecture",
+        dest="arch",
+        default="x86_64",
+        choices=sorted(ARCHITECTURES),
+        help="Lambda architecture",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        required=True,
+        type=Path,
+        help="folder for layer.zip and manifest.json",
+    )
+    parser.add_argument("--allow-ranges", action="store_true", help="accept version ranges, not only == pins")
+    parser.add_argument("--profile", default="default", choices=sorted(PROFILES), help="build profile")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a build from parsed arguments; 0 on success, 1 on failure (message on stderr)."""
+    try:
+        data = args.requirements.read_bytes()
+    except OSError as exc:
+        print(f"layershift build: cannot read {args.requirements}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        build_layer(
+            data,
+            runtime=args.runtime,
+            architecture=args.arch,
+            out_dir=args.out,
+            allow_ranges=args.allow_ranges,
+            profile=args.profile,
+        )
+    except LayershiftError as exc:
+        print(f"layershift build: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``layershift build -r REQS --runtime python3.13 --arch x86_64 -o OUTDIR [--allow-ranges]``."""
+    parser = argparse.ArgumentParser(prog="layershift build", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

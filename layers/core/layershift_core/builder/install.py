@@ -1,0 +1,267 @@
+"""Wheel-only cross install with pip, and translation of pip's failures into clear errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+from layershift_core.builder.platforms import Target, find_interpreter, has_pip
+from layershift_core.errors import BuildFailed, SdistOnlyPackage
+from layershift_core.requirements import RequirementSet
+
+PIP_TIMEOUT_SECONDS = 1800
+_MAX_ERROR_LINES = 40
+_NO_MATCH_RE = re.compile(r"No matching distribution found for (?P<req>.+?)\s*$")
+_SKIPPED_RE = re.compile(r"Skipping link: (?P<reason>.+): (?P<url>\S+)(?: \(from .*\))?\s*$")
+_OTHER_PYTHON_RE = re.compile(r"Link requires a different Python \((?P<reason>[^)]*)\): (?P<url>\S+)")
+
+
+@dataclass
+class InstallResult:
+    """What the install step did."""
+
+    pip_python: str
+    pip_version: str
+    command: list[str]
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def pip_interpreter(target: Target) -> tuple[str, list[str]]:
+    """Which interpreter runs pip: this one when it matches the target, else the target's own.
+
+    pip evaluates dependency markers (``python_version < "3.12"``) against the interpreter that
+    runs it, so a matching interpreter gives the right dependency set. Returns (executable, warnings).
+    """
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == target.python_version:
+        return sys.executable, []
+    other = find_interpreter(target.python_version)
+    if other and has_pip(other):
+        return other, []
+    return sys.executable, [
+        f"pip ran on Python {sys.version_info.major}.{sys.version_info.minor}, not {target.python_version}: "
+        "markers of dependencies were evaluated for the build host's Python version"
+    ]
+
+
+def selected_requirements_text(reqs: RequirementSet, target: Target) -> tuple[str, list[str]]:
+    """The requirements whose markers hold on the target runtime (markers dropped), and the skipped ones.
+
+    pip would evaluate top-level markers against the build host; evaluating them here against the
+    Lambda runtime keeps cross builds right.
+    """
+    env = target.marker_environment()
+    lines: list[str] = []
+    skipped: list[str] = []
+    for req in reqs.requirements:
+        if not req.applies_to(env):
+            skipped.append(req.requirement_string())
+            continue
+        extras = f"[{','.join(req.extras)}]" if req.extras else ""
+        hashes = "".join(f" --hash={h}" for h in req.hashes)
+        lines.append(f"{req.name}{extras}{req.specifier}{hashes}")
+    return "".join(f"{line}\n" for line in lines), skipped
+
+
+def pip_command(
+    pip_python: str, target: Target, requirements_file: Path, dest: Path, require_hashes: bool
+) -> list[str]:
+    """The pip command line of a wheel-only install for the target."""
+    cmd = [pip_python, "-m", "pip", "install", "--target", str(dest)]
+    for tag in target.platform_tags():
+        cmd += ["--platform", tag]
+    cmd += [
+        "--implementation",
+        "cp",
+        "--python-version",
+        target.python_version,
+        "--abi",
+        target.abi,
+        "--only-binary=:all:",
+        "--no-compile",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ]
+    if require_hashes:
+        cmd.append("--require-hashes")
+    cmd += ["-r", str(requirements_file)]
+    return cmd
+
+
+def _pip_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PIP_NO_INPUT="1", PIP_ROOT_USER_ACTION="ignore", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PIP_TARGET", None)
+    env.pop("PIP_PREFIX", None)
+    return env
+
+
+def _pip_version(pip_python: str) -> str:
+    result = subprocess.run(
+        [pip_python, "-m", "pip", "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+    parts = result.stdout.split()
+    return parts[1] if result.returncode == 0 and len(parts) > 1 else "unknown"
+
+
+def key_error_lines(output: str) -> list[str]:
+    """pip's error lines: from the first ``ERROR:`` on, without warnings and notices."""
+    lines = [line.rstrip() for line in output.splitlines()]
+    start = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), None)
+    if start is None:
+        tail = [line for line in lines if line.strip()]
+        return tail[-15:]
+    kept = [line for line in lines[start:] if line.strip() and not line.startswith(("WARNING:", "[notice]"))]
+    if len(kept) > _MAX_ERROR_LINES:
+        kept = [*kept[:_MAX_ERROR_LINES], f"... ({len(kept) - _MAX_ERROR_LINES} more lines)"]
+    return kept
+
+
+def _unmatched_requirements(output: str) -> list[Requirement]:
+    found: list[Requirement] = []
+    for line in output.splitlines():
+        match = _NO_MATCH_RE.search(line)
+        if not match:
+            continue
+        try:
+            found.append(Requirement(match.group("req")))
+        except InvalidRequirement:
+            continue
+    return found
+
+
+def _file_version(filename: str) -> tuple[str, str, str] | None:
+    """(canonical name, version, kind) of a distribution file name; kind is 'wheel' or 'sdist'."""
+    try:
+        name, version, _build, tags = parse_wheel_filename(filename)
+        return name, str(version), "wheel:" + ".".join(sorted(str(t) for t in tags))
+    except InvalidWheelFilename:
+        pass
+    try:
+        name, version = parse_sdist_filename(filename)
+        return name, str(version), "sdist"
+    except InvalidSdistFilename:
+        return None
+
+
+def _diagnose(pip_python: str, target: Target, req: Requirement, work: Path) -> SdistOnlyPackage | None:
+    """Look again, verbosely, at why no file of ``req`` fits the target; None if nothing was published."""
+    probe = [pip_python, "-m", "pip", "download", "--no-deps", "--dest", str(work / "probe"), "-vv"]
+    for tag in target.platform_tags():
+        probe += ["--platform", tag]
+    probe += [
+        "--implementation",
+        "cp",
+        "--python-version",
+        target.python_version,
+        "--abi",
+        target.abi,
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        str(Requirement(f"{req.name}{req.specifier}")),
+    ]
+    try:
+        result = subprocess.run(
+            probe, capture_output=True, text=True, timeout=300, check=False, env=_pip_env()
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    name = canonicalize_name(req.name)
+    sdists: list[str] = []
+    wheel_tags: set[str] = set()
+    other_python: set[str] = set()
+    for line in (result.stdout + result.stderr).splitlines():
+        match = _SKIPPED_RE.search(line) or _OTHER_PYTHON_RE.search(line)
+        if not match:
+            continue
+        filename = unquote(urlsplit(match.group("url")).path.rsplit("/", 1)[-1])
+        parsed = _file_version(filename)
+        if parsed is None or parsed[0] != name:
+            continue
+        if req.specifier and not req.specifier.contains(parsed[1], prereleases=True):
+            continue
+        if "different Python" in line:
+            other_python.add(f"{parsed[1]} ({match.group('reason')})")
+        elif parsed[2] == "sdist":
+            sdists.append(f"{name} {parsed[1]}")
+        else:
+            wheel_tags.add(parsed[2].removeprefix("wheel:"))
+    wanted = (
+        f"CPython {target.python_version} on manylinux {target.machine} "
+        f"({target.runtime}, {target.architecture})"
+    )
+    if wheel_tags:
+        shown = ", ".join(sorted(wheel_tags)[:6]) + (" ..." if len(wheel_tags) > 6 else "")
+        return SdistOnlyPackage(
+            f"{req}: no wheel for {wanted}; the published wheels are tagged {shown}. "
+            "Pick a version with a matching wheel."
+        )
+    if sdists:
+        return SdistOnlyPackage(
+            f"{req}: only a source distribution (sdist) is published for {sdists[0]}; the builder "
+            f"installs wheels only, so pick a version that ships a wheel for {wanted}."
+        )
+    if other_python:
+        return SdistOnlyPackage(
+            f"{req}: the published files require a different Python than {target.python_version}: "
+            + ", ".join(sorted(other_python)[:4])
+        )
+    return None
+
+
+def install(reqs: RequirementSet, target: Target, dest: Path, work: Path) -> InstallResult:
+    """Install ``reqs`` (and their dependencies) as wheels for ``target`` into ``dest``.
+
+    Raises :class:`SdistOnlyPackage` when a requirement has no wheel for the target, and
+    :class:`BuildFailed` with pip's key error lines for any other pip failure.
+    """
+    pip_python, warnings = pip_interpreter(target)
+    text, skipped = selected_requirements_text(reqs, target)
+    result = InstallResult(
+        pip_python=pip_python,
+        pip_version=_pip_version(pip_python),
+        command=[],
+        warnings=warnings,
+        skipped=skipped,
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    if not text:
+        return result
+    req_file = work / "requirements.selected.txt"
+    req_file.write_text(text, encoding="utf-8")
+    cmd = pip_command(pip_python, target, req_file, dest, reqs.require_hashes)
+    result.command = cmd
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS, check=False, env=_pip_env()
+        )
+    except subprocess.TimeoutExpired:
+        raise BuildFailed(f"pip install did not finish within {PIP_TIMEOUT_SECONDS} s") from None
+    (work / "pip.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode == 0:
+        return result
+    output = proc.stdout + "\n" + proc.stderr
+    for missing in _unmatched_requirements(output):
+        diagnosis = _diagnose(pip_python, target, missing, work)
+        if diagnosis is not None:
+            raise diagnosis
+    lines = key_error_lines(output)
+    raise BuildFailed(f"pip install failed for {target.runtime} {target.architecture}:\n" + "\n".join(lines))

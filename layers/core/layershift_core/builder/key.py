@@ -1,0 +1,36 @@
+"""The build key: what identifies a build's inputs, so an identical build can be reused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from layershift_core.errors import InvalidLayerSpec
+from layershift_core.requirements import RequirementSet
+
+# Bump whenever a change to the builder changes what a layer zip contains.
+BUILDER_VERSION = "1"
+
+PROFILES: dict[str, str] = {
+    "default": "wheels only; package tests folders and caches removed; unchecked-hash bytecode",
+}
+
+
+def check_profile(profile: str) -> str:
+    """``profile`` if the builder knows it, else :class:`InvalidLayerSpec`."""
+    if profile not in PROFILES:
+        raise InvalidLayerSpec(f"build profile {profile!r} is unknown; choose one of {', '.join(PROFILES)}")
+    return profile
+
+
+def compute_build_key(reqs: RequirementSet, runtime: str, architecture: str, profile: str = "default") -> str:
+    """Hex sha256 over the normalised requirements, runtime, architecture, profile and builder version."""
+    payload = {
+        "builder_version": BUILDER_VERSION,
+        "requirements": reqs.normalised_text(),
+        "runtime": runtime,
+        "architecture": architecture,
+        "profile": profile,
+    }
+    encoded = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()

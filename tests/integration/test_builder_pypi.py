@@ -1,0 +1,98 @@
+"""Real builds from PyPI: small sets, built twice, for both layouts; and an sdist-only pin."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+from layershift_core.builder import Manifest, build_job, build_layer, compute_build_key
+from layershift_core.builder.platforms import find_interpreter
+from layershift_core.errors import SdistOnlyPackage
+from layershift_core.requirements import parse_requirements
+from moto import mock_aws
+
+pytestmark = pytest.mark.network
+
+PURE = "six==1.16.0\npyjwt==2.10.0\n"
+BINARY = "orjson==3.10.11\nsix==1.16.0\n"
+HAS_313 = find_interpreter("3.13") is not None
+
+
+def _build(text: str, out: Path, arch: str = "x86_64") -> Manifest:
+    return build_layer(text, runtime="python3.13", architecture=arch, out_dir=out)
+
+
+def test_pure_python_set_is_reproducible(tmp_path: Path) -> None:
+    first = _build(PURE, tmp_path / "a")
+    second = _build(PURE, tmp_path / "b")
+    assert first.sha256 == second.sha256
+    assert first.layout == "python"
+    assert first.compatible_architectures == ["arm64", "x86_64"]
+    assert first.package_versions() == {"pyjwt": "2.10.0", "six": "1.16.0"}
+    assert first.top_level_modules == ["jwt", "six"]
+    assert Manifest.read(tmp_path / "a" / "manifest.json") == first
+    with zipfile.ZipFile(tmp_path / "a" / "layer.zip") as zf:
+        names = zf.namelist()
+    assert "python/jwt/__init__.py" in names
+    assert "python/six.py" in names
+    if HAS_313:
+        assert "python/jwt/__pycache__/__init__.cpython-313.pyc" in names
+        assert first.smoke_test.ran
+        assert first.smoke_test.recompiled == []
+
+
+def test_binary_wheel_set_is_reproducible(tmp_path: Path) -> None:
+    first = _build(BINARY, tmp_path / "a")
+    second = _build(BINARY, tmp_path / "b")
+    assert first.sha256 == second.sha256
+    assert first.layout == "python/lib/python3.13/site-packages"
+    assert first.compatible_architectures == ["x86_64"]
+    orjson = next(p for p in first.packages if p.name == "orjson")
+    assert orjson.version == "3.10.11"
+    assert any("cp313" in tag and "manylinux" in tag and "x86_64" in tag for tag in orjson.wheel_tags)
+    if HAS_313:
+        assert first.smoke_test.ran
+        assert first.smoke_test.modules == 2
+
+
+def test_arm64_binary_build_uses_aarch64_wheels(tmp_path: Path) -> None:
+    manifest = _build(BINARY, tmp_path, arch="arm64")
+    orjson = next(p for p in manifest.packages if p.name == "orjson")
+    assert all("aarch64" in tag for tag in orjson.wheel_tags)
+    assert manifest.compatible_architectures == ["arm64"]
+
+
+def test_sdist_only_pin_fails_naming_the_package(tmp_path: Path) -> None:
+    with pytest.raises(SdistOnlyPackage) as info:
+        _build("six==1.16.0\ndocopt==0.6.2\n", tmp_path / "out")
+    assert "docopt==0.6.2" in str(info.value)
+    assert "source distribution" in str(info.value)
+    assert not (tmp_path / "out" / "layer.zip").exists()
+
+
+@mock_aws
+def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="artifacts")
+    s3.put_object(Bucket="artifacts", Key="layers/auth/requirements.txt", Body=PURE.encode())
+    key = compute_build_key(parse_requirements(PURE), "python3.13", "x86_64")
+    env = {
+        "LAYERSHIFT_REQUIREMENTS_URI": "s3://artifacts/layers/auth/requirements.txt",
+        "LAYERSHIFT_RUNTIME": "python3.13",
+        "LAYERSHIFT_ARCH": "x86_64",
+        "LAYERSHIFT_OUTPUT_URI": f"s3://artifacts/artifacts/auth/{key}/",
+        "LAYERSHIFT_BUILD_KEY": key,
+        "LAYERSHIFT_ALLOW_RANGES": "false",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert build_job.main() == 0
+    manifest = Manifest.model_validate_json(
+        s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/manifest.json")["Body"].read()
+    )
+    body = s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/layer.zip")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == manifest.sha256
+    assert manifest.package_versions() == {"pyjwt": "2.10.0", "six": "1.16.0"}
