@@ -6,6 +6,7 @@ reads Step Functions, DynamoDB and Lambda.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +55,9 @@ class ControlPlane:
 
     def save_local(self, path: Path = LOCAL_STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fields = {k: getattr(self, k) for k in ("bucket", "table", "state_machine_arn", "topic_arn", "region", "endpoint_url")}
+        fields = {
+            k: getattr(self, k) for k in ("bucket", "table", "state_machine_arn", "topic_arn", "region", "endpoint_url")
+        }
         path.write_text(json.dumps(fields, indent=2))
 
 
@@ -180,7 +183,9 @@ def describe_event(event: dict[str, Any]) -> str | None:
         output = _output(event, "stateExitedEventDetails")
         if name == "ValidateRequest":
             rollout = output.get("rollout", {})
-            steps = ", ".join(f"{s['weight']}% for {s['bake_seconds']}s" for s in rollout.get("spec", {}).get("steps", []))
+            steps = ", ".join(
+                f"{s['weight']}% for {s['bake_seconds']}s" for s in rollout.get("spec", {}).get("steps", [])
+            )
             return f"valid: build key {rollout.get('build_key', '?')[:12]}, steps [{steps}] then 100%"
         if name == "FindReusableBuild" and output.get("build", {}).get("reused"):
             return f"reusing published {output['layer_version']['arn']} (same build key)"
@@ -204,10 +209,8 @@ def describe_event(event: dict[str, Any]) -> str | None:
     if kind in ("TaskFailed", "LambdaFunctionFailed"):
         details = event.get("taskFailedEventDetails") or event.get("lambdaFunctionFailedEventDetails") or {}
         cause = details.get("cause", "")
-        try:
+        with contextlib.suppress(ValueError, AttributeError):
             cause = json.loads(cause).get("errorMessage", cause)
-        except (ValueError, AttributeError):
-            pass
         return f"  ! {details.get('error')}: {str(cause)[:300]}"
     if kind == "ExecutionSucceeded":
         return "execution SUCCEEDED"

@@ -121,8 +121,10 @@ class Traffic:
 def run_push(cp: ControlPlane, title: str, requirements: Path, config: Path) -> tuple[str, list[str]]:
     say(f"\n== {title}: push {requirements.name}")
     result = push(cp, LAYER, requirements.read_bytes(), config.read_bytes())
-    say(f"  uploaded layers/{LAYER}/requirements.txt (version {result.requirements_version}); "
-        f"execution {result.execution_name}")
+    say(
+        f"  uploaded layers/{LAYER}/requirements.txt (version {result.requirements_version}); "
+        f"execution {result.execution_name}"
+    )
     wait_for_execution(cp, result.execution_arn)
     described = follow(cp, result.execution_arn, emit=lambda line: say(f"  {line}"))
     problems = check_invariants(cp, result.execution_arn)
@@ -154,8 +156,12 @@ def run(project_root: Path, keep_running: bool = False) -> int:
         # Alarms first: layer.toml names them, and validation refuses alarms that do not exist.
         endings: dict[str, Any] = {}
         failures: list[str] = []
-        status, problems = run_push(cp, "first layer version (no consumers yet)", examples / "requirements-v1.txt", config)
-        failures += problems if status == "SUCCEEDED" else [f"the first version ended {status}"] + problems
+        status, problems = run_push(
+            cp, "first layer version (no consumers yet)", examples / "requirements-v1.txt", config
+        )
+        if status != "SUCCEEDED":
+            failures.append(f"the first version ended {status}")
+        failures += problems
         first_arn = cp.client("ssm").get_parameter(Name=f"/layershift/{LAYER}/arn")["Parameter"]["Value"]
 
         say(f"\n== consumers on {first_arn}")

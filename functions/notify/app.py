@@ -4,6 +4,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from layershift_core.models import NotifyRequest
 from layershift_core.notify import notify
 from layershift_core.observability import logger, metrics, tracer

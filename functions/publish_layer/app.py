@@ -4,9 +4,10 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from layershift_core.models import RolloutState
-from layershift_core.publish import publish_layer
 from layershift_core.observability import logger, metrics, tracer
+from layershift_core.publish import publish_layer
 from layershift_core.settings import load_settings
 
 

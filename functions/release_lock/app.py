@@ -4,6 +4,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from layershift_core.lock import release_layer_lock
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer

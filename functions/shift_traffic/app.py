@@ -4,10 +4,11 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from layershift_core.models import StepState
-from layershift_core.traffic import shift_traffic
 from layershift_core.observability import logger, metrics, tracer
 from layershift_core.settings import load_settings
+from layershift_core.traffic import shift_traffic
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -26,8 +26,13 @@ def lam() -> Iterator[object]:
         with mock_aws():
             client = boto3.client("lambda")
             role = boto3.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-            client.create_function(FunctionName="f", Runtime="python3.13", Role=role, Handler="app.handler",
-                                   Code={"ZipFile": _zip()})
+            client.create_function(
+                FunctionName="f",
+                Runtime="python3.13",
+                Role=role,
+                Handler="app.handler",
+                Code={"ZipFile": _zip()},
+            )
             yield client
     finally:
         revisions.uninstall()

@@ -23,8 +23,15 @@ ERROR_NAMES = {name for name, cls in inspect.getmembers(errors, inspect.isclass)
 
 
 def test_every_state_that_changes_aws_leads_to_rollback_on_any_error() -> None:
-    for name in ("FindReusableBuild", "BuildLayer", "PublishLayerVersion", "PlanRollout",
-                 "PrepareFunctionVersions", "ShiftTraffic", "PromoteLayer"):
+    for name in (
+        "FindReusableBuild",
+        "BuildLayer",
+        "PublishLayerVersion",
+        "PlanRollout",
+        "PrepareFunctionVersions",
+        "ShiftTraffic",
+        "PromoteLayer",
+    ):
         catches = ASL["States"][name]["Catch"]
         assert catches[-1]["ErrorEquals"] == ["States.ALL"], name
         assert all(c["Next"] == "RollBack" for c in catches), name

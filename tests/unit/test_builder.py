@@ -15,6 +15,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from layershift_core.builder import (
     BUILDER_VERSION,
     Manifest,
@@ -37,7 +39,6 @@ from layershift_core.errors import (
     SizeBudgetExceeded,
 )
 from layershift_core.requirements import RequirementSet, parse_requirements
-from moto import mock_aws
 
 HAS_313 = find_interpreter("3.13") is not None
 
@@ -105,9 +106,7 @@ def pure_layout(dest: Path) -> None:
         },
         top_level=["alpha"],
     )
-    fake_wheel(
-        dest, "beta-tools", "2.0", {"beta.py": "import alpha\n"}, tags=("py2-none-any", "py3-none-any")
-    )
+    fake_wheel(dest, "beta-tools", "2.0", {"beta.py": "import alpha\n"}, tags=("py2-none-any", "py3-none-any"))
 
 
 def binary_layout(dest: Path) -> None:
@@ -133,9 +132,7 @@ def _reqs(text: str = "six==1.16.0\npyjwt==2.10.0\n") -> RequirementSet:
 def test_build_key_is_stable_and_sensitive_to_every_input() -> None:
     key = compute_build_key(_reqs(), "python3.13", "x86_64")
     assert len(key) == 64
-    assert key == compute_build_key(
-        _reqs("# c\nPyJWT==2.10.0\nsix==1.16.0\n"), "python3.13", "x86_64", "default"
-    )
+    assert key == compute_build_key(_reqs("# c\nPyJWT==2.10.0\nsix==1.16.0\n"), "python3.13", "x86_64", "default")
     others = {
         compute_build_key(_reqs("six==1.16.0\npyjwt==2.9.0\n"), "python3.13", "x86_64"),
         compute_build_key(_reqs(), "python3.12", "x86_64"),
@@ -318,9 +315,7 @@ def test_pure_python_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert [(p.name, p.version) for p in manifest.packages] == [("alpha", "1.0"), ("beta-tools", "2.0")]
     assert manifest.top_level_modules == ["alpha", "beta"]
     assert manifest.wheel_tags == ["py2-none-any", "py3-none-any"]
-    assert manifest.build_key == compute_build_key(
-        _reqs("alpha==1.0\nbeta-tools==2.0\n"), "python3.13", "x86_64"
-    )
+    assert manifest.build_key == compute_build_key(_reqs("alpha==1.0\nbeta-tools==2.0\n"), "python3.13", "x86_64")
     assert manifest.builder_version == BUILDER_VERSION
     assert manifest.pruned.folders == ["alpha/__pycache__", "alpha/tests"]
     assert {"install", "prune", "compile", "zip", "smoke_test", "total"} <= set(manifest.timings)
@@ -363,9 +358,7 @@ def test_binary_build_uses_the_versioned_layout(tmp_path: Path, monkeypatch: pyt
         assert "python/lib/python3.13/site-packages/gamma.libs/libfoo.so.1" in zf.namelist()
 
 
-def test_missing_interpreter_ships_no_bytecode_with_a_warning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_interpreter_ships_no_bytecode_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(pure_layout))
     monkeypatch.setattr(build_module, "find_interpreter", lambda version: None)
     manifest = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path)
@@ -378,9 +371,7 @@ def test_missing_interpreter_ships_no_bytecode_with_a_warning(
 
 def test_size_budget_reports_sizes_by_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def big_layout(dest: Path) -> None:
-        fake_wheel(
-            dest, "big", "1.0", {"big/__init__.py": "", "big/blob.bin": b"\x00" * 300_000}, top_level=["big"]
-        )
+        fake_wheel(dest, "big", "1.0", {"big/__init__.py": "", "big/blob.bin": b"\x00" * 300_000}, top_level=["big"])
         fake_wheel(dest, "small", "1.0", {"small.py": ""})
 
     monkeypatch.setattr(install, "install", fake_installer(big_layout))
@@ -427,12 +418,7 @@ def test_command_builds_and_reports_errors(
     monkeypatch.setattr(install, "install", fake_installer(pure_layout))
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("alpha==1.0\n")
-    assert (
-        command.main(
-            ["-r", str(reqs), "--runtime", "python3.13", "--arch", "arm64", "-o", str(tmp_path / "o")]
-        )
-        == 0
-    )
+    assert command.main(["-r", str(reqs), "--runtime", "python3.13", "--arch", "arm64", "-o", str(tmp_path / "o")]) == 0
     assert Manifest.read(tmp_path / "o" / "manifest.json").architecture == "arm64"
     reqs.write_text("alpha>=1.0\n")
     assert command.main(["-r", str(reqs), "-o", str(tmp_path / "o2")]) == 1

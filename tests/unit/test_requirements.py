@@ -1,6 +1,7 @@
 """The requirements policy: what is accepted, what is refused, and how each refusal reads."""
 
 import pytest
+
 from layershift_core.errors import InvalidRequirements
 from layershift_core.requirements import MAX_REQUIREMENTS, parse_requirements
 
@@ -25,9 +26,7 @@ def test_accepts_pinned_requirements_with_comments_extras_and_markers() -> None:
     reqs = parse_requirements(text)
     assert reqs.names() == ["aws-lambda-powertools", "requests", "tomli"]
     assert reqs.normalised_text() == (
-        "aws-lambda-powertools[tracer,validation]==3.3.0\n"
-        "requests==2.32.3\n"
-        'tomli==2.0.1; python_version < "3.11"\n'
+        'aws-lambda-powertools[tracer,validation]==3.3.0\nrequests==2.32.3\ntomli==2.0.1; python_version < "3.11"\n'
     )
     assert not reqs.require_hashes
     requests = next(r for r in reqs.requirements if r.name == "requests")
@@ -112,9 +111,7 @@ def test_duplicates_and_conflicts_use_canonical_names() -> None:
     lines = message.splitlines()
     first = 'requirements.txt line 3: "pyjwt==2.10.0" repeats "PyJWT==2.10.0" on line 1'
     assert lines[0] == first + "; list each project once"
-    assert lines[1].startswith(
-        'requirements.txt line 6: "py.jwt==2.8.0" conflicts with "Py_JWT==2.9.0" on line 5'
-    )
+    assert lines[1].startswith('requirements.txt line 6: "py.jwt==2.8.0" conflicts with "Py_JWT==2.9.0" on line 5')
     assert len(lines) == 2
 
 
@@ -139,9 +136,7 @@ def test_continued_line_is_reported_at_its_first_line() -> None:
 
 def test_bytes_input_is_decoded_strictly() -> None:
     assert parse_requirements(b"\xef\xbb\xbfsix==1.16.0\n").names() == ["six"]
-    assert _error(b"six==1.16.0\nfoo==1\xff\n") == (
-        "requirements.txt line 2: is not valid UTF-8 (invalid start byte)"
-    )
+    assert _error(b"six==1.16.0\nfoo==1\xff\n") == ("requirements.txt line 2: is not valid UTF-8 (invalid start byte)")
     assert "line 2: contains a NUL byte" in _error("six==1.16.0\nfo\x00o==1\n")
 
 

@@ -50,7 +50,10 @@ def env() -> Iterator[dict[str, str]]:
         boto3.client("dynamodb").create_table(
             TableName=SETTINGS.table,
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
             BillingMode="PAY_PER_REQUEST",
         )
         role = boto3.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
@@ -64,8 +67,14 @@ def env() -> Iterator[dict[str, str]]:
         old_shared = layer["shared"].rsplit(":", 1)[0] + ":1"
 
         def function(name: str, layers: list[str], alias: str | None = "live", runtime: str = "python3.13") -> None:
-            lam.create_function(FunctionName=name, Runtime=runtime, Role=role, Handler="app.handler",
-                                Code={"ZipFile": _zip()}, Layers=layers)
+            lam.create_function(
+                FunctionName=name,
+                Runtime=runtime,
+                Role=role,
+                Handler="app.handler",
+                Code={"ZipFile": _zip()},
+                Layers=layers,
+            )
             if alias:
                 version = lam.publish_version(FunctionName=name)["Version"]
                 lam.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
@@ -83,17 +92,38 @@ def env() -> Iterator[dict[str, str]]:
 
 
 def _state(new_arn: str, steps: list[TrafficStep] | None = None) -> RolloutState:
-    spec = LayerSpec(runtimes=["python3.13"], architectures=["x86_64"], alias="live", strategy="Custom",
-                     steps=steps or [TrafficStep(weight=10, bake_seconds=0)], poll_seconds=1)
-    rollout = ValidatedRollout(rollout_id="shared-abc", layer="shared", spec=spec, build_key="k" * 64,
-                               runtime="python3.13", architecture="x86_64", requirements_uri="s3://x/y",
-                               artifact_prefix="artifacts/shared/k/", build_environment=[])
+    spec = LayerSpec(
+        runtimes=["python3.13"],
+        architectures=["x86_64"],
+        alias="live",
+        strategy="Custom",
+        steps=steps or [TrafficStep(weight=10, bake_seconds=0)],
+        poll_seconds=1,
+    )
+    rollout = ValidatedRollout(
+        rollout_id="shared-abc",
+        layer="shared",
+        spec=spec,
+        build_key="k" * 64,
+        runtime="python3.13",
+        architecture="x86_64",
+        requirements_uri="s3://x/y",
+        artifact_prefix="artifacts/shared/k/",
+        build_environment=[],
+    )
     Registry(SETTINGS.table).record_version("shared", 2, new_arn, "k" * 64, "m", "sha", "shared-abc")
     return RolloutState(
-        request=RolloutRequest(layer="shared", bucket=SETTINGS.bucket, requirements_key="layers/shared/requirements.txt"),
+        request=RolloutRequest(
+            layer="shared", bucket=SETTINGS.bucket, requirements_key="layers/shared/requirements.txt"
+        ),
         rollout=rollout,
-        layer_version=LayerVersionRef(arn=new_arn, version=2, build_key="k" * 64,
-                                      compatible_runtimes=["python3.13"], compatible_architectures=["x86_64"]),
+        layer_version=LayerVersionRef(
+            arn=new_arn,
+            version=2,
+            build_key="k" * 64,
+            compatible_runtimes=["python3.13"],
+            compatible_architectures=["x86_64"],
+        ),
     )
 
 
@@ -123,8 +153,15 @@ def test_plan_targets_users_of_the_layer_and_skips_with_reasons(env: dict[str, s
 def _through_shift(env: dict[str, str]) -> tuple[RolloutState, StepState]:
     state = prepare_versions(plan_rollout(_state(env["new"]), SETTINGS), SETTINGS)
     assert state.plan is not None
-    step = StepState(rollout_id="shared-abc", layer="shared", plan_key=state.plan.plan_key, alarms=[],
-                     poll_seconds=1, step=TrafficStep(weight=10, bake_seconds=0), step_index=0)
+    step = StepState(
+        rollout_id="shared-abc",
+        layer="shared",
+        plan_key=state.plan.plan_key,
+        alarms=[],
+        poll_seconds=1,
+        step=TrafficStep(weight=10, bake_seconds=0),
+        step_index=0,
+    )
     return state, shift_traffic(step, SETTINGS)
 
 
@@ -141,7 +178,9 @@ def test_shift_keeps_old_version_primary(env: dict[str, str]) -> None:
 
 def test_roll_back_restores_alias_and_latest(env: dict[str, str]) -> None:
     state, _ = _through_shift(env)
-    state.error = ErrorInfo(Error="RolloutUnhealthy", Cause='{"errorMessage": "alarm x fired", "errorType": "RolloutUnhealthy"}')
+    state.error = ErrorInfo(
+        Error="RolloutUnhealthy", Cause='{"errorMessage": "alarm x fired", "errorType": "RolloutUnhealthy"}'
+    )
     state = roll_back(state, SETTINGS)
     lam = boto3.client("lambda")
     alias = lam.get_alias(FunctionName="good", Name="live")
@@ -160,7 +199,9 @@ def test_roll_back_leaves_an_alias_someone_else_moved_and_says_so(env: dict[str,
     lam = boto3.client("lambda")
     lam.update_function_configuration(FunctionName="good", Description="hotfix by a human")
     foreign = lam.publish_version(FunctionName="good")["Version"]
-    lam.update_alias(FunctionName="good", Name="live", FunctionVersion=foreign, RoutingConfig={"AdditionalVersionWeights": {}})
+    lam.update_alias(
+        FunctionName="good", Name="live", FunctionVersion=foreign, RoutingConfig={"AdditionalVersionWeights": {}}
+    )
     with pytest.raises(RollbackIncomplete, match="changed by someone else"):
         roll_back(state, SETTINGS)
     assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == foreign

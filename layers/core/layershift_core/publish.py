@@ -105,7 +105,9 @@ def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
         manifest.sha256,
         rollout.rollout_id,
     )
-    registry.put_rollout(rollout.layer, rollout.rollout_id, status="published", layer_version_arn=published["LayerVersionArn"])
+    registry.put_rollout(
+        rollout.layer, rollout.rollout_id, status="published", layer_version_arn=published["LayerVersionArn"]
+    )
     state.layer_version = LayerVersionRef(
         arn=published["LayerVersionArn"],
         version=published["Version"],

@@ -32,7 +32,7 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
     """A DynamoDB item as plain Python values."""
     out: dict[str, Any] = {}
     for name, typed in item.items():
-        (kind, value), = typed.items()
+        ((kind, value),) = typed.items()
         out[name] = int(value) if kind == "N" else value
     return out
 

@@ -197,9 +197,7 @@ def _parse_options(tokens: list[str]) -> tuple[list[str], str | None]:
             option = token.split("=", 1)[0]
             return hashes, f"uses the pip option {option}; only --hash=sha256:<digest> is allowed"
         if not _HASH_RE.match(value):
-            return hashes, (
-                f"has a malformed hash {value!r}; use --hash=sha256: followed by 64 lowercase hex digits"
-            )
+            return hashes, (f"has a malformed hash {value!r}; use --hash=sha256: followed by 64 lowercase hex digits")
         hashes.append(value)
     return hashes, None
 

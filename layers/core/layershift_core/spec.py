@@ -84,9 +84,7 @@ def strategy_steps(strategy: str) -> list[TrafficStep]:
     if match := _LINEAR.match(strategy):
         weight, minutes = int(match[1]), int(match[2])
         if 1 <= weight <= 50:
-            return [
-                TrafficStep(weight=w, bake_seconds=minutes * 60) for w in range(weight, 100, weight)
-            ]
+            return [TrafficStep(weight=w, bake_seconds=minutes * 60) for w in range(weight, 100, weight)]
     raise InvalidLayerSpec(
         f"rollout.strategy: {strategy!r} is not a strategy; use AllAtOnce, CanaryNPercentMMinutes "
         "(e.g. Canary10Percent5Minutes), LinearNPercentEveryMMinutes (e.g. Linear10PercentEvery1Minute) "
@@ -160,8 +158,12 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
     except ValidationError as exc:
         first = exc.errors()[0]
         section = {
-            "runtimes": "build", "architectures": "build", "allow_ranges": "build", "license": "build",
-            "alias": "targets", "functions": "targets",
+            "runtimes": "build",
+            "architectures": "build",
+            "allow_ranges": "build",
+            "license": "build",
+            "alias": "targets",
+            "functions": "targets",
         }.get(str(first["loc"][0]), "rollout")
         value = first.get("input")
         raise InvalidLayerSpec(

@@ -70,8 +70,7 @@ def _summary(manifest: Manifest) -> str:
         else f"for {manifest.architecture}"
     )
     lines = [
-        f"layershift: built a {manifest.runtime} {manifest.architecture} layer "
-        f"in {manifest.timings['total']:.1f} s",
+        f"layershift: built a {manifest.runtime} {manifest.architecture} layer in {manifest.timings['total']:.1f} s",
         f"  layout     {manifest.layout}/ ({arch})",
         f"  packages   {len(manifest.packages)}: "
         + ", ".join(f"{p.name}=={p.version}" for p in manifest.packages[:12])
@@ -186,13 +185,9 @@ def build_layer(
         timings["smoke_test"] = time.monotonic() - mark
         notes += smoke.notes
         if smoke.recompiled and bytecode.compiled:
-            notes.append(
-                f"{len(smoke.recompiled)} module(s) compiled from source at import: {smoke.recompiled[:5]}"
-            )
+            notes.append(f"{len(smoke.recompiled)} module(s) compiled from source at import: {smoke.recompiled[:5]}")
         if installed.skipped:
-            notes.append(
-                "requirements skipped because their markers do not hold: " + ", ".join(installed.skipped)
-            )
+            notes.append("requirements skipped because their markers do not hold: " + ", ".join(installed.skipped))
         timings["total"] = time.monotonic() - started
 
         manifest = Manifest(

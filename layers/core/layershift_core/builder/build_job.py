@@ -113,9 +113,7 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
                 out_prefix + MANIFEST_JSON,
                 ExtraArgs={"ContentType": "application/json", "Metadata": metadata},
             )
-        print(
-            f"layershift build job: uploaded {LAYER_ZIP} and {MANIFEST_JSON} to s3://{out_bucket}/{out_prefix}"
-        )
+        print(f"layershift build job: uploaded {LAYER_ZIP} and {MANIFEST_JSON} to s3://{out_bucket}/{out_prefix}")
         print(f"layershift build job: succeeded, sha256 {manifest.sha256}", flush=True)
         return 0
     except LayershiftError as exc:

@@ -36,9 +36,7 @@ def no_interpreter_warning(python_version: str) -> str:
     )
 
 
-def compile_site(
-    site: Path, interpreter: str | None, python_version: str, runtime_path: str
-) -> BytecodeReport:
+def compile_site(site: Path, interpreter: str | None, python_version: str, runtime_path: str) -> BytecodeReport:
     """Compile every ``.py`` under ``site`` with ``interpreter`` into ``__pycache__``.
 
     ``runtime_path`` is where ``site`` lives on Lambda (e.g. ``/opt/python``); it is recorded as
@@ -64,9 +62,7 @@ def compile_site(
         runtime_path,
         str(site),
     ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_SECONDS, check=False, env=env
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_SECONDS, check=False, env=env)
     files = sum(1 for _ in site.rglob("__pycache__/*.pyc"))
     warning = None
     if proc.returncode != 0:

@@ -29,9 +29,7 @@ class InstalledDistribution:
     @property
     def is_pure_python(self) -> bool:
         """``Root-Is-Purelib: true`` and every tag is ``pyX-none-any``."""
-        return self.pure and all(
-            tag.split("-")[0].startswith("py") and tag.endswith("-none-any") for tag in self.tags
-        )
+        return self.pure and all(tag.split("-")[0].startswith("py") and tag.endswith("-none-any") for tag in self.tags)
 
 
 def _top_level_from_files(files: list[str]) -> list[str]:
@@ -70,9 +68,7 @@ def scan(site: Path) -> list[InstalledDistribution]:
         files = [str(PurePosixPath(str(f))) for f in dist.files or []]
         top_text = dist.read_text("top_level.txt")
         if top_text is not None:
-            candidates = sorted(
-                {line.strip().replace("/", ".") for line in top_text.splitlines() if line.strip()}
-            )
+            candidates = sorted({line.strip().replace("/", ".") for line in top_text.splitlines() if line.strip()})
             top_level = [c.split(".")[0] for c in candidates if _MODULE_RE.match(c.split(".")[0])]
         else:
             top_level = _top_level_from_files(files)

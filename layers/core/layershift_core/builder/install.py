@@ -179,9 +179,7 @@ def _diagnose(pip_python: str, target: Target, req: Requirement, work: Path) -> 
         str(Requirement(f"{req.name}{req.specifier}")),
     ]
     try:
-        result = subprocess.run(
-            probe, capture_output=True, text=True, timeout=300, check=False, env=_pip_env()
-        )
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=300, check=False, env=_pip_env())
     except (OSError, subprocess.TimeoutExpired):
         return None
     name = canonicalize_name(req.name)
@@ -204,10 +202,7 @@ def _diagnose(pip_python: str, target: Target, req: Requirement, work: Path) -> 
             sdists.append(f"{name} {parsed[1]}")
         else:
             wheel_tags.add(parsed[2].removeprefix("wheel:"))
-    wanted = (
-        f"CPython {target.python_version} on manylinux {target.machine} "
-        f"({target.runtime}, {target.architecture})"
-    )
+    wanted = f"CPython {target.python_version} on manylinux {target.machine} ({target.runtime}, {target.architecture})"
     if wheel_tags:
         shown = ", ".join(sorted(wheel_tags)[:6]) + (" ..." if len(wheel_tags) > 6 else "")
         return SdistOnlyPackage(

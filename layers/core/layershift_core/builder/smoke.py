@@ -60,9 +60,7 @@ class SmokeReport:
     notes: list[str] = field(default_factory=list)
 
 
-def run_smoke_test(
-    zip_path: Path, site_prefix: str, modules: list[str], interpreter: str | None
-) -> SmokeReport:
+def run_smoke_test(zip_path: Path, site_prefix: str, modules: list[str], interpreter: str | None) -> SmokeReport:
     """Import every module from a fresh extraction of ``zip_path``; raise ImportSmokeTestFailed on failure."""
     if interpreter is None:
         return SmokeReport(
@@ -107,13 +105,9 @@ def run_smoke_test(
     for failure in result["failures"]:
         missing = (failure.get("missing") or "").split(".")[0]
         if failure["error"] == "ModuleNotFoundError" and missing in RUNTIME_PROVIDED:
-            notes.append(
-                f"{failure['module']} imports {missing}, which the Lambda runtime provides; not checked here"
-            )
+            notes.append(f"{failure['module']} imports {missing}, which the Lambda runtime provides; not checked here")
             continue
         failures.append(f"{failure['module']}: {failure['error']}: {failure['message']}")
     if failures:
         raise ImportSmokeTestFailed("top-level modules of the layer do not import:\n" + "\n".join(failures))
-    return SmokeReport(
-        ran=True, modules=modules, recompiled=recompiled, import_seconds=result["seconds"], notes=notes
-    )
+    return SmokeReport(ran=True, modules=modules, recompiled=recompiled, import_seconds=result["seconds"], notes=notes)
