@@ -8,7 +8,7 @@ import re
 from .artifacts import artifact_prefix, read_bytes, rollout_prefix, write_bytes, write_json
 from .aws import client
 from .builder import compute_build_key
-from .errors import InvalidLayerSpec, InvalidRequest, InvalidRequirements
+from .errors import InvalidLayerSpec, InvalidRequest
 from .models import LAYER_NAME_PATTERN, BuildEnvironmentVariable, LayerSpec, RolloutState, ValidatedRollout
 from .registry import Registry
 from .requirements import parse_requirements
@@ -18,14 +18,6 @@ from .spec import parse_layer_spec
 
 def spec_keys(layer: str) -> tuple[str, str]:
     return f"layers/{layer}/requirements.txt", f"layers/{layer}/layer.toml"
-
-
-def decode_requirements(body: bytes, source: str) -> str:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = body[: exc.start].count(b"\n") + 1
-        raise InvalidRequirements(f"{source} line {line}: not valid UTF-8 (byte {exc.start})") from None
 
 
 def check_alarms_exist(spec: LayerSpec) -> None:
@@ -59,9 +51,7 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
     config = read_bytes(request.bucket, config_key, request.config_version) if request.config_key else None
     spec = parse_layer_spec(config, settings.spec_defaults, source=config_key)
     body = read_bytes(request.bucket, requirements_key, request.requirements_version)
-    requirements = parse_requirements(
-        decode_requirements(body, requirements_key), allow_ranges=spec.allow_ranges, source=requirements_key
-    )
+    requirements = parse_requirements(body, allow_ranges=spec.allow_ranges, source=requirements_key)
     check_alarms_exist(spec)
 
     runtime, architecture = spec.runtimes[0], spec.architectures[0]
