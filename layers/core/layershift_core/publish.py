@@ -37,14 +37,14 @@ def _rollout(state: RolloutState) -> ValidatedRollout:
 
 def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState:
     rollout = _rollout(state)
-    record = Registry(settings.table).find_build(rollout.build_key)
+    record = Registry(settings.table).find_build(rollout.layer, rollout.build_key)
     state.build = BuildDecision(reused=False)
     if record is None:
         return state
     try:
-        layer = client("lambda").get_layer_version(LayerName=record["layer"], VersionNumber=int(record["version"]))
+        layer = client("lambda").get_layer_version(LayerName=rollout.layer, VersionNumber=int(record["version"]))
     except client("lambda").exceptions.ResourceNotFoundException:
-        Registry(settings.table).forget_build(rollout.build_key)
+        Registry(settings.table).forget_build(rollout.layer, rollout.build_key)
         return state
     manifest = ManifestView.model_validate(read_json(settings.bucket, record["manifest_key"]))
     reused = LayerVersionRef(

@@ -5,7 +5,7 @@ Items (pk / sk):
   cannot block the layer for ever);
 - `LAYER#<name>` / `VERSION#<000042>`: one published layer version, its build key and status;
 - `LAYER#<name>` / `ROLLOUT#<rollout id>`: one rollout, its status and reason;
-- `BUILD#<build key>` / `BUILD`: the published version a build key produced, for reuse.
+- `LAYER#<name>` / `BUILD#<build key>`: the published version a build key produced, for reuse.
 """
 
 from __future__ import annotations
@@ -87,14 +87,14 @@ class Registry:
         return _plain(item) if item else None
 
     # -- builds and versions ----------------------------------------------------------------
-    def find_build(self, build_key: str) -> dict[str, Any] | None:
+    def find_build(self, layer: str, build_key: str) -> dict[str, Any] | None:
         item = self.ddb.get_item(
-            TableName=self.table, Key={"pk": {"S": f"BUILD#{build_key}"}, "sk": {"S": "BUILD"}}
+            TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"BUILD#{build_key}"}}
         ).get("Item")
         return _plain(item) if item else None
 
-    def forget_build(self, build_key: str) -> None:
-        self.ddb.delete_item(TableName=self.table, Key={"pk": {"S": f"BUILD#{build_key}"}, "sk": {"S": "BUILD"}})
+    def forget_build(self, layer: str, build_key: str) -> None:
+        self.ddb.delete_item(TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"BUILD#{build_key}"}})
 
     def record_version(
         self, layer: str, version: int, arn: str, build_key: str, manifest_key: str, sha256: str, rollout_id: str
@@ -123,9 +123,8 @@ class Registry:
                     "Put": {
                         "TableName": self.table,
                         "Item": {
-                            "pk": {"S": f"BUILD#{build_key}"},
-                            "sk": {"S": "BUILD"},
-                            "layer": {"S": layer},
+                            "pk": _layer_pk(layer),
+                            "sk": {"S": f"BUILD#{build_key}"},
                             "arn": {"S": arn},
                             "version": {"N": str(version)},
                             "manifest_key": {"S": manifest_key},

@@ -1,0 +1,356 @@
+"""template.yaml: the resources, names, permissions and wiring the rest of layershift relies on."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from layershift.local.deploy import load_template, local_resource_names
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = ROOT / "template.yaml"
+ASL_PATH = ROOT / "statemachines" / "rollout.asl.json"
+
+# The contract: logical id -> function folder.
+FUNCTIONS = {
+    "StartRolloutFunction": "start_rollout",
+    "ValidateRequestFunction": "validate_request",
+    "AcquireLockFunction": "acquire_lock",
+    "ReleaseLockFunction": "release_lock",
+    "FindReusableBuildFunction": "find_reusable_build",
+    "PublishLayerFunction": "publish_layer",
+    "PlanRolloutFunction": "plan_rollout",
+    "PrepareVersionsFunction": "prepare_versions",
+    "ShiftTrafficFunction": "shift_traffic",
+    "CheckHealthFunction": "check_health",
+    "PromoteLayerFunction": "promote_layer",
+    "RollBackFunction": "roll_back",
+    "NotifyFunction": "notify",
+}
+# Functions the state machine invokes (StartRollout starts it, so it is not among them).
+WORKFLOW_FUNCTIONS = sorted(set(FUNCTIONS) - {"StartRolloutFunction"})
+CONTRACT_ENVIRONMENT = {
+    "LAYERSHIFT_BUCKET",
+    "LAYERSHIFT_TABLE",
+    "LAYERSHIFT_TOPIC_ARN",
+    "LAYERSHIFT_DEFAULT_ALIAS",
+    "LAYERSHIFT_DEFAULT_RUNTIME",
+    "LAYERSHIFT_DEFAULT_ARCHITECTURE",
+    "LAYERSHIFT_DEFAULT_STRATEGY",
+    "LAYERSHIFT_POLL_SECONDS",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+MUTATING_LAMBDA_ACTIONS = {"lambda:UpdateFunctionConfiguration", "lambda:PublishVersion", "lambda:UpdateAlias"}
+# Actions that IAM only grants on Resource "*" (no resource-level permissions).
+STAR_ONLY_ACTIONS = {
+    "lambda:ListFunctions",
+    "tag:GetResources",
+    "cloudwatch:GetMetricData",
+    "cloudwatch:GetMetricStatistics",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template(TEMPLATE_PATH)
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every inline policy statement of a SAM function/state machine or an IAM role."""
+    props = resource["Properties"]
+    found: list[dict[str, Any]] = []
+    for policy in props.get("Policies", []):
+        if isinstance(policy, dict) and "Fn::If" in policy:
+            _, when_true, _ = policy["Fn::If"]
+            policy = when_true
+        if isinstance(policy, dict) and "Statement" in policy:
+            found.extend(policy["Statement"])
+        if isinstance(policy, dict) and "PolicyDocument" in policy:
+            found.extend(policy["PolicyDocument"]["Statement"])
+    return found
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_template_is_sam_and_parses(template: dict[str, Any]) -> None:
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    assert template["Resources"]
+
+
+@pytest.mark.parametrize(("logical_id", "folder"), sorted(FUNCTIONS.items()))
+def test_every_contract_function_exists_with_its_folder(
+    resources: dict[str, Any], template: dict[str, Any], logical_id: str, folder: str
+) -> None:
+    function = resources[logical_id]
+    assert function["Type"] == "AWS::Serverless::Function"
+    assert function["Properties"]["CodeUri"].rstrip("/") == f"functions/{folder}"
+    assert (ROOT / "functions" / folder / "app.py").is_file(), f"functions/{folder}/app.py is missing"
+    handler = function["Properties"].get("Handler", template["Globals"]["Function"].get("Handler"))
+    assert handler == "app.handler"
+
+
+@pytest.mark.parametrize("logical_id", sorted(FUNCTIONS))
+def test_every_function_has_an_explicit_log_group_with_retention(resources: dict[str, Any], logical_id: str) -> None:
+    groups = [
+        resource
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Logs::LogGroup"
+        and resource["Properties"].get("LogGroupName") == {"Fn::Sub": f"/aws/lambda/${{{logical_id}}}"}
+    ]
+    assert len(groups) == 1, f"{logical_id} needs exactly one /aws/lambda/${{{logical_id}}} log group"
+    assert groups[0]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_every_log_group_takes_its_retention_from_the_parameter(resources: dict[str, Any]) -> None:
+    for logical_id, resource in resources.items():
+        if resource["Type"] == "AWS::Logs::LogGroup":
+            assert resource["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, logical_id
+
+
+def test_globals_carry_runtime_tracing_layer_and_contract_environment(template: dict[str, Any]) -> None:
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Runtime"] == "python3.13"
+    assert function_globals["Architectures"] == ["x86_64"]
+    assert function_globals["Tracing"] == "Active"
+    assert function_globals["Timeout"] and function_globals["MemorySize"]
+    assert function_globals["Layers"] == [{"Ref": "CoreLayer"}]
+    assert set(function_globals["Environment"]["Variables"]) >= CONTRACT_ENVIRONMENT
+
+
+def test_start_rollout_knows_the_state_machine(resources: dict[str, Any]) -> None:
+    variables = resources["StartRolloutFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["LAYERSHIFT_STATE_MACHINE_ARN"] == {"Ref": "RolloutStateMachine"}
+
+
+def test_no_managed_full_access_and_no_hard_coded_partition() -> None:
+    text = TEMPLATE_PATH.read_text(encoding="utf-8")
+    assert "FullAccess" not in text
+    assert "arn:aws:" not in text, "build ARNs with ${AWS::Partition}"
+
+
+def test_parameters_are_constrained(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    for name in (
+        "DefaultAlias",
+        "DefaultRuntime",
+        "DefaultArchitecture",
+        "DefaultStrategy",
+        "PollSeconds",
+        "LogRetentionDays",
+        "CodeCommitRepositoryName",
+        "NotificationEmail",
+    ):
+        assert name in parameters
+    for name, spec in parameters.items():
+        assert {"AllowedPattern", "AllowedValues", "MinValue"} & set(spec), f"parameter {name} is unconstrained"
+    assert parameters["DefaultRuntime"]["AllowedValues"] == ["python3.11", "python3.12", "python3.13"]
+    assert parameters["DefaultArchitecture"]["AllowedValues"] == ["x86_64", "arm64"]
+    for name in ("CodeCommitRepositoryName", "NotificationEmail"):
+        assert parameters[name]["Default"] == ""
+        assert re.fullmatch(parameters[name]["AllowedPattern"], "")
+    strategy = parameters["DefaultStrategy"]["AllowedPattern"]
+    for good in ("Canary10Percent5Minutes", "Linear10PercentEvery1Minute", "AllAtOnce"):
+        assert re.fullmatch(strategy, good)
+    assert not re.fullmatch(strategy, "Sometimes")
+
+
+def test_optional_features_are_conditions(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    conditions = template["Conditions"]
+    assert conditions["HasCodeCommit"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CodeCommitRepositoryName"}, ""]}]}
+    assert conditions["HasNotificationEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationEmail"}, ""]}]}
+    assert resources["NotificationEmailSubscription"]["Condition"] == "HasNotificationEmail"
+    assert resources["CodeCommitTriggerRule"]["Condition"] == "HasCodeCommit"
+    assert resources["CodeCommitTriggerPermission"]["Condition"] == "HasCodeCommit"
+
+
+def test_artifact_bucket_is_versioned_encrypted_private_tls_only_and_eventbridge(resources: dict[str, Any]) -> None:
+    props = resources["ArtifactBucket"]["Properties"]
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    algorithm = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert algorithm["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert props["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    # Lifecycle may only expire noncurrent versions: current pushed specs and artifacts are kept.
+    for rule in props.get("LifecycleConfiguration", {}).get("Rules", []):
+        assert not {"ExpirationInDays", "ExpirationDate", "Transitions", "Transition"} & set(rule), rule
+        assert "ExpiredObjectDeleteMarker" not in rule
+    policy = resources["ArtifactBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "ArtifactBucket"}
+    denies = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert any(s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in denies)
+
+
+def test_registry_table_and_topic(resources: dict[str, Any]) -> None:
+    table = resources["RegistryTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert resources["NotificationTopic"]["Properties"]["KmsMasterKeyId"] == "alias/aws/sns"
+
+
+def test_core_layer_is_built_by_sam(resources: dict[str, Any]) -> None:
+    layer = resources["CoreLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Properties"]["ContentUri"].rstrip("/") == "layers/core"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    assert (ROOT / "layers" / "core" / "requirements.txt").is_file()
+
+
+def test_layer_build_project_runs_the_build_job(resources: dict[str, Any]) -> None:
+    project = resources["LayerBuildProject"]["Properties"]
+    assert project["Source"]["Type"] == "NO_SOURCE"
+    assert project["Artifacts"] == {"Type": "NO_ARTIFACTS"}
+    assert project["Environment"]["Image"] == "aws/codebuild/amazonlinux-x86_64-standard:5.0"
+    names = {variable["Name"]: variable["Value"] for variable in project["Environment"]["EnvironmentVariables"]}
+    assert names == {"LAYERSHIFT_CORE_LAYER_ARN": {"Ref": "CoreLayer"}, "LAYERSHIFT_BUCKET": {"Ref": "ArtifactBucket"}}
+    spec = yaml.safe_load(project["Source"]["BuildSpec"])
+    assert str(spec["version"]) == "0.2"
+    assert str(spec["phases"]["install"]["runtime-versions"]["python"]) == "3.13"
+    install = "\n".join(spec["phases"]["install"]["commands"])
+    assert "aws lambda get-layer-version-by-arn" in install and "Content.Location" in install
+    build = "\n".join(spec["phases"]["build"]["commands"])
+    assert "python3 -m layershift_core.builder.build_job" in build
+    assert "PYTHONPATH=" in build
+    assert project["LogsConfig"]["CloudWatchLogs"]["GroupName"] == {"Ref": "LayerBuildLogGroup"}
+
+
+def test_layer_build_role_is_narrow(resources: dict[str, Any]) -> None:
+    role = resources["LayerBuildRole"]
+    statements = _statements(role)
+    by_sid = {statement["Sid"]: statement for statement in statements}
+    assert by_sid["OwnLogGroup"]["Resource"] == {"Fn::GetAtt": ["LayerBuildLogGroup", "Arn"]}
+    assert by_sid["FetchBuilderLayer"] == {
+        "Sid": "FetchBuilderLayer",
+        "Effect": "Allow",
+        "Action": ["lambda:GetLayerVersion"],
+        "Resource": {"Ref": "CoreLayer"},
+    }
+    for sid in ("ReadRolloutInputs", "WriteArtifacts"):
+        resources_text = json.dumps(by_sid[sid]["Resource"])
+        assert "/rollouts/*" in resources_text and "/artifacts/*" in resources_text
+
+
+def test_asl_placeholders_match_definition_substitutions(resources: dict[str, Any]) -> None:
+    text = ASL_PATH.read_text(encoding="utf-8")
+    json.loads(text)  # valid JSON before substitution
+    placeholders = set(re.findall(r"\$\{([^}]+)\}", text))
+    substitutions = resources["RolloutStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    assert placeholders == set(substitutions)
+    expected = {f"{logical_id}Arn": {"Fn::GetAtt": [logical_id, "Arn"]} for logical_id in WORKFLOW_FUNCTIONS}
+    expected["LayerBuildProjectName"] = {"Ref": "LayerBuildProject"}
+    assert substitutions == expected
+
+
+def test_state_machine_invokes_only_its_functions_and_runs_the_build(resources: dict[str, Any]) -> None:
+    machine = resources["RolloutStateMachine"]["Properties"]
+    assert machine["DefinitionUri"] == "statemachines/rollout.asl.json"
+    invoked = [
+        policy["LambdaInvokePolicy"]["FunctionName"] for policy in machine["Policies"] if "LambdaInvokePolicy" in policy
+    ]
+    assert sorted(ref["Ref"] for ref in invoked) == WORKFLOW_FUNCTIONS
+    statements = {statement["Sid"]: statement for statement in _statements(resources["RolloutStateMachine"])}
+    assert set(statements["RunLayerBuild"]["Action"]) >= {
+        "codebuild:StartBuild",
+        "codebuild:StopBuild",
+        "codebuild:BatchGetBuilds",
+    }
+    assert statements["RunLayerBuild"]["Resource"] == {"Fn::GetAtt": ["LayerBuildProject", "Arn"]}
+    assert "StepFunctionsGetEventForCodeBuildStartBuildRule" in json.dumps(statements["CodeBuildSyncRule"])
+    assert machine["Tracing"] == {"Enabled": True}
+    destination = machine["Logging"]["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"]
+    assert destination == {"Fn::GetAtt": ["RolloutStateMachineLogGroup", "Arn"]}
+
+
+def test_s3_push_triggers_start_rollout(resources: dict[str, Any]) -> None:
+    rule = resources["RolloutTriggerRule"]
+    assert rule["Type"] == "AWS::Events::Rule"
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern["source"] == ["aws.s3"]
+    assert pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["bucket"]["name"] == [{"Ref": "ArtifactBucket"}]
+    keys = pattern["detail"]["object"]["key"]
+    # Only requirements.txt starts a rollout: `layershift push` uploads layer.toml first, so an
+    # event for layer.toml alone would start a rollout of the old requirements.
+    assert keys == [{"wildcard": "layers/*/requirements.txt"}]
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["StartRolloutFunction", "Arn"]}
+    permission = resources["RolloutTriggerPermission"]["Properties"]
+    assert permission["Principal"] == "events.amazonaws.com"
+    assert permission["FunctionName"] == {"Ref": "StartRolloutFunction"}
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["RolloutTriggerRule", "Arn"]}
+
+
+@pytest.mark.parametrize("logical_id", sorted(FUNCTIONS))
+def test_function_permissions_are_narrow(resources: dict[str, Any], logical_id: str) -> None:
+    statements = _statements(resources[logical_id])
+    assert statements, f"{logical_id} has no policy statements"
+    for statement in statements:
+        actions = set(_as_list(statement["Action"]))
+        assert all("*" not in action for action in actions), f"{logical_id}: wildcard action in {statement}"
+        if statement["Resource"] == "*":
+            assert actions <= STAR_ONLY_ACTIONS, f"{logical_id}: {actions - STAR_ONLY_ACTIONS} on Resource *"
+        mutating = actions & MUTATING_LAMBDA_ACTIONS
+        if mutating:
+            assert "aws:ResourceTag/layershift:" in json.dumps(statement.get("Condition", {})), (
+                f"{logical_id}: {mutating} must be limited to layershift-tagged functions"
+            )
+        if "lambda:PublishLayerVersion" in actions:
+            assert statement["Resource"] == {
+                "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:layer:*"
+            }
+        if "ssm:PutParameter" in actions:
+            assert statement["Resource"] == {
+                "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/layershift/*"
+            }
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert outputs["StackName"]["Value"] == {"Ref": "AWS::StackName"}
+    assert outputs["ArtifactBucketName"]["Value"] == {"Ref": "ArtifactBucket"}
+    assert outputs["RegistryTableName"]["Value"] == {"Ref": "RegistryTable"}
+    assert outputs["RolloutStateMachineArn"]["Value"] == {"Ref": "RolloutStateMachine"}
+    assert outputs["NotificationTopicArn"]["Value"] == {"Ref": "NotificationTopic"}
+    assert outputs["CoreLayerArn"]["Value"] == {"Ref": "CoreLayer"}
+
+
+def test_local_names_cover_every_unconditional_resource(template: dict[str, Any]) -> None:
+    names = local_resource_names(template)
+    unconditional = {lid for lid, resource in template["Resources"].items() if "Condition" not in resource}
+    assert unconditional <= set(names)
+    assert names["StartRolloutFunctionLogGroup"] == f"/aws/lambda/{names['StartRolloutFunction']}"
+    assert names["CoreLayer"] == "layershift-core"
+    assert all(f"{lid}Role" in names for lid in FUNCTIONS)
+    assert len(names["ArtifactBucket"]) <= 63 and names["ArtifactBucket"] == names["ArtifactBucket"].lower()
+    assert all(len(names[lid]) <= 64 for lid in FUNCTIONS)
