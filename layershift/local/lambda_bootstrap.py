@@ -1,0 +1,167 @@
+"""The runtime loop of one local Lambda execution environment (standard library only).
+
+Started as ``python -I -S lambda_bootstrap.py`` with the function's code directory as the
+working directory. It speaks JSON lines with its parent:
+
+* first line in: ``{"handler": "app.handler", "sys_path": [...], "function": {...}}``;
+* first line out: ``{"type": "ready"}`` (an init failure is kept and returned on every invoke,
+  as the Python runtime of Lambda does);
+* then per invoke in: ``{"id": ..., "event": <json text>, "deadline_ms": <epoch ms>}`` and out:
+  ``{"id": ..., "ok": true, "payload": <json text>}`` or
+  ``{"id": ..., "ok": false, "error": {"errorMessage", "errorType", "stackTrace"}}``.
+
+The handler's own stdout is moved to stderr before any user code runs, so a ``print`` cannot
+corrupt the protocol; stderr is the function's log.
+"""
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+_PROTOCOL = None
+
+
+def _protocol_stream():
+    """Keep a private copy of stdout for the protocol, then point fd 1 at stderr."""
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    return os.fdopen(proto_fd, "w", buffering=1, encoding="utf-8")
+
+
+def _send(message):
+    _PROTOCOL.write(json.dumps(message, separators=(",", ":")) + "\n")
+    _PROTOCOL.flush()
+
+
+def _log(line):
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _error(message, error_type, stack=None):
+    return {"errorMessage": message, "errorType": error_type, "stackTrace": stack or []}
+
+
+def _error_from_exception(exc):
+    # Like Lambda's runtime, report the user's frames only.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    stack = traceback.format_list(frames)
+    return _error(str(exc), type(exc).__name__, stack)
+
+
+def _load_handler(handler):
+    """Resolve ``module.function`` the way the Lambda Python runtime does, with its error names."""
+    try:
+        module_name, function_name = handler.rsplit(".", 1)
+    except ValueError as exc:
+        return None, _error(f"Bad handler '{handler}': {exc}", "Runtime.MalformedHandlerName")
+    if module_name.split(".")[0] in sys.builtin_module_names:
+        return None, _error(
+            f"Cannot use built-in module {module_name} as a handler module", "Runtime.BuiltInModuleConflict"
+        )
+    try:
+        module = importlib.import_module(module_name.replace("/", "."))
+    except ImportError as exc:
+        return None, _error(f"Unable to import module '{module_name}': {exc}", "Runtime.ImportModuleError")
+    except SyntaxError as exc:
+        stack = traceback.format_list(traceback.extract_tb(exc.__traceback__))
+        return None, _error(
+            f"Syntax error in module '{module_name}': {exc}", "Runtime.UserCodeSyntaxError", stack
+        )
+    except Exception as exc:
+        return None, _error_from_exception(exc)
+    function = getattr(module, function_name, None)
+    if function is None:
+        return None, _error(
+            f"Handler '{function_name}' missing on module '{module_name}'", "Runtime.HandlerNotFound"
+        )
+    return function, None
+
+
+class LambdaContext:
+    """The subset of the Lambda context object that handlers use."""
+
+    def __init__(self, function, request_id, deadline_ms, client_context=None):
+        self.function_name = function["name"]
+        self.function_version = function["version"]
+        self.invoked_function_arn = function["invoked_arn"]
+        self.memory_limit_in_mb = int(function["memory_size"])
+        self.aws_request_id = request_id
+        self.log_group_name = function["log_group_name"]
+        self.log_stream_name = function["log_stream_name"]
+        self.identity = None
+        self.client_context = client_context
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int(self._deadline_ms - time.time() * 1000))
+
+
+def main():
+    global _PROTOCOL
+    _PROTOCOL = _protocol_stream()
+    init = json.loads(sys.stdin.readline())
+    sys.path[:0] = init["sys_path"]
+    function_config = init["function"]
+    handler, init_error = _load_handler(init["handler"])
+    if init_error is not None:
+        _log(f"[ERROR] {init_error['errorType']}: {init_error['errorMessage']}")
+    _send({"type": "ready"})
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        request_id = request["id"]
+        function_config["invoked_arn"] = request.get("invoked_arn", function_config["invoked_arn"])
+        _log(f"START RequestId: {request_id} Version: {function_config['version']}")
+        started = time.monotonic()
+        if init_error is not None:
+            reply = {"id": request_id, "ok": False, "error": init_error}
+        else:
+            reply = _invoke(handler, request, function_config)
+        duration_ms = (time.monotonic() - started) * 1000
+        _log(f"END RequestId: {request_id}")
+        _log(
+            f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+            f"Memory Size: {function_config['memory_size']} MB"
+        )
+        reply["duration_ms"] = duration_ms
+        _send(reply)
+
+
+def _invoke(handler, request, function_config):
+    request_id = request["id"]
+    try:
+        event = json.loads(request["event"]) if request["event"] else {}
+    except ValueError as exc:
+        return {"id": request_id, "ok": False, "error": _error(str(exc), "Runtime.UnmarshalError")}
+    context = LambdaContext(
+        function_config, request_id, request["deadline_ms"], request.get("client_context")
+    )
+    try:
+        result = handler(event, context)
+    except Exception as exc:
+        error = _error_from_exception(exc)
+        _log(f"[ERROR] {error['errorType']}: {error['errorMessage']}\nTraceback (most recent call last):")
+        for frame in error["stackTrace"]:
+            sys.stderr.write(frame)
+        sys.stderr.flush()
+        return {"id": request_id, "ok": False, "error": error}
+    try:
+        payload = json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return {
+            "id": request_id,
+            "ok": False,
+            "error": _error(f"Unable to marshal response: {exc}", "Runtime.MarshalError"),
+        }
+    return {"id": request_id, "ok": True, "payload": payload}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+"""Local Lambda execution environments: one warm worker subprocess per function version.
+
+Each worker runs ``lambda_bootstrap.py`` under ``python -I -S`` with a Lambda-like ``sys.path``
+(task root, the layers, then a runtime directory holding only what Lambda's Python runtime
+ships) and a Lambda-like environment (the function's variables plus the local endpoint and
+dummy credentials; nothing else from the host). Code and layers are unzipped from the emulated
+Lambda service into the state directory, keyed by sha256.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+BOOTSTRAP = Path(__file__).resolve().with_name("lambda_bootstrap.py")
+
+# What the Lambda Python runtime ships besides the standard library (import name, distribution).
+RUNTIME_PACKAGES = (
+    ("boto3", "boto3"),
+    ("botocore", "botocore"),
+    ("s3transfer", "s3transfer"),
+    ("jmespath", "jmespath"),
+    ("dateutil", "python-dateutil"),
+    ("urllib3", "urllib3"),
+    ("six", "six"),
+)
+
+MAX_WORKERS_PER_VERSION = 4
+INIT_LIMIT_SECONDS = 10.0
+LOG_TAIL_BYTES = 4096
+
+
+@dataclass
+class InvokeResult:
+    """The outcome of one invocation, in Lambda's terms."""
+
+    payload: bytes
+    errored: bool
+    duration_ms: float
+    logs: str = ""
+    error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """Everything that defines one execution environment of a function version."""
+
+    function_name: str
+    function_arn: str
+    version: str
+    runtime: str
+    handler: str
+    timeout: float
+    memory_size: int
+    environment: tuple[tuple[str, str], ...]
+    code_sha256: str
+    layer_arns: tuple[str, ...]
+
+    @property
+    def pool_key(self) -> tuple[str, str]:
+        return (self.function_arn, self.version)
+
+
+class EnvironmentUnavailable(Exception):
+    """Raised when the local Lambda service cannot run an execution environment."""
+
+
+def error_payload(message: str, error_type: str) -> bytes:
+    return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
+
+
+class InterpreterFinder:
+    """Finds a python3.X interpreter that matches a Lambda runtime name, once per runtime."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, str] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def find(self, runtime: str) -> str:
+        with self._lock:
+            if runtime not in self._found:
+                self._found[runtime] = self._search(runtime)
+            return self._found[runtime]
+
+    def _search(self, runtime: str) -> str:
+        match = re.fullmatch(r"python(3)\.(\d+)", runtime or "")
+        if not match:
+            return sys.executable
+        minor = f"3.{match.group(2)}"
+        candidates: list[str] = []
+        on_path = shutil.which(f"python{minor}")
+        if on_path:
+            candidates.append(on_path)
+        for root in (os.path.expanduser("~/.pyenv/versions"), "/root/.pyenv/versions"):
+            candidates.extend(sorted(glob.glob(f"{root}/{minor}*/bin/python{minor}"), reverse=True))
+        if f"{sys.version_info.major}.{sys.version_info.minor}" == minor:
+            candidates.insert(0, sys.executable)
+        for candidate in candidates:
+            if self._runs(candidate, minor):
+                return candidate
+        if runtime not in self._warned:
+            self._warned.add(runtime)
+            LOG.warning(
+                "No working python%s interpreter found for runtime %s; running it with %s (Python %s.%s). "
+                "Install python%s to emulate this runtime faithfully.",
+                minor,
+                runtime,
+                sys.executable,
+                sys.version_info.major,
+                sys.version_info.minor,
+                minor,
+            )
+        return sys.executable
+
+    @staticmethod
+    def _runs(executable: str, minor: str) -> bool:
+        try:
+            out = subprocess.run(
+                [executable, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                env={"PATH": "/usr/bin:/bin"},
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return out.returncode == 0 and out.stdout.strip() == minor
+
+
+class Worker:
+    """One execution environment: a bootstrap subprocess with its protocol and log readers."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        init_message: dict[str, Any],
+        log_sink: LogSink,
+    ) -> None:
+        self.spec = spec
+        self.log_stream_name = init_message["function"]["log_stream_name"]
+        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._log_sink = log_sink
+        self._log_lines: list[str] = []
+        self._log_done: dict[str, threading.Event] = {}
+        self._log_lock = threading.Lock()
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=str(cwd),
+            text=True,
+            encoding="utf-8",
+            errors="backslashreplace",
+            bufsize=1,
+        )
+        threading.Thread(
+            target=self._read_replies, daemon=True, name=f"lambda-out-{spec.function_name}"
+        ).start()
+        threading.Thread(target=self._read_logs, daemon=True, name=f"lambda-log-{spec.function_name}").start()
+        self._write(init_message)
+
+    def _write(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
+        self.process.stdin.flush()
+
+    def _read_replies(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                self._replies.put(json.loads(line))
+            except ValueError:
+                LOG.warning("unreadable reply from %s: %r", self.spec.function_name, line[:200])
+        self._replies.put(None)
+
+    def _read_logs(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._log_sink.write(self.spec.function_name, line)
+            with self._log_lock:
+                self._log_lines.append(line)
+                if line.startswith("END RequestId: "):
+                    request_id = line.split(":", 1)[1].strip()
+                    self._log_done.setdefault(request_id, threading.Event()).set()
+        with self._log_lock:
+            for event in self._log_done.values():
+                event.set()
+
+    def wait_ready(self, timeout: float) -> str | None:
+        """Wait for the init phase; return an error description, or None when ready."""
+        try:
+            reply = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            return f"Init phase did not finish within {timeout:.0f} seconds"
+        if reply is None:
+            return f"Runtime exited with error: exit status {self.process.wait()}"
+        return None
+
+    def invoke(self, event: bytes, request_id: str, invoked_arn: str, timeout: float) -> InvokeResult:
+        started = time.monotonic()
+        deadline_ms = time.time() * 1000 + timeout * 1000
+        with self._log_lock:
+            self._log_lines = []
+            self._log_done[request_id] = threading.Event()
+        try:
+            self._write(
+                {
+                    "id": request_id,
+                    "event": event.decode("utf-8"),
+                    "deadline_ms": deadline_ms,
+                    "invoked_arn": invoked_arn,
+                }
+            )
+        except (BrokenPipeError, OSError):
+            return self._exited(request_id, started)
+        try:
+            reply = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            duration = (time.monotonic() - started) * 1000
+            message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
+            self._log_sink.write(self.spec.function_name, f"{message}\n")
+            return InvokeResult(
+                error_payload(message, "Sandbox.Timedout"),
+                True,
+                duration,
+                self._take_logs(request_id) + message + "\n",
+                "Sandbox.Timedout",
+            )
+        if reply is None:
+            return self._exited(request_id, started)
+        duration = float(reply.get("duration_ms", (time.monotonic() - started) * 1000))
+        logs = self._take_logs(request_id)
+        if reply.get("ok"):
+            return InvokeResult(reply["payload"].encode("utf-8"), False, duration, logs)
+        error = reply["error"]
+        return InvokeResult(json.dumps(error).encode("utf-8"), True, duration, logs, error.get("errorType"))
+
+    def _exited(self, request_id: str, started: float) -> InvokeResult:
+        code = self.process.wait()
+        message = f"RequestId: {request_id} Error: Runtime exited with error: exit status {code}"
+        return InvokeResult(
+            error_payload(message, "Runtime.ExitError"),
+            True,
+            (time.monotonic() - started) * 1000,
+            self._take_logs(request_id),
+            "Runtime.ExitError",
+        )
+
+    def _take_logs(self, request_id: str) -> str:
+        with self._log_lock:
+            done = self._log_done.get(request_id)
+        if done is not None:
+            done.wait(timeout=1.0)
+        with self._log_lock:
+            self._log_done.pop(request_id, None)
+            lines, self._log_lines = self._log_lines, []
+        return "".join(lines)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            LOG.warning("worker of %s did not exit", self.spec.function_name)
+        for stream in (self.process.stdin,):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+
+class LogSink:
+    """Appends every worker's stderr to ``logs/<function>.log`` under the state directory."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._dir = log_dir
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def path(self, function_name: str) -> Path:
+        return self._dir / f"{function_name}.log"
+
+    def write(self, function_name: str, text: str) -> None:
+        with self._lock, open(self.path(function_name), "a", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+@dataclass
+class _Pool:
+    spec: FunctionSpec
+    idle: list[Worker] = field(default_factory=list)
+    total: int = 0
+
+
+class LambdaRuntime:
+    """Runs function versions in warm, isolated worker subprocesses against the local endpoint."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        endpoint_url: str,
+        region: str,
+        max_workers_per_version: int = MAX_WORKERS_PER_VERSION,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.max_workers = max_workers_per_version
+        self.logs = LogSink(self.state_dir / "logs")
+        self.interpreters = InterpreterFinder()
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._workers: set[Worker] = set()
+        self._cond = threading.Condition()
+        self._extract_lock = threading.Lock()
+        self._closed = False
+        self._runtime_dir: Path | None = None
+        self._aws_config = self.state_dir / "aws-config"
+
+    # -- preparation -------------------------------------------------------------------------
+
+    def runtime_dir(self) -> Path:
+        """A directory with only what Lambda's Python runtime ships, linked from this host."""
+        with self._extract_lock:
+            if self._runtime_dir is not None:
+                return self._runtime_dir
+            target = self.state_dir / "runtime"
+            target.mkdir(parents=True, exist_ok=True)
+            for module, distribution in RUNTIME_PACKAGES:
+                spec = importlib.util.find_spec(module)
+                if spec is None or spec.origin is None:
+                    LOG.warning("%s is not installed on this host; functions will not find it", module)
+                    continue
+                origin = Path(spec.origin)
+                source = origin.parent if origin.name == "__init__.py" else origin
+                self._link(source, target / source.name)
+                try:
+                    dist_path = getattr(importlib.metadata.distribution(distribution), "_path", None)
+                except importlib.metadata.PackageNotFoundError:
+                    dist_path = None
+                if dist_path is not None:
+                    self._link(Path(dist_path), target / Path(dist_path).name)
+            self._runtime_dir = target
+            return target
+
+    @staticmethod
+    def _link(source: Path, link: Path) -> None:
+        if link.is_symlink() and Path(os.readlink(link)) == source:
+            return
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            shutil.rmtree(link)
+        link.symlink_to(source, target_is_directory=source.is_dir())
+
+    def extract(self, kind: str, data: bytes) -> Path:
+        """Unzip ``data`` once into ``<state>/<kind>/<sha256>`` and return the directory."""
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.state_dir / kind / digest
+        with self._extract_lock:
+            if target.is_dir():
+                return target
+            staging = target.with_name(f".{digest}.{uuid.uuid4().hex}")
+            staging.mkdir(parents=True)
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                archive.extractall(staging)
+            staging.rename(target)
+            return target
+
+    def _sys_path(self, spec: FunctionSpec, task_root: Path, layer_dirs: list[Path]) -> list[str]:
+        # Lambda unzips layers into /opt in order, later layers overwriting earlier ones, and
+        # puts /opt/python/lib/python3.X/site-packages before /opt/python. With one directory
+        # per layer, the same precedence is: every site-packages dir (last layer first), then
+        # every python dir (last layer first).
+        minor = spec.runtime.removeprefix("python") if spec.runtime.startswith("python") else ""
+        site = [d / "python" / "lib" / f"python{minor}" / "site-packages" for d in reversed(layer_dirs)]
+        plain = [d / "python" for d in reversed(layer_dirs)]
+        return [str(task_root), *(str(p) for p in site + plain), str(self.runtime_dir())]
+
+    def _environment(self, spec: FunctionSpec, task_root: Path, log_stream: str) -> dict[str, str]:
+        self._aws_config.mkdir(parents=True, exist_ok=True)
+        (self._aws_config / "config").touch()
+        (self._aws_config / "credentials").touch()
+        env = dict(spec.environment)
+        env.update(
+            {
+                "AWS_ENDPOINT_URL": self.endpoint_url,
+                "AWS_REGION": self.region,
+                "AWS_DEFAULT_REGION": self.region,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_SESSION_TOKEN": "testing",
+                "AWS_CONFIG_FILE": str(self._aws_config / "config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(self._aws_config / "credentials"),
+                "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
+                "AWS_LAMBDA_FUNCTION_NAME": spec.function_name,
+                "AWS_LAMBDA_FUNCTION_VERSION": spec.version,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_size),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.function_name}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "LAMBDA_TASK_ROOT": str(task_root),
+                "LAMBDA_RUNTIME_DIR": str(self.runtime_dir()),
+                "_HANDLER": spec.handler,
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "LANG": "en_US.UTF-8",
+                "TZ": ":UTC",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    # -- pool ----------------------------------------------------------------------------------
+
+    def _start_worker(self, spec: FunctionSpec, code: bytes, layers: list[bytes]) -> Worker:
+        task_root = self.extract("code", code)
+        layer_dirs = [self.extract("layers", data) for data in layers]
+        now = time.gmtime()
+        log_stream = f"{now.tm_year}/{now.tm_mon:02d}/{now.tm_mday:02d}/[{spec.version}]{uuid.uuid4().hex}"
+        init = {
+            "handler": spec.handler,
+            "sys_path": self._sys_path(spec, task_root, layer_dirs),
+            "function": {
+                "name": spec.function_name,
+                "version": spec.version,
+                "invoked_arn": spec.function_arn,
+                "memory_size": spec.memory_size,
+                "log_group_name": f"/aws/lambda/{spec.function_name}",
+                "log_stream_name": log_stream,
+            },
+        }
+        argv = [self.interpreters.find(spec.runtime), "-I", "-S", str(BOOTSTRAP)]
+        return Worker(spec, argv, self._environment(spec, task_root, log_stream), task_root, init, self.logs)
+
+    def _acquire(self, spec: FunctionSpec) -> tuple[Worker | None, _Pool]:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise EnvironmentUnavailable("the local Lambda service is stopped")
+                pool = self._pools.get(spec.pool_key)
+                if pool is None or pool.spec != spec:
+                    # New code or configuration for this version ($LATEST changes): retire the old pool.
+                    if pool is not None:
+                        for worker in pool.idle:
+                            worker.kill()
+                    pool = self._pools[spec.pool_key] = _Pool(spec)
+                while pool.idle:
+                    worker = pool.idle.pop()
+                    if worker.alive:
+                        return worker, pool
+                    pool.total -= 1
+                if pool.total < self.max_workers:
+                    pool.total += 1
+                    return None, pool
+                self._cond.wait(timeout=1.0)
+
+    def _release(self, pool: _Pool, worker: Worker | None) -> None:
+        with self._cond:
+            current = self._pools.get(pool.spec.pool_key) is pool and not self._closed
+            if worker is not None and worker.alive and current:
+                pool.idle.append(worker)
+            else:
+                pool.total -= 1
+                if worker is not None:
+                    self._workers.discard(worker)
+                    worker.kill()
+            self._cond.notify_all()
+
+    def invoke(
+        self,
+        spec: FunctionSpec,
+        code: bytes,
+        layers: list[bytes],
+        event: bytes,
+        invoked_arn: str,
+        request_id: str | None = None,
+    ) -> InvokeResult:
+        """Run one invocation of ``spec`` with ``event`` (JSON bytes) and return Lambda's outcome."""
+        request_id = request_id or str(uuid.uuid4())
+        worker, pool = self._acquire(spec)
+        try:
+            if worker is None:
+                started = time.monotonic()
+                try:
+                    worker = self._start_worker(spec, code, layers)
+                    with self._cond:
+                        self._workers.add(worker)
+                except (OSError, zipfile.BadZipFile) as exc:
+                    message = (
+                        f"RequestId: {request_id} Error: could not start the execution environment: {exc}"
+                    )
+                    return InvokeResult(
+                        error_payload(message, "Runtime.Unknown"), True, 0.0, "", "Runtime.Unknown"
+                    )
+                problem = worker.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
+                if problem is not None:
+                    worker.kill()
+                    message = f"RequestId: {request_id} Error: {problem}"
+                    return InvokeResult(
+                        error_payload(message, "Runtime.ExitError"),
+                        True,
+                        (time.monotonic() - started) * 1000,
+                        "",
+                        "Runtime.ExitError",
+                    )
+            return worker.invoke(event, request_id, invoked_arn, spec.timeout)
+        finally:
+            self._release(pool, worker)
+
+    def close(self) -> None:
+        """Stop every worker."""
+        with self._cond:
+            self._closed = True
+            self._pools = {}
+            workers, self._workers = list(self._workers), set()
+            self._cond.notify_all()
+        for worker in workers:
+            worker.kill()
+
+
+def tail_logs(logs: str) -> str:
+    """The base64 ``LogResult`` of a ``LogType=Tail`` invoke: the last 4 KB of the log."""
+    return base64.b64encode(logs.encode("utf-8")[-LOG_TAIL_BYTES:]).decode()

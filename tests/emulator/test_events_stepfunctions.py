@@ -1,0 +1,144 @@
+"""EventBridge delivery and Step Functions' Lambda integration on the local emulated AWS."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from .support import handler_zip, versioned_handler, wait_for
+
+RECORDER = """
+import json, boto3
+def handler(event, context):
+    boto3.client("s3").put_object(Bucket="event-records", Key="seen/" + context.aws_request_id,
+                                  Body=json.dumps(event).encode())
+"""
+
+
+def _records(aws) -> list[dict]:
+    s3 = aws.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="event-records", Prefix="seen/").get("Contents", [])]
+    return [json.loads(s3.get_object(Bucket="event-records", Key=k)["Body"].read()) for k in keys]
+
+
+def test_s3_upload_reaches_a_lambda_target_through_eventbridge(aws, make_function):
+    s3, events, lam = aws.client("s3"), aws.client("events"), aws.client("lambda")
+    s3.create_bucket(Bucket="event-records")
+    s3.create_bucket(Bucket="pushes")
+    s3.put_bucket_notification_configuration(
+        Bucket="pushes", NotificationConfiguration={"EventBridgeConfiguration": {}}
+    )
+    recorder = make_function(handler_zip(RECORDER))
+    arn = lam.get_function(FunctionName=recorder)["Configuration"]["FunctionArn"]
+    events.put_rule(
+        Name="on-push",
+        EventPattern=json.dumps(
+            {
+                "source": ["aws.s3"],
+                "detail-type": ["Object Created"],
+                "detail": {"bucket": {"name": ["pushes"]}, "object": {"key": [{"prefix": "layers/"}]}},
+            }
+        ),
+    )
+    events.put_targets(Rule="on-push", Targets=[{"Id": "recorder", "Arn": arn}])
+
+    s3.put_object(Bucket="pushes", Key="elsewhere/requirements.txt", Body=b"x")
+    s3.put_object(Bucket="pushes", Key="layers/demo/requirements.txt", Body=b"requests==2.32.3\n")
+    records = wait_for(lambda: _records(aws))
+    time.sleep(0.3)
+    records = _records(aws)
+    assert len(records) == 1
+    event = records[0]
+    assert event["source"] == "aws.s3" and event["detail-type"] == "Object Created"
+    assert event["detail"]["object"]["key"] == "layers/demo/requirements.txt"
+    assert event["time"].endswith("Z") and "T" in event["time"]
+    assert "ingestion-time" not in event
+
+
+def test_rule_delivers_to_a_state_machine_with_an_input_transformer(aws, role_arn):
+    sfn, events = aws.client("stepfunctions"), aws.client("events")
+    machine = sfn.create_state_machine(
+        name=f"echo-{uuid.uuid4().hex[:6]}",
+        roleArn=role_arn,
+        definition=json.dumps({"StartAt": "Echo", "States": {"Echo": {"Type": "Pass", "End": True}}}),
+    )["stateMachineArn"]
+    events.put_rule(Name="to-machine", EventPattern=json.dumps({"source": ["layershift.test"]}))
+    events.put_targets(
+        Rule="to-machine",
+        Targets=[
+            {
+                "Id": "machine",
+                "Arn": machine,
+                "RoleArn": role_arn,
+                "InputTransformer": {
+                    "InputPathsMap": {"layer": "$.detail.layer"},
+                    "InputTemplate": '{"layer": "<layer>"}',
+                },
+            }
+        ],
+    )
+    events.put_events(
+        Entries=[{"Source": "layershift.test", "DetailType": "push", "Detail": json.dumps({"layer": "demo"})}]
+    )
+    executions = wait_for(lambda: sfn.list_executions(stateMachineArn=machine)["executions"])
+    execution = wait_for(
+        lambda: (d := sfn.describe_execution(executionArn=executions[0]["executionArn"]))["status"] != "RUNNING" and d
+    )
+    assert execution["status"] == "SUCCEEDED"
+    assert json.loads(execution["output"]) == {"layer": "demo"}
+
+
+def _run(aws, role_arn: str, definition: dict, payload: dict) -> tuple[dict, list[dict]]:
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name=f"sm-{uuid.uuid4().hex[:6]}", roleArn=role_arn, definition=json.dumps(definition)
+    )["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=machine, input=json.dumps(payload))["executionArn"]
+    described = wait_for(
+        lambda: (d := sfn.describe_execution(executionArn=execution))["status"] != "RUNNING" and d, timeout=20
+    )
+    return described, sfn.get_execution_history(executionArn=execution)["events"]
+
+
+def test_lambda_invoke_task_catches_a_custom_error_by_name(aws, make_function, role_arn):
+    lam = aws.client("lambda")
+    name = make_function(versioned_handler("sfn"))
+    arn = lam.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    lam.publish_version(FunctionName=name)
+    lam.create_alias(FunctionName=name, Name="live", FunctionVersion="1")
+    definition = {
+        "StartAt": "CallFunction",
+        "States": {
+            "CallFunction": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": f"{arn}:live", "Payload.$": "$"},
+                "OutputPath": "$.Payload",
+                "Catch": [
+                    {"ErrorEquals": ["ValueError"], "Next": "WrongCatch"},
+                    {"ErrorEquals": ["LayerBroken"], "ResultPath": "$.error", "Next": "RolledBack"},
+                ],
+                "Next": "Done",
+            },
+            "WrongCatch": {"Type": "Fail", "Error": "WrongCatch"},
+            "RolledBack": {"Type": "Pass", "End": True},
+            "Done": {"Type": "Succeed"},
+        },
+    }
+    described, history = _run(aws, role_arn, definition, {"raise": "LayerBroken"})
+    assert described["status"] == "SUCCEEDED"
+    assert json.loads(described["output"])["error"]["Error"] == "LayerBroken"
+    assert any(e["type"] == "TaskFailed" and e["taskFailedEventDetails"]["error"] == "LayerBroken" for e in history)
+
+    described, _ = _run(aws, role_arn, definition, {"hello": 1})
+    assert described["status"] == "SUCCEEDED"
+    assert json.loads(described["output"])["version"] == "1"
+
+
+def test_wait_states_are_scaled(aws, role_arn):
+    definition = {"StartAt": "Bake", "States": {"Bake": {"Type": "Wait", "Seconds": 120, "End": True}}}
+    started = time.monotonic()
+    described, _ = _run(aws, role_arn, definition, {})
+    assert described["status"] == "SUCCEEDED"
+    assert time.monotonic() - started < 10
