@@ -59,7 +59,7 @@ def create_consumers(cp: ControlPlane, examples: Path, layer_arn: str) -> None:
             Code={"ZipFile": _zip_dir(examples / "consumers" / name)},
             Layers=[layer_arn],
             Timeout=10,
-            Tags={"team": "demo"},
+            Tags={"team": "demo", "layershift:managed": "true"},
         )
         lam.get_waiter("function_active_v2").wait(FunctionName=name)
         version = lam.publish_version(FunctionName=name)["Version"]

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from layershift_core.builder import Manifest, build_job, build_layer, compute_build_key
 from layershift_core.builder.platforms import find_interpreter
 from layershift_core.errors import SdistOnlyPackage
 from layershift_core.requirements import parse_requirements
-from moto import mock_aws
 
 pytestmark = pytest.mark.network
 

@@ -475,7 +475,11 @@ def test_build_job_fails_with_a_clear_last_line(
     assert build_job.run(_job_env("artifacts", "0" * 64)) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("layershift build job failed: BuildFailed: build key mismatch")
-    assert "Contents" not in s3.list_objects_v2(Bucket="artifacts", Prefix="artifacts/")
+    # No zip or manifest, but the reason is recorded where the workflow looks for it.
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="artifacts", Prefix="artifacts/").get("Contents", [])]
+    assert keys == [f"artifacts/api/{'0' * 64}/build-failure.json"]
+    record = json.loads(s3.get_object(Bucket="artifacts", Key=keys[0])["Body"].read())
+    assert record["error"] == "BuildFailed" and "build key mismatch" in record["message"]
 
     s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=b"alpha>=1.0\n")
     assert build_job.run(_job_env("artifacts", "")) == 1

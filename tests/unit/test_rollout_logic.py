@@ -66,7 +66,9 @@ def env() -> Iterator[dict[str, str]]:
                 )["LayerVersionArn"]
         old_shared = layer["shared"].rsplit(":", 1)[0] + ":1"
 
-        def function(name: str, layers: list[str], alias: str | None = "live", runtime: str = "python3.13") -> None:
+        def function(
+            name: str, layers: list[str], alias: str | None = "live", runtime: str = "python3.13", opted_in: bool = True
+        ) -> None:
             lam.create_function(
                 FunctionName=name,
                 Runtime=runtime,
@@ -74,6 +76,7 @@ def env() -> Iterator[dict[str, str]]:
                 Handler="app.handler",
                 Code={"ZipFile": _zip()},
                 Layers=layers,
+                Tags={"layershift:managed": "true"} if opted_in else {},
             )
             if alias:
                 version = lam.publish_version(FunctionName=name)["Version"]
@@ -83,6 +86,7 @@ def env() -> Iterator[dict[str, str]]:
         function("no-alias", [old_shared], alias=None)
         function("old-runtime", [old_shared], runtime="python3.11")
         function("unrelated", [layer["other"]])
+        function("not-opted-in", [old_shared], opted_in=False)
         function("split", [old_shared])
         version = lam.publish_version(FunctionName="split", Description="second")["Version"]
         lam.update_alias(FunctionName="split", Name="live", RoutingConfig={"AdditionalVersionWeights": {version: 0.5}})
@@ -144,10 +148,11 @@ def test_plan_targets_users_of_the_layer_and_skips_with_reasons(env: dict[str, s
     assert "no alias 'live'" in verdicts["no-alias"][1]
     assert "runtime python3.11" in verdicts["old-runtime"][1]
     assert "already routing" in verdicts["split"][1]
+    assert "not opted in: tag it layershift:managed=true" in verdicts["not-opted-in"][1]
     assert "unrelated" not in verdicts
     good = next(t for t in plan.targets if t.function_name == "good")
     assert good.new_layers[1] == env["new"] and good.new_layers[0] == good.current_layers[0]
-    assert (state.plan.target_count, state.plan.skipped_count) == (1, 3)
+    assert (state.plan.target_count, state.plan.skipped_count) == (1, 4)
 
 
 def _through_shift(env: dict[str, str]) -> tuple[RolloutState, StepState]:

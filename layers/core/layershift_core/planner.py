@@ -17,6 +17,7 @@ from .settings import Settings
 MAX_LAYERS = 5
 UNZIPPED_LIMIT_BYTES = 262_144_000
 TARGET_TAG = "layershift:layer"
+MANAGED_TAG = "layershift:managed"
 
 
 def layer_name_of(arn: str) -> str:
@@ -44,22 +45,21 @@ def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
     write_json(bucket, key, plan.model_dump(mode="json"))
 
 
-def _candidates(layer: str, extra: list[str]) -> dict[str, dict[str, Any]]:
-    """Functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec."""
+def _candidates(layer: str, extra: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
+    """Functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec,
+    each with its tags."""
     lam = client("lambda")
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
     for page in lam.get_paginator("list_functions").paginate():
         for config in page["Functions"]:
-            uses = any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", []))
-            if uses:
-                found[config["FunctionName"]] = config
-                continue
             tags = lam.list_tags(Resource=config["FunctionArn"]).get("Tags", {})
-            if tags.get(TARGET_TAG) == layer:
-                found[config["FunctionName"]] = config
+            uses = any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", []))
+            if uses or tags.get(TARGET_TAG) == layer or config["FunctionName"] in extra:
+                found[config["FunctionName"]] = (config, tags)
     for name in extra:
         if name not in found:
-            found[name] = lam.get_function_configuration(FunctionName=name)
+            config = lam.get_function_configuration(FunctionName=name)
+            found[name] = (config, lam.list_tags(Resource=config["FunctionArn"]).get("Tags", {}))
     return found
 
 
@@ -72,7 +72,11 @@ def _layer_size(arn: str, cache: dict[str, int]) -> int:
 
 
 def assess(
-    config: dict[str, Any], alias_name: str, new_layer: LayerVersionRef, layer_sizes: dict[str, int]
+    config: dict[str, Any],
+    tags: dict[str, str],
+    alias_name: str,
+    new_layer: LayerVersionRef,
+    layer_sizes: dict[str, int],
 ) -> TargetPlan:
     """One function's verdict: a target with its before/after, or skipped with the reason."""
     name = config["FunctionName"]
@@ -85,6 +89,11 @@ def assess(
 
     if config.get("PackageType") == "Image":
         return skip("container image functions cannot use layers")
+    if tags.get(MANAGED_TAG) != "true" and TARGET_TAG not in tags:
+        return skip(
+            f"not opted in: tag it {MANAGED_TAG}=true (or {TARGET_TAG}=<layer>) to let layershift change it; "
+            "the control plane's IAM policy allows changes only to functions that carry one of these tags"
+        )
     runtime = config.get("Runtime")
     if new_layer.compatible_runtimes and runtime not in new_layer.compatible_runtimes:
         return skip(f"runtime {runtime} is not one the layer supports ({', '.join(new_layer.compatible_runtimes)})")
@@ -130,7 +139,9 @@ def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
     spec = rollout.spec
     sizes: dict[str, int] = {}
     candidates = _candidates(rollout.layer, spec.functions)
-    targets = [assess(config, spec.alias, layer_version, sizes) for _, config in sorted(candidates.items())]
+    targets = [
+        assess(config, tags, spec.alias, layer_version, sizes) for _, (config, tags) in sorted(candidates.items())
+    ]
     plan = RolloutPlan(
         rollout_id=rollout.rollout_id,
         layer=rollout.layer,

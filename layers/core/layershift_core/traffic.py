@@ -10,7 +10,9 @@ import json
 import time
 from typing import Any, Literal
 
-from .aws import client, guarded
+from .artifacts import read_json
+from .aws import client, error_code, guarded
+from .builder.build import BUILD_FAILURE_JSON
 from .errors import RollbackIncomplete
 from .models import Outcome, RolloutPlan, RolloutState, StepState, TargetPlan
 from .observability import logger
@@ -89,6 +91,19 @@ def promote(state: RolloutState, settings: Settings) -> RolloutState:
     return state
 
 
+def build_failure(bucket: str, state: RolloutState) -> tuple[str, str] | None:
+    """The reason the build job recorded beside its output, when the build failed."""
+    if state.rollout is None or state.layer_version is not None:
+        return None
+    try:
+        record = read_json(bucket, state.rollout.artifact_prefix + BUILD_FAILURE_JSON)
+    except Exception as exc:
+        if error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
+            return None
+        raise
+    return str(record.get("error") or "BuildFailed"), str(record.get("message") or "")
+
+
 def error_summary(state: RolloutState) -> tuple[str, str]:
     """The failure that led here, as a name and a message an operator can read."""
     if state.error is None:
@@ -139,7 +154,7 @@ def _restore(target: TargetPlan) -> str | None:
 
 
 def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
-    name, cause = error_summary(state)
+    name, cause = build_failure(settings.bucket, state) or error_summary(state)
     restored: list[str] = []
     unrestored: list[str] = []
     plan: RolloutPlan | None = None

@@ -31,6 +31,7 @@ from layershift_core.requirements import parse_requirements
 UNZIPPED_BUDGET_BYTES = 262_144_000
 LAYER_ZIP = "layer.zip"
 MANIFEST_JSON = "manifest.json"
+BUILD_FAILURE_JSON = "build-failure.json"
 _OTHER = "(not in any RECORD)"
 
 

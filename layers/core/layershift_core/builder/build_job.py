@@ -16,13 +16,15 @@ last line of output states the error.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from layershift_core.builder.build import LAYER_ZIP, MANIFEST_JSON, build_layer
+from layershift_core.builder.build import BUILD_FAILURE_JSON, LAYER_ZIP, MANIFEST_JSON, build_layer
 from layershift_core.builder.key import compute_build_key
 from layershift_core.errors import BuildFailed, LayershiftError
 from layershift_core.requirements import parse_requirements
@@ -121,10 +123,21 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
         print(message, file=sys.stderr, flush=True)
         first = message.splitlines()[0] if message else ""
         print(f"layershift build job failed: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        _record_failure(s3_client, out_bucket, out_prefix, exc)
         return 1
     except Exception as exc:
         print(f"layershift build job failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        _record_failure(s3_client, out_bucket, out_prefix, exc)
         return 1
+
+
+def _record_failure(s3_client: Any, bucket: str, prefix: str, exc: Exception) -> None:
+    """Leave the reason beside where the zip would have been, so the workflow can say it plainly."""
+    body = json.dumps({"error": type(exc).__name__, "message": str(exc)[:8000]}).encode()
+    try:
+        s3_client.put_object(Bucket=bucket, Key=prefix + BUILD_FAILURE_JSON, Body=body, ContentType="application/json")
+    except Exception as upload_error:
+        print(f"layershift build job: could not record the failure: {upload_error}", file=sys.stderr, flush=True)
 
 
 def main() -> int:

@@ -1,0 +1,137 @@
+"""Helpers for the integration tests: pushing, following and checking rollouts; sample consumers."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from layershift.controlplane import ControlPlane, follow, push, wait_for_execution
+from layershift.invariants import check_invariants
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def zip_source(source: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", source)
+    return buffer.getvalue()
+
+
+@dataclass
+class Rollout:
+    execution_arn: str
+    status: str
+    output: dict[str, Any] | None
+    error: str | None
+    cause: str | None
+    history: list[dict[str, Any]]
+    lines: list[str]
+
+    def states_entered(self) -> list[str]:
+        return [e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e]
+
+
+def run_rollout(cp: ControlPlane, layer: str, requirements: str, config: str | None = None) -> Rollout:
+    """Push, wait for the execution the push starts, follow it to its end, and check the invariants."""
+    result = push(cp, layer, requirements.encode(), config.encode() if config is not None else None)
+    wait_for_execution(cp, result.execution_arn)
+    lines: list[str] = []
+    described = follow(cp, result.execution_arn, emit=lines.append, poll=0.3, timeout=600)
+    sfn = cp.client("stepfunctions")
+    history = sfn.get_execution_history(executionArn=result.execution_arn, maxResults=1000)["events"]
+    failed = next((e["executionFailedEventDetails"] for e in history if e["type"] == "ExecutionFailed"), {})
+    problems = check_invariants(cp, result.execution_arn)
+    assert problems == [], f"invariants violated after {result.execution_arn}: {problems}"
+    return Rollout(
+        execution_arn=result.execution_arn,
+        status=described["status"],
+        output=json.loads(described["output"]) if described.get("output") else None,
+        error=failed.get("error"),
+        cause=failed.get("cause"),
+        history=history,
+        lines=lines,
+    )
+
+
+CONSUMER = "import six\n\ndef handler(event, context):\n    return {'six': six.__version__}\n"
+
+
+def publish_bootstrap_layer(cp: ControlPlane, layer: str) -> str:
+    """A first version of `layer`, published directly (as a team's existing layer would be)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("python/six.py", "__version__ = 'bootstrap'\n\ndef legacy_answer():\n    return 42\n")
+    response = cp.client("lambda").publish_layer_version(
+        LayerName=layer,
+        Content={"ZipFile": buffer.getvalue()},
+        CompatibleRuntimes=["python3.13"],
+        CompatibleArchitectures=["x86_64"],
+    )
+    return response["LayerVersionArn"]
+
+
+def create_consumer(
+    cp: ControlPlane,
+    name: str,
+    layers: list[str],
+    alias: str | None = "live",
+    source: str = CONSUMER,
+    tags: dict[str, str] | None = None,
+) -> str | None:
+    lam = cp.client("lambda")
+    role = _role(cp)
+    lam.create_function(
+        FunctionName=name,
+        Runtime="python3.13",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": zip_source(source)},
+        Layers=layers,
+        Tags={"layershift:managed": "true"} if tags is None else tags,
+    )
+    if alias is None:
+        return None
+    version = lam.publish_version(FunctionName=name)["Version"]
+    lam.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+    return version
+
+
+def _role(cp: ControlPlane) -> str:
+    iam = cp.client("iam")
+    try:
+        return iam.get_role(RoleName="consumer-role")["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        return iam.create_role(RoleName="consumer-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+
+
+def create_alarm(cp: ControlPlane, name: str, function: str, alias: str = "live") -> None:
+    cp.client("cloudwatch").put_metric_alarm(
+        AlarmName=name,
+        Namespace="AWS/Lambda",
+        MetricName="Errors",
+        Dimensions=[{"Name": "FunctionName", "Value": function}, {"Name": "Resource", "Value": f"{function}:{alias}"}],
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching",
+    )
+
+
+def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(interval)
+
+
+def spec(steps: str = "[{weight = 50, bake_seconds = 1}]", alarms: str = "[]", extra: str = "") -> str:
+    return f"[rollout]\nsteps = {steps}\npoll_seconds = 1\nalarms = {alarms}\n{extra}"
