@@ -181,8 +181,8 @@ def describe_event(event: dict[str, Any]) -> str | None:
         details = event["stateExitedEventDetails"]
         name = details["name"]
         output = _output(event, "stateExitedEventDetails")
-        if name == "ValidateRequest":
-            rollout = output.get("rollout", {})
+        if name == "ValidateRequest" and "rollout" in output:
+            rollout = output["rollout"]
             steps = ", ".join(
                 f"{s['weight']}% for {s['bake_seconds']}s" for s in rollout.get("spec", {}).get("steps", [])
             )

@@ -42,8 +42,27 @@ def _zip_dir(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
+def create_alarms(cp: ControlPlane) -> None:
+    """One error alarm per consumer alias: the gates named in examples/demo/layer.toml."""
+    for name in CONSUMERS:
+        cp.client("cloudwatch").put_metric_alarm(
+            AlarmName=f"demo-{name}-errors",
+            AlarmDescription=f"{name}:{ALIAS} reports errors",
+            Namespace="AWS/Lambda",
+            MetricName="Errors",
+            Dimensions=[{"Name": "FunctionName", "Value": name}, {"Name": "Resource", "Value": f"{name}:{ALIAS}"}],
+            Statistic="Sum",
+            Period=60,
+            EvaluationPeriods=1,
+            Threshold=1,
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+            TreatMissingData="notBreaching",
+        )
+    say(f"  alarms: {', '.join(f'demo-{name}-errors' for name in CONSUMERS)} (Errors >= 1 in 60 s on each alias)")
+
+
 def create_consumers(cp: ControlPlane, examples: Path, layer_arn: str) -> None:
-    iam, lam, cw = cp.client("iam"), cp.client("lambda"), cp.client("cloudwatch")
+    iam, lam = cp.client("iam"), cp.client("lambda")
     role = iam.create_role(
         RoleName="demo-consumer-role",
         AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
@@ -64,20 +83,7 @@ def create_consumers(cp: ControlPlane, examples: Path, layer_arn: str) -> None:
         lam.get_waiter("function_active_v2").wait(FunctionName=name)
         version = lam.publish_version(FunctionName=name)["Version"]
         lam.create_alias(FunctionName=name, Name=ALIAS, FunctionVersion=version)
-        cw.put_metric_alarm(
-            AlarmName=f"demo-{name}-errors",
-            AlarmDescription=f"{name}:{ALIAS} reports errors",
-            Namespace="AWS/Lambda",
-            MetricName="Errors",
-            Dimensions=[{"Name": "FunctionName", "Value": name}, {"Name": "Resource", "Value": f"{name}:{ALIAS}"}],
-            Statistic="Sum",
-            Period=60,
-            EvaluationPeriods=1,
-            Threshold=1,
-            ComparisonOperator="GreaterThanOrEqualToThreshold",
-            TreatMissingData="notBreaching",
-        )
-        say(f"  consumer {name}: version {version} behind alias {ALIAS!r}, alarm demo-{name}-errors")
+        say(f"  consumer {name}: version {version} behind alias {ALIAS!r}")
 
 
 @dataclass
@@ -154,14 +160,15 @@ def run(project_root: Path, keep_running: bool = False) -> int:
         say(f"  {len(stack.physical_ids)} resources; state machine {cp.state_machine_arn}")
 
         # Alarms first: layer.toml names them, and validation refuses alarms that do not exist.
+        create_alarms(cp)
         endings: dict[str, Any] = {}
         failures: list[str] = []
         status, problems = run_push(
             cp, "first layer version (no consumers yet)", examples / "requirements-v1.txt", config
         )
-        if status != "SUCCEEDED":
-            failures.append(f"the first version ended {status}")
-        failures += problems
+        if status != "SUCCEEDED" or problems:
+            say(f"  FAILED: the first layer version ended {status}; {'; '.join(problems)}")
+            return 1
         first_arn = cp.client("ssm").get_parameter(Name=f"/layershift/{LAYER}/arn")["Parameter"]["Value"]
 
         say(f"\n== consumers on {first_arn}")

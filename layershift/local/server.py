@@ -103,6 +103,10 @@ class LocalAws:
         # The server's per-request access log is noise for a local control plane.
         if logging.getLogger("werkzeug").level <= logging.INFO:
             logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        # The ASL interpreter logs every state failure at ERROR, including the ones a Catch handles
+        # by design; the execution history already records each one.
+        if logging.getLogger("moto.stepfunctions.parser").level <= logging.ERROR:
+            logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
         # Port 0: the operating system picks a free port, so there is no race with other servers.
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
