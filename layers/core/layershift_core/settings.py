@@ -21,6 +21,8 @@ class Settings(BaseModel):
     default_strategy: str = "Canary10Percent5Minutes"
     poll_seconds: int = Field(default=30, ge=1)
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
+    codecommit_repository: str | None = None
+    codecommit_branch: str = "main"
 
     @property
     def spec_defaults(self) -> SpecDefaults:
@@ -44,6 +46,8 @@ _ENV = {
     "default_strategy": "LAYERSHIFT_DEFAULT_STRATEGY",
     "poll_seconds": "LAYERSHIFT_POLL_SECONDS",
     "lock_lease_seconds": "LAYERSHIFT_LOCK_LEASE_SECONDS",
+    "codecommit_repository": "LAYERSHIFT_CODECOMMIT_REPOSITORY",
+    "codecommit_branch": "LAYERSHIFT_CODECOMMIT_BRANCH",
 }
 
 

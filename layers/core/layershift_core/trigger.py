@@ -2,6 +2,10 @@
 
 The execution name is the layer name plus a hash of the pushed bytes, so a duplicated S3 event,
 or the same content pushed again, starts nothing new.
+
+A CodeCommit push takes the same road: each changed `layers/<name>/` folder's requirements.txt
+(and layer.toml) is copied from the pushed commit into the artifact bucket, tagged with the commit
+id, and that upload starts the rollout like any other push.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from .models import RolloutRequest, RolloutState
 from .observability import logger
 
 _KEY = re.compile(r"^layers/(?P<layer>[^/]+)/requirements\.txt$")
+_SPEC_PATH = re.compile(r"^layers/(?P<layer>[^/]+)/(requirements\.txt|layer\.toml)$")
+SOURCE_METADATA = "layershift-source"
+COMMIT_METADATA = "layershift-commit"
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -74,6 +81,8 @@ def request_for_push(bucket: str, key: str, version_id: str | None) -> tuple[Rol
         if error_code(exc) not in {"404", "NoSuchKey", "NotFound"}:
             raise
     requirements = read_bytes(bucket, key, version_id)
+    head = client("s3").head_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
+    metadata = head.get("Metadata", {})
     request = RolloutRequest(
         layer=layer,
         bucket=bucket,
@@ -81,7 +90,8 @@ def request_for_push(bucket: str, key: str, version_id: str | None) -> tuple[Rol
         requirements_version=version_id,
         config_key=config_key if config is not None else None,
         config_version=config_version,
-        source="s3",
+        source="codecommit" if metadata.get(SOURCE_METADATA) == "codecommit" else "s3",
+        commit_id=metadata.get(COMMIT_METADATA),
     )
     return request, requirements, config
 
@@ -95,10 +105,87 @@ def start_rollout(event: dict[str, Any], state_machine_arn: str) -> StartResult:
     name = execution_name(request.layer, requirements, config)
     payload = RolloutState(request=request).model_dump(mode="json", exclude_none=True)
     sfn = client("stepfunctions")
+    arn = state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+    duplicate = StartResult(
+        started=False, execution_name=name, execution_arn=arn, reason="an execution for this exact content exists"
+    )
     try:
+        sfn.describe_execution(executionArn=arn)
+        logger.info("duplicate push: execution already exists", extra={"execution_name": name})
+        return duplicate
+    except sfn.exceptions.ExecutionDoesNotExist:
+        pass
+    try:
+        # StartExecution is itself idempotent for a running execution of the same name and input,
+        # so two deliveries racing past the check above still start one execution.
         response = sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))
     except sfn.exceptions.ExecutionAlreadyExists:
-        logger.info("duplicate push: execution already exists", extra={"execution_name": name})
-        return StartResult(started=False, execution_name=name, reason="an execution for this exact content exists")
+        return duplicate
     logger.info("rollout started", extra={"execution_name": name, "layer": request.layer})
     return StartResult(started=True, execution_name=name, execution_arn=response["executionArn"])
+
+
+class CodeCommitDetail(BaseModel):
+    repositoryName: str
+    referenceName: str
+    commitId: str
+    oldCommitId: str | None = None
+
+
+class CodeCommitEvent(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    detail_type: str = Field(alias="detail-type")
+    detail: CodeCommitDetail
+
+
+def _commit_file(repository: str, commit_id: str, path: str) -> bytes | None:
+    codecommit = client("codecommit")
+    try:
+        return codecommit.get_file(repositoryName=repository, commitSpecifier=commit_id, filePath=path)["fileContent"]
+    except codecommit.exceptions.FileDoesNotExistException:
+        return None
+
+
+def changed_layers(repository: str, commit_id: str, old_commit_id: str | None) -> list[str]:
+    """The layers whose requirements.txt or layer.toml the push changed."""
+    kwargs = {"repositoryName": repository, "afterCommitSpecifier": commit_id}
+    if old_commit_id and set(old_commit_id) != {"0"}:
+        kwargs["beforeCommitSpecifier"] = old_commit_id
+    layers: set[str] = set()
+    for page in client("codecommit").get_paginator("get_differences").paginate(**kwargs):
+        for difference in page.get("differences", []):
+            for side in ("afterBlob", "beforeBlob"):
+                path = (difference.get(side) or {}).get("path", "")
+                if match := _SPEC_PATH.match(path):
+                    layers.add(match["layer"])
+    return sorted(layers)
+
+
+def mirror_codecommit_push(event: dict[str, Any], bucket: str, branch: str) -> list[str]:
+    """Copy each changed layer spec of the pushed commit into the bucket; the uploads start the rollouts."""
+    detail = CodeCommitEvent.model_validate(event).detail
+    if detail.referenceName != branch:
+        logger.info("push to another branch ignored", extra={"branch": detail.referenceName})
+        return []
+    s3 = client("s3")
+    mirrored: list[str] = []
+    for layer in changed_layers(detail.repositoryName, detail.commitId, detail.oldCommitId):
+        requirements = _commit_file(detail.repositoryName, detail.commitId, f"layers/{layer}/requirements.txt")
+        if requirements is None:
+            logger.warning("layer folder without requirements.txt ignored", extra={"layer": layer})
+            continue
+        config = _commit_file(detail.repositoryName, detail.commitId, f"layers/{layer}/layer.toml")
+        if config is None:
+            s3.delete_object(Bucket=bucket, Key=f"layers/{layer}/layer.toml")
+        else:
+            s3.put_object(Bucket=bucket, Key=f"layers/{layer}/layer.toml", Body=config)
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"layers/{layer}/requirements.txt",
+            Body=requirements,
+            Metadata={SOURCE_METADATA: "codecommit", COMMIT_METADATA: detail.commitId},
+        )
+        mirrored.append(layer)
+    logger.info("codecommit push mirrored", extra={"commit": detail.commitId, "layers": mirrored})
+    return mirrored
