@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 def _control_plane(args: argparse.Namespace) -> ControlPlane:
     if args.local:
-        return controlplane.from_local(_project_root() / controlplane.LOCAL_STATE_FILE)
+        state_file = os.environ.get("LAYERSHIFT_LOCAL_STATE") or _project_root() / controlplane.LOCAL_STATE_FILE
+        return controlplane.from_local(Path(state_file))
     stack = args.stack or controlplane.stack_name_from_samconfig(_project_root() / "samconfig.toml")
     if not stack:
         raise ControlPlaneNotFound("name the stack with --stack (or set stack_name in samconfig.toml), or use --local")

@@ -69,16 +69,12 @@ def _load_handler(handler):
         return None, _error(f"Unable to import module '{module_name}': {exc}", "Runtime.ImportModuleError")
     except SyntaxError as exc:
         stack = traceback.format_list(traceback.extract_tb(exc.__traceback__))
-        return None, _error(
-            f"Syntax error in module '{module_name}': {exc}", "Runtime.UserCodeSyntaxError", stack
-        )
+        return None, _error(f"Syntax error in module '{module_name}': {exc}", "Runtime.UserCodeSyntaxError", stack)
     except Exception as exc:
         return None, _error_from_exception(exc)
     function = getattr(module, function_name, None)
     if function is None:
-        return None, _error(
-            f"Handler '{function_name}' missing on module '{module_name}'", "Runtime.HandlerNotFound"
-        )
+        return None, _error(f"Handler '{function_name}' missing on module '{module_name}'", "Runtime.HandlerNotFound")
     return function, None
 
 
@@ -140,9 +136,7 @@ def _invoke(handler, request, function_config):
         event = json.loads(request["event"]) if request["event"] else {}
     except ValueError as exc:
         return {"id": request_id, "ok": False, "error": _error(str(exc), "Runtime.UnmarshalError")}
-    context = LambdaContext(
-        function_config, request_id, request["deadline_ms"], request.get("client_context")
-    )
+    context = LambdaContext(function_config, request_id, request["deadline_ms"], request.get("client_context"))
     try:
         result = handler(event, context)
     except Exception as exc:

@@ -162,9 +162,7 @@ def run(fn: Any, event: bytes, invoked_arn: str) -> InvokeResult:
         version = backend.layers_versions_by_arn(layer["Arn"])
         if version is None:
             message = f"RequestId: {request_id} Error: layer version {layer['Arn']} does not exist"
-            return InvokeResult(
-                error_payload(message, "Runtime.LayerNotFound"), True, 0.0, "", "Runtime.LayerNotFound"
-            )
+            return InvokeResult(error_payload(message, "Runtime.LayerNotFound"), True, 0.0, "", "Runtime.LayerNotFound")
         layers.append(version.code_bytes)
     result = _runtime().invoke(_spec(fn), fn.code_bytes, layers, event or b"{}", invoked_arn, request_id)
     if result.logs:

@@ -181,9 +181,7 @@ class Worker:
             errors="backslashreplace",
             bufsize=1,
         )
-        threading.Thread(
-            target=self._read_replies, daemon=True, name=f"lambda-out-{spec.function_name}"
-        ).start()
+        threading.Thread(target=self._read_replies, daemon=True, name=f"lambda-out-{spec.function_name}").start()
         threading.Thread(target=self._read_logs, daemon=True, name=f"lambda-log-{spec.function_name}").start()
         self._write(init_message)
 
@@ -521,12 +519,8 @@ class LambdaRuntime:
                     with self._cond:
                         self._workers.add(worker)
                 except (OSError, zipfile.BadZipFile) as exc:
-                    message = (
-                        f"RequestId: {request_id} Error: could not start the execution environment: {exc}"
-                    )
-                    return InvokeResult(
-                        error_payload(message, "Runtime.Unknown"), True, 0.0, "", "Runtime.Unknown"
-                    )
+                    message = f"RequestId: {request_id} Error: could not start the execution environment: {exc}"
+                    return InvokeResult(error_payload(message, "Runtime.Unknown"), True, 0.0, "", "Runtime.Unknown")
                 problem = worker.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
                 if problem is not None:
                     worker.kill()

@@ -112,9 +112,7 @@ def _exact_get_metric_statistics(
     )
     kept = []
     for statistics in result:
-        statistics.metric_data = [
-            md for md in statistics.metric_data if same_dimensions(md, dimensions or [])
-        ]
+        statistics.metric_data = [md for md in statistics.metric_data if same_dimensions(md, dimensions or [])]
         if statistics.metric_data:
             kept.append(statistics)
     return kept
