@@ -42,22 +42,27 @@ def _zip_dir(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
+def put_error_alarm(cp: ControlPlane, alarm_name: str, function: str, alias: str) -> None:
+    """An alarm on any error of the function's alias within a minute: a typical rollout gate."""
+    cp.client("cloudwatch").put_metric_alarm(
+        AlarmName=alarm_name,
+        AlarmDescription=f"{function}:{alias} reports errors",
+        Namespace="AWS/Lambda",
+        MetricName="Errors",
+        Dimensions=[{"Name": "FunctionName", "Value": function}, {"Name": "Resource", "Value": f"{function}:{alias}"}],
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching",
+    )
+
+
 def create_alarms(cp: ControlPlane) -> None:
     """One error alarm per consumer alias: the gates named in examples/demo/layer.toml."""
     for name in CONSUMERS:
-        cp.client("cloudwatch").put_metric_alarm(
-            AlarmName=f"demo-{name}-errors",
-            AlarmDescription=f"{name}:{ALIAS} reports errors",
-            Namespace="AWS/Lambda",
-            MetricName="Errors",
-            Dimensions=[{"Name": "FunctionName", "Value": name}, {"Name": "Resource", "Value": f"{name}:{ALIAS}"}],
-            Statistic="Sum",
-            Period=60,
-            EvaluationPeriods=1,
-            Threshold=1,
-            ComparisonOperator="GreaterThanOrEqualToThreshold",
-            TreatMissingData="notBreaching",
-        )
+        put_error_alarm(cp, f"demo-{name}-errors", name, ALIAS)
     say(f"  alarms: {', '.join(f'demo-{name}-errors' for name in CONSUMERS)} (Errors >= 1 in 60 s on each alias)")
 
 

@@ -10,7 +10,6 @@ Lambda service into the state directory, keyed by sha256.
 from __future__ import annotations
 
 import base64
-import glob
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -30,6 +29,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from layershift_core.builder.platforms import find_interpreter
 
 LOG = logging.getLogger(__name__)
 
@@ -105,21 +106,13 @@ class InterpreterFinder:
             return self._found[runtime]
 
     def _search(self, runtime: str) -> str:
-        match = re.fullmatch(r"python(3)\.(\d+)", runtime or "")
+        match = re.fullmatch(r"python(3\.\d+)", runtime or "")
         if not match:
             return sys.executable
-        minor = f"3.{match.group(2)}"
-        candidates: list[str] = []
-        on_path = shutil.which(f"python{minor}")
-        if on_path:
-            candidates.append(on_path)
-        for root in (os.path.expanduser("~/.pyenv/versions"), "/root/.pyenv/versions"):
-            candidates.extend(sorted(glob.glob(f"{root}/{minor}*/bin/python{minor}"), reverse=True))
-        if f"{sys.version_info.major}.{sys.version_info.minor}" == minor:
-            candidates.insert(0, sys.executable)
-        for candidate in candidates:
-            if self._runs(candidate, minor):
-                return candidate
+        minor = match.group(1)
+        found = find_interpreter(minor)
+        if found:
+            return found
         if runtime not in self._warned:
             self._warned.add(runtime)
             LOG.warning(
@@ -133,21 +126,6 @@ class InterpreterFinder:
                 minor,
             )
         return sys.executable
-
-    @staticmethod
-    def _runs(executable: str, minor: str) -> bool:
-        try:
-            out = subprocess.run(
-                [executable, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                env={"PATH": "/usr/bin:/bin"},
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return out.returncode == 0 and out.stdout.strip() == minor
 
 
 class Worker:

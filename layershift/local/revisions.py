@@ -46,24 +46,19 @@ def _get_configuration(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return config
 
 
-def _update_function_configuration(self: Any, function_name: str, qualifier: str, body: dict[str, Any]) -> Any:
-    fn = self.get_function(function_name, qualifier)
-    _check(_revision(fn), body.get("RevisionId"))
-    result = _originals["update_function_configuration"](self, function_name, qualifier, body)
-    revision = _bump(fn)
-    if isinstance(result, dict):
-        result["RevisionId"] = revision
-    return result
+def _guarded_update(original: str) -> Any:
+    """A backend update (configuration or code) that honours RevisionId and moves it on."""
 
+    def update(self: Any, function_name: str, qualifier: str, body: dict[str, Any]) -> Any:
+        fn = self.get_function(function_name, qualifier)
+        _check(_revision(fn), body.get("RevisionId"))
+        result = _originals[original](self, function_name, qualifier, body)
+        revision = _bump(fn)
+        if isinstance(result, dict):
+            result["RevisionId"] = revision
+        return result
 
-def _update_function_code(self: Any, function_name: str, qualifier: str, body: dict[str, Any]) -> Any:
-    fn = self.get_function(function_name, qualifier)
-    _check(_revision(fn), body.get("RevisionId"))
-    result = _originals["update_function_code"](self, function_name, qualifier, body)
-    revision = _bump(fn)
-    if isinstance(result, dict):
-        result["RevisionId"] = revision
-    return result
+    return update
 
 
 def _publish_version(self: Any) -> Any:
@@ -86,8 +81,8 @@ def _update_alias(self: Any) -> Any:
 
 _PATCHES = {
     "get_configuration": (models.LambdaFunction, _get_configuration),
-    "update_function_configuration": (models.LambdaBackend, _update_function_configuration),
-    "update_function_code": (models.LambdaBackend, _update_function_code),
+    "update_function_configuration": (models.LambdaBackend, _guarded_update("update_function_configuration")),
+    "update_function_code": (models.LambdaBackend, _guarded_update("update_function_code")),
     "publish_version": (responses.LambdaResponse, _publish_version),
     "update_alias": (responses.LambdaResponse, _update_alias),
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from layershift.controlplane import ControlPlane, follow, push, wait_for_execution
+from layershift.demo import put_error_alarm
 from layershift.invariants import check_invariants
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,18 +112,7 @@ def _role(cp: ControlPlane) -> str:
 
 
 def create_alarm(cp: ControlPlane, name: str, function: str, alias: str = "live") -> None:
-    cp.client("cloudwatch").put_metric_alarm(
-        AlarmName=name,
-        Namespace="AWS/Lambda",
-        MetricName="Errors",
-        Dimensions=[{"Name": "FunctionName", "Value": function}, {"Name": "Resource", "Value": f"{function}:{alias}"}],
-        Statistic="Sum",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=1,
-        ComparisonOperator="GreaterThanOrEqualToThreshold",
-        TreatMissingData="notBreaching",
-    )
+    put_error_alarm(cp, name, function, alias)
 
 
 def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2) -> None:

@@ -78,14 +78,13 @@ def selected_requirements_text(reqs: RequirementSet, target: Target) -> tuple[st
     return "".join(f"{line}\n" for line in lines), skipped
 
 
-def pip_command(
-    pip_python: str, target: Target, requirements_file: Path, dest: Path, require_hashes: bool
-) -> list[str]:
-    """The pip command line of a wheel-only install for the target."""
-    cmd = [pip_python, "-m", "pip", "install", "--target", str(dest)]
+def target_options(target: Target) -> list[str]:
+    """pip options that select wheels for the target runtime and architecture, and nothing else."""
+    options: list[str] = []
     for tag in target.platform_tags():
-        cmd += ["--platform", tag]
-    cmd += [
+        options += ["--platform", tag]
+    return [
+        *options,
         "--implementation",
         "cp",
         "--python-version",
@@ -93,9 +92,18 @@ def pip_command(
         "--abi",
         target.abi,
         "--only-binary=:all:",
-        "--no-compile",
         "--disable-pip-version-check",
         "--no-input",
+    ]
+
+
+def pip_command(
+    pip_python: str, target: Target, requirements_file: Path, dest: Path, require_hashes: bool
+) -> list[str]:
+    """The pip command line of a wheel-only install for the target."""
+    cmd = [pip_python, "-m", "pip", "install", "--target", str(dest), *target_options(target)]
+    cmd += [
+        "--no-compile",
         "--progress-bar",
         "off",
     ]
@@ -164,20 +172,7 @@ def _file_version(filename: str) -> tuple[str, str, str] | None:
 def _diagnose(pip_python: str, target: Target, req: Requirement, work: Path) -> SdistOnlyPackage | None:
     """Look again, verbosely, at why no file of ``req`` fits the target; None if nothing was published."""
     probe = [pip_python, "-m", "pip", "download", "--no-deps", "--dest", str(work / "probe"), "-vv"]
-    for tag in target.platform_tags():
-        probe += ["--platform", tag]
-    probe += [
-        "--implementation",
-        "cp",
-        "--python-version",
-        target.python_version,
-        "--abi",
-        target.abi,
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        str(Requirement(f"{req.name}{req.specifier}")),
-    ]
+    probe += [*target_options(target), str(Requirement(f"{req.name}{req.specifier}"))]
     try:
         result = subprocess.run(probe, capture_output=True, text=True, timeout=300, check=False, env=_pip_env())
     except (OSError, subprocess.TimeoutExpired):
