@@ -84,7 +84,7 @@ def check_invariants(cp: ControlPlane, execution_arn: str) -> list[str]:
     arn = rollout.get("layer_version_arn", {}).get("S") if rollout else None
     if promoted and status != "promoted":
         problems.append(f"the registry says rollout {name} is {status!r}, but the execution succeeded")
-    if not promoted and status not in (None, "validated", "rolled_back"):
+    if not promoted and status not in (None, "rejected", "rolled_back"):
         problems.append(f"the registry says rollout {name} is {status!r}, but the execution failed")
     if arn:
         layer_arn, _, version = arn.rpartition(":")

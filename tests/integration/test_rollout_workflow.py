@@ -189,3 +189,28 @@ def test_functions_that_cannot_take_part_are_skipped_with_a_reason(control_plane
     assert _alias(cp, "mixed-good")["FunctionVersion"] != good_old
     after_no_alias = cp.client("lambda").get_function_configuration(FunctionName="mixed-no-alias")["Layers"]
     assert after_no_alias == before_no_alias
+
+
+def test_a_layer_locked_by_another_rollout_is_refused_and_the_lock_left_alone(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    ddb = cp.client("dynamodb")
+    ddb.put_item(
+        TableName=cp.table,
+        Item={
+            "pk": {"S": "LAYER#busy"},
+            "sk": {"S": "LOCK"},
+            "owner": {"S": "busy-other-rollout"},
+            "acquired_at": {"S": "2026-11-23T00:00:00+00:00"},
+            "expires_at": {"N": str(int(time.time()) + 3600)},
+        },
+    )
+    rollout = run_rollout(cp, "busy", "six==1.16.0\n", spec())
+    assert rollout.status == "FAILED"
+    assert rollout.error == "LayerLocked"
+    assert "locked by rollout busy-other-rollout" in (rollout.cause or "")
+    assert "BuildLayer" not in rollout.states_entered()
+    lock = ddb.get_item(TableName=cp.table, Key={"pk": {"S": "LAYER#busy"}, "sk": {"S": "LOCK"}})["Item"]
+    assert lock["owner"]["S"] == "busy-other-rollout"
+    name = rollout.execution_arn.rsplit(":", 1)[-1]
+    record = ddb.get_item(TableName=cp.table, Key={"pk": {"S": "LAYER#busy"}, "sk": {"S": f"ROLLOUT#{name}"}})["Item"]
+    assert record["status"]["S"] == "rejected"

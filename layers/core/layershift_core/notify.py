@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 from .aws import client
-from .models import NotifyRequest, RolloutState
+from .models import NotifyRequest, RolloutState, Verdict
+from .planner import load_plan
+from .registry import Registry
 from .settings import Settings
 from .traffic import reject
 
@@ -17,10 +19,29 @@ SUBJECTS = {
 }
 
 
+def _skipped(bucket: str, state: RolloutState) -> list[dict[str, str | None]]:
+    """The functions the plan left out, with why: their owners need to hear it."""
+    if state.plan is None or not state.plan.skipped_count:
+        return []
+    plan = load_plan(bucket, state.plan.plan_key)
+    return [
+        {"function": target.function_name, "reason": target.reason}
+        for target in plan.targets
+        if target.verdict is Verdict.SKIPPED
+    ]
+
+
 def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
     state = request.state
     if request.event in {"rejected", "rollback_incomplete"}:
         state = reject(state, request.event)
+    if request.event == "rejected" and state.rollout is not None and state.outcome is not None:
+        Registry(settings.table).put_rollout(
+            state.rollout.layer,
+            state.rollout.rollout_id,
+            status="rejected",
+            reason=f"{state.outcome.error}: {state.outcome.cause}",
+        )
     layer = state.request.layer
     body = {
         "event": request.event,
@@ -28,6 +49,8 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
         "rollout_id": state.rollout.rollout_id if state.rollout else None,
         "layer_version": state.layer_version.arn if state.layer_version else None,
         "outcome": state.outcome.model_dump(mode="json") if state.outcome else None,
+        "skipped": _skipped(settings.bucket, state),
+        "commit_id": state.request.commit_id,
     }
     if settings.topic_arn:
         client("sns").publish(
