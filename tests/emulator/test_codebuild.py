@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from layershift.local.deploy import build_python_layer, layer_cache_dir, load_template
+from layershift.local.deploy import build_python_layer, layer_cache_dir
 from layershift.local.server import LocalAws
+from layershift.local.template import load_template
 
 from .support import wait_for
 

@@ -14,15 +14,9 @@ from typing import Any
 
 import pytest
 
-from layershift.local.deploy import (
-    DeployedStack,
-    TemplateError,
-    UnsupportedResource,
-    deploy_control_plane,
-    load_template,
-    local_resource_names,
-)
+from layershift.local.deploy import DeployedStack, UnsupportedResource, deploy_control_plane
 from layershift.local.server import LocalAws
+from layershift.local.template import TemplateError, load_template, local_resource_names
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from layershift.local.deploy import load_template, local_resource_names
+from layershift.local.template import load_template, local_resource_names
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
