@@ -15,3 +15,9 @@ def _no_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "LayershiftTests")
+
+
+@pytest.fixture(autouse=True)
+def _private_build_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Layer builds cache into a folder of the test's own, never the user's ~/.cache."""
+    monkeypatch.setenv("LAYERSHIFT_BUILD_CACHE", str(tmp_path_factory.mktemp("build-cache")))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from layershift_core.builder import Manifest, build_job, build_layer, compute_build_key
+from layershift_core.builder import Manifest, build_job, build_layer, compute_build_key, install
 from layershift_core.builder.platforms import find_interpreter
 from layershift_core.errors import SdistOnlyPackage
 from layershift_core.requirements import parse_requirements
@@ -22,8 +24,8 @@ BINARY = "orjson==3.10.11\nsix==1.16.0\n"
 HAS_313 = find_interpreter("3.13") is not None
 
 
-def _build(text: str, out: Path, arch: str = "x86_64") -> Manifest:
-    return build_layer(text, runtime="python3.13", architecture=arch, out_dir=out)
+def _build(text: str, out: Path, arch: str = "x86_64", profile: str = "default") -> Manifest:
+    return build_layer(text, runtime="python3.13", architecture=arch, out_dir=out, profile=profile, use_cache=False)
 
 
 def test_pure_python_set_is_reproducible(tmp_path: Path) -> None:
@@ -97,3 +99,61 @@ def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     body = s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/layer.zip")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == manifest.sha256
     assert manifest.package_versions() == {"pyjwt": "2.10.0", "six": "1.16.0"}
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_sourceless_profile_is_reproducible_and_imports_without_recompiling(tmp_path: Path) -> None:
+    first = _build(BINARY, tmp_path / "a", profile="sourceless")
+    second = _build(BINARY, tmp_path / "b", profile="sourceless")
+    assert first.sha256 == second.sha256
+    assert first.bytecode.layout == "sourceless"
+    with zipfile.ZipFile(tmp_path / "a" / "layer.zip") as zf:
+        names = zf.namelist()
+    site = first.layout
+    assert f"{site}/six.pyc" in names
+    assert first.bytecode.sources_kept == []
+    assert not [n for n in names if n.endswith(".py")]
+    assert first.smoke_test.ran
+    assert first.smoke_test.modules == 2
+    assert first.smoke_test.recompiled == []
+    default = _build(BINARY, tmp_path / "c")
+    assert first.unzipped_bytes < default.unzipped_bytes
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_default_profile_prunes_strips_and_records_it(tmp_path: Path) -> None:
+    manifest = _build(BINARY, tmp_path)
+    assert manifest.pruned.categories["type stubs"].files >= 1  # orjson ships __init__.pyi
+    assert manifest.stripped.ran
+    assert not manifest.stripped.restored
+    assert manifest.smoke_test.recompiled == []
+    assert manifest.audit.status in {"ok", "vulnerable", "unavailable"}
+    doc = json.loads((tmp_path / "sbom.cdx.json").read_text())
+    assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.5"
+    orjson = next(c for c in doc["components"] if c["name"] == "orjson")
+    assert orjson["purl"] == "pkg:pypi/orjson@3.10.11"
+    assert orjson["hashes"][0]["alg"] == "SHA-256" and len(orjson["hashes"][0]["content"]) == 64
+    with zipfile.ZipFile(tmp_path / "layer.zip") as zf:
+        assert not any(n.endswith(".pyi") for n in zf.namelist())
+
+
+def test_slim_runtime_profile_leaves_out_six(tmp_path: Path) -> None:
+    manifest = _build(PURE, tmp_path, profile="slim-runtime")
+    assert manifest.package_versions() == {"pyjwt": "2.10.0"}
+    assert [p.name for p in manifest.runtime_packages_removed] == ["six"]
+    with zipfile.ZipFile(tmp_path / "layer.zip") as zf:
+        assert not any("six" in n for n in zf.namelist())
+
+
+def test_rebuild_with_unchanged_key_is_a_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_dir = tmp_path / "cache"
+    first = build_layer(PURE, runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "a", cache_dir=cache_dir)
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    started = time.monotonic()
+    second = build_layer(PURE, runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "b", cache_dir=cache_dir)
+    assert time.monotonic() - started < 1.0
+    assert second.cache_hit and second.sha256 == first.sha256

@@ -9,7 +9,10 @@ import base64
 import hashlib
 import json
 import os
+import re
 import stat
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -26,10 +29,13 @@ from layershift_core.builder import (
     compute_build_key,
     install,
 )
+from layershift_core.builder import audit as audit_module
 from layershift_core.builder import build as build_module
+from layershift_core.builder import strip as strip_module
 from layershift_core.builder.distributions import scan
-from layershift_core.builder.platforms import find_interpreter, target_for
+from layershift_core.builder.platforms import RUNTIME_PROVIDED_PACKAGES, find_interpreter, target_for
 from layershift_core.builder.prune import prune
+from layershift_core.builder.smoke import SmokeReport
 from layershift_core.builder.zipper import FIXED_DATE_TIME, sha256_file, write_zip
 from layershift_core.errors import (
     BuildFailed,
@@ -41,6 +47,12 @@ from layershift_core.errors import (
 from layershift_core.requirements import RequirementSet, parse_requirements
 
 HAS_313 = find_interpreter("3.13") is not None
+
+
+@pytest.fixture(autouse=True)
+def _no_pip_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip-audit would reach the network: these builds see it as not installed unless a test says otherwise."""
+    monkeypatch.setattr(audit_module, "pip_audit_available", lambda: False)
 
 
 # ---------------------------------------------------------------- a fake pip
@@ -273,6 +285,8 @@ def test_prune_removes_caches_and_package_tests_only(tmp_path: Path) -> None:
     report = prune(site)
     assert report.folders == ["alpha/__pycache__", "alpha/tests", "gamma/tests"]
     assert report.files == 4
+    assert report.categories["tests"].files == 3
+    assert report.categories["__pycache__"].files == 1
     assert not (site / "alpha" / "tests").exists()
     assert (site / "tests" / "__init__.py").exists()
     assert (site / "gamma.libs" / "libfoo.so.1").exists()
@@ -342,8 +356,13 @@ def test_pure_python_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_builds_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(binary_layout))
-    first = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "a")
-    second = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "b")
+    first = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "a", use_cache=False
+    )
+    second = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "b", use_cache=False
+    )
+    assert not second.cache_hit
     assert first.sha256 == second.sha256
     assert (tmp_path / "a" / "layer.zip").read_bytes() == (tmp_path / "b" / "layer.zip").read_bytes()
 
@@ -498,3 +517,470 @@ def test_build_job_fails_with_a_clear_last_line(
 def test_build_failed_is_the_base_of_build_errors() -> None:
     assert issubclass(SizeBudgetExceeded, BuildFailed)
     assert issubclass(ImportSmokeTestFailed, BuildFailed)
+
+
+# ---------------------------------------------------------------- pruning categories
+
+
+def test_prune_removes_stubs_cython_and_c_sources_where_safe(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    files: dict[str, str | bytes] = {
+        "delta/__init__.py": "from .core import f\n",
+        "delta/core.py": "def f():\n    return 1\n",
+        "delta/core.pyi": "def f() -> int: ...\n",
+        "delta/py.typed": "",
+        "delta/_speed.pyx": "cdef int x\n",
+        "delta/_speed.pxd": "cdef int x\n",
+        "delta/_inc.pxi": "",
+        "delta/_speed.c": "int x;\n",
+        "delta/_impl.cpp": "int y;\n",
+        "delta/_core/include/delta/api.h": "#define X 1\n",
+        "delta/_core/include/delta/api.hpp": "#define Y 1\n",
+        "delta/test/test_x.py": "",
+        "delta/sub/tests/test_y.py": "",
+        "delta/testing/__init__.py": "",
+    }
+    fake_wheel(site, "delta", "1.0", files, top_level=["delta"])
+    fake_wheel(site, "cffi", "1.17.1", {"cffi/__init__.py": "", "cffi/_cffi_include.h": "/* read at run time */\n"})
+    fake_wheel(
+        site,
+        "epsilon",
+        "1.0",
+        {"epsilon/__init__.py": "from epsilon.tests import fixtures\n", "epsilon/tests/fixtures.py": ""},
+    )
+    fake_wheel(site, "zeta", "1.0", {"zeta/__init__.py": "from . import tests\n", "zeta/tests/__init__.py": ""})
+    (site / "delta.libs").mkdir()
+    (site / "delta.libs" / "libx.h").write_text("")
+    report = prune(site)
+    cats = report.categories
+    assert cats["type stubs"].files == 1
+    assert cats["cython sources"].files == 3
+    assert cats["c sources and headers"].files == 4
+    assert cats["tests"].files == 2
+    assert cats["c sources and headers"].bytes == len("int x;\n") + len("int y;\n") + len("#define X 1\n") * 2
+    assert report.bytes == sum(c.bytes for c in cats.values())
+    assert not (site / "delta" / "core.pyi").exists()
+    assert not (site / "delta" / "_core").exists()  # emptied folders go too
+    assert not (site / "delta" / "test").exists()
+    assert (site / "delta" / "py.typed").exists()
+    assert (site / "delta" / "testing" / "__init__.py").exists()
+    assert (site / "delta" / "core.py").exists()
+    assert (site / "cffi" / "_cffi_include.h").exists()
+    assert (site / "delta.libs" / "libx.h").exists()
+    # test folders that the package imports stay
+    assert (site / "epsilon" / "tests" / "fixtures.py").exists()
+    assert (site / "zeta" / "tests" / "__init__.py").exists()
+    assert sorted(k.split(" ")[0] for k in report.kept) == ["epsilon/tests", "zeta/tests"]
+
+
+def test_extension_modules_exclude_vendored_libraries(tmp_path: Path) -> None:
+    for rel in (
+        "pkg/_core.cpython-313-x86_64-linux-gnu.so",
+        "pkg/_abi.abi3.so",
+        "pkg/plain.so",
+        "pkg/libvendored.so",
+        "pkg.libs/libopenblas-r0.so",
+        "pkg/libarrow.so.1700",
+    ):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x7fELF")
+    found = [p.relative_to(tmp_path).as_posix() for p in strip_module.extension_modules(tmp_path)]
+    assert found == ["pkg/_abi.abi3.so", "pkg/_core.cpython-313-x86_64-linux-gnu.so", "pkg/plain.so"]
+
+
+# ---------------------------------------------------------------- profiles
+
+
+def test_unknown_profile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidLayerSpec, match="tiny"):
+        build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path, profile="tiny")
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_sourceless_profile_ships_pyc_in_place_and_is_reproducible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    kwargs = {"runtime": "python3.13", "architecture": "x86_64", "profile": "sourceless", "use_cache": False}
+    first = build_layer("alpha==1.0\n", out_dir=tmp_path / "a", **kwargs)
+    second = build_layer("alpha==1.0\n", out_dir=tmp_path / "b", **kwargs)
+    assert first.sha256 == second.sha256
+    assert first.profile == "sourceless"
+    assert first.bytecode.layout == "sourceless"
+    assert first.bytecode.sources_kept == []
+    with zipfile.ZipFile(tmp_path / "a" / "layer.zip") as zf:
+        names = zf.namelist()
+    assert "python/alpha/__init__.pyc" in names
+    assert "python/alpha/core.pyc" in names
+    assert "python/beta.pyc" in names
+    assert not any(n.endswith(".py") for n in names)
+    assert not any("__pycache__" in n for n in names)
+    assert first.smoke_test.ran and first.smoke_test.modules == 2
+    assert first.smoke_test.recompiled == []
+    assert {p.name: p.unzipped_bytes > 0 for p in first.packages} == {"alpha": True, "beta-tools": True}
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_sourceless_keeps_the_sources_a_package_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def layout(dest: Path) -> None:
+        pure_layout(dest)
+        fake_wheel(
+            dest,
+            "reader",
+            "1.0",
+            {"reader/__init__.py": "import inspect\n\ndef f():\n    pass\n\nSOURCE = inspect.getsource(f)\n"},
+            top_level=["reader"],
+        )
+
+    monkeypatch.setattr(install, "install", fake_installer(layout))
+    manifest = build_layer(
+        "reader==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path, profile="sourceless"
+    )
+    assert manifest.bytecode.sources_kept == ["reader"]
+    assert manifest.smoke_test.recompiled == []
+    with zipfile.ZipFile(tmp_path / "layer.zip") as zf:
+        names = zf.namelist()
+    assert "python/reader/__init__.py" in names
+    assert "python/reader/__pycache__/__init__.cpython-313.pyc" in names
+    assert "python/reader/__init__.pyc" not in names
+    assert "python/alpha/core.pyc" in names and "python/alpha/core.py" not in names
+
+
+def _runtime_layout(dest: Path) -> None:
+    pure_layout(dest)
+    runtime = RUNTIME_PROVIDED_PACKAGES["python3.13"]
+    fake_wheel(dest, "boto3", runtime["boto3"], {"boto3/__init__.py": "import botocore\n"}, top_level=["boto3"])
+    fake_wheel(dest, "botocore", "0.0.1", {"botocore/__init__.py": "", "botocore/data/x.json": "{}"})
+    fake_wheel(dest, "six", runtime["six"], {"six.py": ""})
+    fake_wheel(dest, "needs-old-botocore", "1.0", {"needs_old_botocore.py": "import botocore\n"})
+    metadata = dest / "needs_old_botocore-1.0.dist-info" / "METADATA"
+    metadata.write_text(metadata.read_text() + "Requires-Dist: botocore<0.1\nRequires-Dist: six; extra == 'x'\n")
+
+
+def test_slim_runtime_profile_drops_runtime_packages_and_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_runtime_layout))
+    manifest = build_layer(
+        "boto3==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path, profile="slim-runtime"
+    )
+    assert {p.name for p in manifest.packages} == {"alpha", "beta-tools", "needs-old-botocore"}
+    removed = {p.name: (p.version, p.runtime_version) for p in manifest.runtime_packages_removed}
+    runtime = RUNTIME_PROVIDED_PACKAGES["python3.13"]
+    assert removed == {
+        "boto3": (runtime["boto3"], runtime["boto3"]),
+        "botocore": ("0.0.1", runtime["botocore"]),
+        "six": (runtime["six"], runtime["six"]),
+    }
+    assert manifest.pruned.categories["runtime-provided packages"].files >= 6
+    assert any("left out botocore 0.0.1" in w and runtime["botocore"] in w for w in manifest.warnings)
+    assert not any("left out boto3" in w for w in manifest.warnings)
+    assert any("needs-old-botocore 1.0 requires botocore<0.1" in w for w in manifest.warnings)
+    with zipfile.ZipFile(tmp_path / "layer.zip") as zf:
+        names = zf.namelist()
+    assert not any(n.startswith(("python/boto3", "python/botocore", "python/six")) for n in names)
+    default = build_layer("boto3==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "d")
+    assert "botocore" in {p.name for p in default.packages}
+    assert default.build_key != manifest.build_key
+
+
+# ---------------------------------------------------------------- stripping
+
+
+def _fake_strip(tmp_path: Path) -> str:
+    """A strip stand-in: writes the input minus its last half to the -o output."""
+    tool = tmp_path / "fake-strip"
+    tool.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "args = sys.argv[1:]\n"
+        "out = args[args.index('-o') + 1]\n"
+        "data = open(args[-1], 'rb').read()\n"
+        "open(out, 'wb').write(data[: len(data) // 2])\n"
+    )
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def _extension_layout(dest: Path) -> None:
+    pure_layout(dest)
+    fake_wheel(
+        dest,
+        "gamma",
+        "3.0",
+        {
+            "gamma/__init__.py": "",
+            "gamma/_fast.cpython-313-x86_64-linux-gnu.so": b"\x7fELF" + b"\x00" * 1000,
+            "gamma.libs/libfoo.so.1": b"\x7fELF" + b"\x00" * 1000,
+        },
+        pure=False,
+        tags=("cp313-cp313-manylinux_2_17_x86_64",),
+        top_level=["gamma"],
+    )
+
+
+def _smoke_by_size(broken_when_stripped: bool):
+    """A smoke test stand-in that fails when the extension module in the zip is the stripped one."""
+
+    def _smoke(zip_path, prefix, modules, interpreter, raise_on_failure=True):
+        with zipfile.ZipFile(zip_path) as zf:
+            size = zf.getinfo(f"{prefix}/gamma/_fast.cpython-313-x86_64-linux-gnu.so").file_size
+        if broken_when_stripped and size < 1004:
+            return SmokeReport(
+                ran=True, modules=modules, failures=["gamma: ImportError: bad ELF"], failed_modules=["gamma"]
+            )
+        return SmokeReport(ran=True, modules=modules, import_seconds=0.01)
+
+    return _smoke
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_stripping_is_kept_only_when_the_smoke_test_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "strip_tool", lambda target: (_fake_strip(tmp_path), None))
+    monkeypatch.setattr(build_module, "find_interpreter", lambda version: sys.executable)
+    monkeypatch.setattr(build_module, "host_can_run", lambda target: True)
+    monkeypatch.setattr(build_module, "run_smoke_test", _smoke_by_size(broken))
+    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "out")
+    with zipfile.ZipFile(tmp_path / "out" / "layer.zip") as zf:
+        prefix = manifest.layout
+        so_size = zf.getinfo(f"{prefix}/gamma/_fast.cpython-313-x86_64-linux-gnu.so").file_size
+        assert zf.getinfo(f"{prefix}/gamma.libs/libfoo.so.1").file_size == 1004  # vendored: never stripped
+    assert manifest.stripped.ran
+    if broken:
+        assert so_size == 1004
+        assert manifest.stripped.restored
+        assert manifest.stripped.files == 0 and manifest.stripped.bytes_saved == 0
+        assert "bad ELF" in (manifest.stripped.note or "")
+    else:
+        assert so_size == 502
+        assert not manifest.stripped.restored
+        assert manifest.stripped.files == 1
+        assert manifest.stripped.bytes_saved == 502
+
+
+def test_stripping_is_skipped_when_the_smoke_test_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "host_can_run", lambda target: False)
+    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path)
+    assert not manifest.stripped.ran
+    assert "smoke test cannot run" in (manifest.stripped.note or "")
+    assert not manifest.smoke_test.ran
+
+
+# ---------------------------------------------------------------- build cache
+
+
+def test_unchanged_build_key_is_a_cache_hit_without_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    cache_dir = tmp_path / "cache"
+    kwargs = {"runtime": "python3.13", "architecture": "x86_64", "cache_dir": cache_dir}
+    first = build_layer("alpha==1.0\n", out_dir=tmp_path / "a", **kwargs)
+    assert not first.cache_hit
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    lines: list[str] = []
+    started = time.monotonic()
+    second = build_layer("# same pins\nalpha==1.0\n", out_dir=tmp_path / "b", echo=lines.append, **kwargs)
+    assert time.monotonic() - started < 1.0
+    assert second.cache_hit
+    assert second.sha256 == first.sha256
+    assert (tmp_path / "b" / "layer.zip").read_bytes() == (tmp_path / "a" / "layer.zip").read_bytes()
+    assert (tmp_path / "b" / "sbom.cdx.json").is_file()
+    assert Manifest.read(tmp_path / "b" / "manifest.json").cache_hit
+    assert any("cache hit" in line for line in lines)
+    with pytest.raises(AssertionError, match="pip must not run"):
+        build_layer("alpha==1.0\n", out_dir=tmp_path / "c", use_cache=False, **kwargs)
+    # a cached zip that no longer matches its manifest is not reused
+    (cache_dir / first.build_key / "layer.zip").write_bytes(b"corrupt")
+    with pytest.raises(AssertionError, match="pip must not run"):
+        build_layer("alpha==1.0\n", out_dir=tmp_path / "d", **kwargs)
+
+
+def test_cache_dir_defaults_to_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layershift_core.builder import default_cache_dir
+
+    monkeypatch.setenv("LAYERSHIFT_BUILD_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("LAYERSHIFT_BUILD_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "layershift" / "builds"
+
+
+def test_command_no_cache_builds_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    fake = fake_installer(pure_layout)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(install, "install", counting)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("alpha==1.0\n")
+    base = ["-r", str(reqs), "--cache-dir", str(tmp_path / "cache")]
+    assert command.main([*base, "-o", str(tmp_path / "o1")]) == 0
+    assert command.main([*base, "-o", str(tmp_path / "o2")]) == 0
+    assert len(calls) == 1
+    assert command.main([*base, "-o", str(tmp_path / "o3"), "--no-cache"]) == 0
+    assert len(calls) == 2
+
+
+# ---------------------------------------------------------------- SBOM and audit
+
+
+def test_sbom_is_valid_cyclonedx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_installer(pure_layout)
+
+    def with_report(reqs, target, dest, work):
+        result = fake(reqs, target, dest, work)
+        result.wheels = {"alpha": {"url": "https://files.example/alpha-1.0-py3-none-any.whl", "sha256": "ab" * 32}}
+        metadata = dest / "alpha-1.0.dist-info" / "METADATA"
+        metadata.write_text(
+            metadata.read_text() + "Summary: the alpha package\nClassifier: License :: OSI Approved :: MIT License\n"
+        )
+        return result
+
+    monkeypatch.setattr(install, "install", with_report)
+    manifest = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path)
+    assert manifest.sbom == "sbom.cdx.json"
+    doc = json.loads((tmp_path / "sbom.cdx.json").read_text())
+    assert doc["bomFormat"] == "CycloneDX"
+    assert doc["specVersion"] == "1.5"
+    assert doc["version"] == 1
+    assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", doc["serialNumber"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["metadata"]["timestamp"])
+    assert doc["metadata"]["component"]["hashes"] == [{"alg": "SHA-256", "content": manifest.sha256}]
+    components = {c["name"]: c for c in doc["components"]}
+    assert set(components) == {"alpha", "beta-tools"}
+    alpha = components["alpha"]
+    assert alpha["type"] == "library"
+    assert alpha["version"] == "1.0"
+    assert alpha["purl"] == "pkg:pypi/alpha@1.0" == alpha["bom-ref"]
+    assert alpha["licenses"] == [{"license": {"name": "MIT License"}}]
+    assert alpha["hashes"] == [{"alg": "SHA-256", "content": "ab" * 32}]
+    assert components["beta-tools"]["purl"] == "pkg:pypi/beta-tools@2.0"
+    refs = [c["bom-ref"] for c in doc["components"]]
+    assert len(refs) == len(set(refs))
+    assert doc["dependencies"][0]["dependsOn"] == refs
+
+
+def test_audit_unavailable_does_not_fail_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    manifest = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path, fail_on_vulnerability=True
+    )
+    assert manifest.audit.status == "unavailable"
+    assert "not installed" in (manifest.audit.note or "")
+
+
+def test_audit_output_is_parsed_and_gates_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output = {
+        "dependencies": [
+            {
+                "name": "alpha",
+                "version": "1.0",
+                "vulns": [{"id": "PYSEC-1", "aliases": ["CVE-1"], "fix_versions": ["1.1"]}],
+            },
+            {"name": "beta-tools", "version": "2.0", "vulns": []},
+            {"name": "private", "skip_reason": "Dependency not found on PyPI"},
+        ],
+        "fixes": [],
+    }
+    report = audit_module.parse_output(output)
+    assert report.status == "vulnerable"
+    assert report.findings[0]["package"] == "alpha" and report.findings[0]["id"] == "PYSEC-1"
+    assert report.skipped == 1
+    offline = audit_module.parse_output({"dependencies": [{"name": "alpha", "skip_reason": "not found on PyPI"}]})
+    assert offline.status == "unavailable"
+    assert audit_module.parse_output({"dependencies": [{"name": "a", "version": "1", "vulns": []}]}).status == "ok"
+
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    monkeypatch.setattr(audit_module, "run_audit", lambda packages: report)
+    manifest = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "a")
+    assert manifest.audit.status == "vulnerable"
+    assert any("PYSEC-1" in w for w in manifest.warnings)
+    with pytest.raises(BuildFailed, match=r"alpha 1\.0: PYSEC-1 \(CVE-1\), fixed in 1\.1"):
+        build_layer(
+            "alpha==1.0\n",
+            runtime="python3.13",
+            architecture="x86_64",
+            out_dir=tmp_path / "b",
+            fail_on_vulnerability=True,
+            use_cache=False,
+        )
+    assert not (tmp_path / "b" / "layer.zip").exists()
+
+
+def test_manifest_records_timings_and_bytecode_details(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    lines: list[str] = []
+    manifest = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path, echo=lines.append
+    )
+    assert {"install", "prune", "strip", "compile", "zip", "smoke_test", "sbom", "total"} <= set(manifest.timings)
+    assert set(manifest.pruned.categories) >= {"tests", "__pycache__", "type stubs", "cython sources"}
+    assert manifest.pruned.categories["__pycache__"].files == 1
+    text = "\n".join(lines)
+    assert "pruned" in text and "audit      unavailable" in text
+    if HAS_313:
+        assert manifest.bytecode.layout == "__pycache__"
+        assert manifest.bytecode.interpreter
+        assert manifest.bytecode.cold_start_cost is None
+
+
+def test_missing_interpreter_says_what_it_costs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    monkeypatch.setattr(build_module, "find_interpreter", lambda version: None)
+    lines: list[str] = []
+    manifest = build_layer(
+        "alpha==1.0\n",
+        runtime="python3.13",
+        architecture="x86_64",
+        out_dir=tmp_path,
+        profile="sourceless",
+        echo=lines.append,
+    )
+    assert "every cold start compiles" in (manifest.bytecode.cold_start_cost or "")
+    assert "every cold start compiles" in "\n".join(lines)
+    assert any("sourceless profile needs the target interpreter" in w for w in manifest.warnings)
+
+
+@mock_aws
+def test_build_job_skips_a_build_already_in_the_bucket(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="artifacts")
+    text = "alpha==1.0\n"
+    s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=text.encode())
+    key = compute_build_key(_reqs(text), "python3.13", "x86_64")
+    env = _job_env("artifacts", key, LAYERSHIFT_NO_CACHE="true")
+    assert build_job.run(env) == 0
+    sbom = s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/sbom.cdx.json")
+    assert json.loads(sbom["Body"].read())["bomFormat"] == "CycloneDX"
+    capsys.readouterr()
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run")
+
+    monkeypatch.setattr(install, "install", never)
+    assert build_job.run(_job_env("artifacts", key)) == 0
+    assert "cache hit" in capsys.readouterr().out
+    # another build key at the same output is not a hit
+    s3.copy_object(
+        Bucket="artifacts",
+        Key=f"artifacts/api/{key}/layer.zip",
+        CopySource={"Bucket": "artifacts", "Key": f"artifacts/api/{key}/layer.zip"},
+        Metadata={"build-key": "0" * 64, "sha256": "x"},
+        MetadataDirective="REPLACE",
+    )
+    assert build_job.run(_job_env("artifacts", key)) == 0
+    out = capsys.readouterr().out
+    assert "build job: cache hit" not in out
+    assert "layershift: cache hit for build key" in out  # the builder's local cache still served it
+    assert build_job.run(_job_env("artifacts", key, LAYERSHIFT_NO_CACHE="true")) == 1  # builds: pip is called

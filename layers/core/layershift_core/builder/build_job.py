@@ -8,6 +8,14 @@ Environment:
 - ``LAYERSHIFT_BUILD_KEY``         the build key the workflow expects (optional; a mismatch fails)
 - ``LAYERSHIFT_ALLOW_RANGES``      true/false (default false)
 - ``LAYERSHIFT_PROFILE``           build profile (default "default")
+- ``LAYERSHIFT_NO_CACHE``          true/false (default false): build even when the output already holds
+                                   this build key
+- ``LAYERSHIFT_FAIL_ON_VULNERABILITY`` true/false (default false): fail when pip-audit reports a known
+                                   vulnerability
+
+When ``layer.zip`` and ``manifest.json`` already exist at the output URI with this build key in
+their object metadata (and the same sha256), the build is a no-op: the job reports the cache hit and
+exits 0 without running pip.
 
 boto3 honours ``AWS_ENDPOINT_URL``, so the job runs unchanged against any S3-compatible endpoint.
 Run as ``python -m layershift_core.builder.build_job``. Exit code 0 on success; on failure the
@@ -24,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from layershift_core.builder.build import BUILD_FAILURE_JSON, LAYER_ZIP, MANIFEST_JSON, build_layer
+from layershift_core.builder.build import BUILD_FAILURE_JSON, LAYER_ZIP, MANIFEST_JSON, SBOM_JSON, build_layer
 from layershift_core.builder.key import compute_build_key
 from layershift_core.errors import BuildFailed, LayershiftError
 from layershift_core.requirements import parse_requirements
@@ -72,6 +80,8 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
         allow_ranges = _flag("LAYERSHIFT_ALLOW_RANGES", env)
         profile = env.get("LAYERSHIFT_PROFILE", "").strip() or "default"
         expected_key = env.get("LAYERSHIFT_BUILD_KEY", "").strip()
+        no_cache = _flag("LAYERSHIFT_NO_CACHE", env)
+        fail_on_vulnerability = _flag("LAYERSHIFT_FAIL_ON_VULNERABILITY", env)
     except JobConfigError as exc:
         print(f"layershift build job: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -92,6 +102,13 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
                 f"build key mismatch: the workflow expects {expected_key} but these inputs give {build_key} "
                 "(the requirements changed, or the builder version differs from the workflow's)"
             )
+        if not no_cache and _already_built(s3_client, out_bucket, out_prefix, build_key):
+            print(
+                f"layershift build job: cache hit: s3://{out_bucket}/{out_prefix} already holds {LAYER_ZIP} and "
+                f"{MANIFEST_JSON} of build key {build_key}; nothing was built",
+                flush=True,
+            )
+            return 0
         with tempfile.TemporaryDirectory(prefix="layershift-job-") as tmp:
             out_dir = Path(tmp)
             manifest = build_layer(
@@ -101,8 +118,17 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
                 out_dir=out_dir,
                 allow_ranges=allow_ranges,
                 profile=profile,
+                use_cache=not no_cache,
+                fail_on_vulnerability=fail_on_vulnerability,
             )
             metadata = {"build-key": manifest.build_key, "sha256": manifest.sha256}
+            if manifest.sbom and (out_dir / manifest.sbom).is_file():
+                s3_client.upload_file(
+                    str(out_dir / manifest.sbom),
+                    out_bucket,
+                    out_prefix + SBOM_JSON,
+                    ExtraArgs={"ContentType": "application/vnd.cyclonedx+json", "Metadata": metadata},
+                )
             s3_client.upload_file(
                 str(out_dir / LAYER_ZIP),
                 out_bucket,
@@ -115,7 +141,9 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
                 out_prefix + MANIFEST_JSON,
                 ExtraArgs={"ContentType": "application/json", "Metadata": metadata},
             )
-        print(f"layershift build job: uploaded {LAYER_ZIP} and {MANIFEST_JSON} to s3://{out_bucket}/{out_prefix}")
+        print(
+            f"layershift build job: uploaded {LAYER_ZIP}, {MANIFEST_JSON} and {SBOM_JSON} to s3://{out_bucket}/{out_prefix}"
+        )
         print(f"layershift build job: succeeded, sha256 {manifest.sha256}", flush=True)
         return 0
     except LayershiftError as exc:
@@ -129,6 +157,22 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
         print(f"layershift build job failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         _record_failure(s3_client, out_bucket, out_prefix, exc)
         return 1
+
+
+def _already_built(s3_client: Any, bucket: str, prefix: str, build_key: str) -> bool:
+    """Whether the output already holds the zip and manifest of ``build_key`` (same sha256 on both)."""
+    heads = []
+    for name in (LAYER_ZIP, MANIFEST_JSON):
+        try:
+            heads.append(s3_client.head_object(Bucket=bucket, Key=prefix + name))
+        except Exception:
+            return False
+    metadata = [head.get("Metadata", {}) for head in heads]
+    return (
+        all(m.get("build-key") == build_key for m in metadata)
+        and bool(metadata[0].get("sha256"))
+        and (metadata[0].get("sha256") == metadata[1].get("sha256"))
+    )
 
 
 def _record_failure(s3_client: Any, bucket: str, prefix: str, exc: Exception) -> None:

@@ -4,17 +4,24 @@ Sources are compiled by the target CPython itself, in ``unchecked-hash`` mode: t
 loads the ``.pyc`` without comparing it against the source's mtime, so extracting the zip (which
 keeps 2-second timestamps, or none) cannot make it stale. Without bytecode, Lambda's read-only
 ``/opt`` makes every cold start compile every imported module again.
+
+Two layouts:
+- with sources (default): ``pkg/__pycache__/mod.cpython-3X.pyc`` beside ``pkg/mod.py``;
+- sourceless: ``pkg/mod.pyc`` compiled in place of ``pkg/mod.py`` (a sourceless import needs the
+  ``.pyc`` beside, not in ``__pycache__``), and the source removed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 COMPILE_TIMEOUT_SECONDS = 1800
 INVALIDATION_MODE = "unchecked-hash"
+_SKIPPED_FOLDER_SUFFIXES = (".dist-info", ".data", ".libs")
 
 
 @dataclass
@@ -26,6 +33,9 @@ class BytecodeReport:
     invalidation_mode: str | None
     files: int
     warning: str | None = None
+    sourceless: bool = False
+    sources_removed: int = 0
+    sources_kept: list[str] = field(default_factory=list)
 
 
 def no_interpreter_warning(python_version: str) -> str:
@@ -36,39 +46,118 @@ def no_interpreter_warning(python_version: str) -> str:
     )
 
 
-def compile_site(site: Path, interpreter: str | None, python_version: str, runtime_path: str) -> BytecodeReport:
-    """Compile every ``.py`` under ``site`` with ``interpreter`` into ``__pycache__``.
-
-    ``runtime_path`` is where ``site`` lives on Lambda (e.g. ``/opt/python``); it is recorded as
-    the source path in the bytecode, so tracebacks point there and builds in different temporary
-    folders give identical bytes.
-    """
-    if interpreter is None:
-        return BytecodeReport(False, None, None, 0, no_interpreter_warning(python_version))
+def _compile(
+    paths: list[Path], site: Path, interpreter: str, runtime_path: str, legacy: bool
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     # Hash randomisation changes the order of frozenset constants in the marshalled code objects.
     env["PYTHONHASHSEED"] = "0"
     env.pop("SOURCE_DATE_EPOCH", None)
-    cmd = [
-        interpreter,
-        "-I",
-        "-m",
-        "compileall",
-        "-q",
-        "-j0",
-        "--invalidation-mode",
-        INVALIDATION_MODE,
-        "-d",
-        runtime_path,
-        str(site),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_SECONDS, check=False, env=env)
-    files = sum(1 for _ in site.rglob("__pycache__/*.pyc"))
-    warning = None
-    if proc.returncode != 0:
-        # compileall reports files it cannot compile (e.g. Python 2 leftovers, templates named .py)
-        # and goes on; such files simply ship without bytecode.
-        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-        shown = "; ".join(errors[:5])
-        warning = f"some sources did not compile and ship without bytecode: {shown}"
-    return BytecodeReport(True, interpreter, INVALIDATION_MODE, files, warning)
+    cmd = [interpreter, "-I", "-m", "compileall", "-q", "-j0", "--invalidation-mode", INVALIDATION_MODE]
+    # Record the Lambda path (``/opt/...``) as the source path: tracebacks point there and builds in
+    # different temporary folders give identical bytes.
+    cmd += ["-s", str(site), "-p", runtime_path]
+    if legacy:
+        cmd.append("-b")
+    cmd += [str(p) for p in paths]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_SECONDS, check=False, env=env)
+
+
+def _warning(proc: subprocess.CompletedProcess[str]) -> str | None:
+    if proc.returncode == 0:
+        return None
+    # compileall reports files it cannot compile (e.g. Python 2 leftovers, templates named .py)
+    # and goes on; such files simply ship without bytecode.
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    return f"some sources did not compile and ship without bytecode: {'; '.join(errors[:5])}"
+
+
+def _sources(root: Path) -> list[Path]:
+    found: list[Path] = []
+    if root.is_file():
+        return [root] if root.suffix == ".py" else []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.endswith(_SKIPPED_FOLDER_SUFFIXES) and d != "__pycache__"]
+        found += [Path(current, name) for name in files if name.endswith(".py")]
+    return found
+
+
+def compile_site(
+    site: Path,
+    interpreter: str | None,
+    python_version: str,
+    runtime_path: str,
+    *,
+    sourceless: bool = False,
+    sources_backup: Path | None = None,
+) -> BytecodeReport:
+    """Compile every ``.py`` under ``site`` with ``interpreter``.
+
+    ``runtime_path`` is where ``site`` lives on Lambda (e.g. ``/opt/python``). With ``sourceless``,
+    each source is compiled in place to ``mod.pyc`` and then moved to ``sources_backup`` (or
+    deleted), so :func:`restore_sources` can put it back; sources that did not compile stay.
+    """
+    if interpreter is None:
+        return BytecodeReport(False, None, None, 0, no_interpreter_warning(python_version))
+    proc = _compile([site], site, interpreter, runtime_path, legacy=sourceless)
+    warning = _warning(proc)
+    if not sourceless:
+        files = count_bytecode(site)
+        return BytecodeReport(True, interpreter, INVALIDATION_MODE, files, warning)
+    removed = 0
+    files = 0
+    for source in _sources(site):
+        compiled = source.with_suffix(".pyc")
+        if not compiled.is_file():
+            continue
+        files += 1
+        removed += 1
+        if sources_backup is None:
+            source.unlink()
+            continue
+        kept = sources_backup / source.relative_to(site)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, kept)
+    return BytecodeReport(
+        True, interpreter, INVALIDATION_MODE, files, warning, sourceless=True, sources_removed=removed
+    )
+
+
+def restore_sources(
+    site: Path, sources_backup: Path, top_level: list[str], interpreter: str, runtime_path: str, report: BytecodeReport
+) -> list[str]:
+    """Put the sources of ``top_level`` modules back, with ``__pycache__`` bytecode instead of in-place pyc.
+
+    Used when a module does not import without its sources. Returns the restored top-level names.
+    """
+    restored: list[str] = []
+    targets: list[Path] = []
+    for name in top_level:
+        for candidate in (sources_backup / name, sources_backup / f"{name}.py"):
+            if not candidate.exists():
+                continue
+            for kept in _sources(candidate):
+                destination = site / kept.relative_to(sources_backup)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(kept, destination)
+                legacy = destination.with_suffix(".pyc")
+                if legacy.is_file():
+                    legacy.unlink()
+                report.sources_removed -= 1
+            targets.append(site / candidate.relative_to(sources_backup))
+            if name not in restored:
+                restored.append(name)
+    if targets:
+        _compile(targets, site, interpreter, runtime_path, legacy=False)
+        report.files = count_bytecode(site)
+        report.sources_kept = sorted({*report.sources_kept, *restored})
+    return restored
+
+
+def count_bytecode(site: Path) -> int:
+    """Number of ``.pyc`` files under ``site``, in ``__pycache__`` or in place."""
+    total = 0
+    for _current, dirs, files in os.walk(site):
+        dirs[:] = [d for d in dirs if not d.endswith(_SKIPPED_FOLDER_SUFFIXES)]
+        total += sum(1 for name in files if name.endswith(".pyc"))
+    return total

@@ -35,6 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-ranges", action="store_true", help="accept version ranges, not only == pins")
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES), help="build profile")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="build even when the build cache holds this build key (the result is still cached)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="build cache folder (default: $LAYERSHIFT_BUILD_CACHE or ~/.cache/layershift/builds)",
+    )
+    parser.add_argument(
+        "--fail-on-vulnerability",
+        action="store_true",
+        help="fail the build when pip-audit reports a known vulnerability",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
             out_dir=args.out,
             allow_ranges=args.allow_ranges,
             profile=args.profile,
+            cache_dir=getattr(args, "cache_dir", None),
+            use_cache=not getattr(args, "no_cache", False),
+            fail_on_vulnerability=getattr(args, "fail_on_vulnerability", False),
         )
     except LayershiftError as exc:
         print(f"layershift build: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -60,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``layershift build -r REQS --runtime python3.13 --arch x86_64 -o OUTDIR [--allow-ranges]``."""
+    """``layershift build -r REQS --runtime python3.13 --arch x86_64 -o OUTDIR [--profile P] [--no-cache]``."""
     parser = argparse.ArgumentParser(prog="layershift build", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -109,6 +109,11 @@ def owner_of(rel: str, owned: dict[str, str]) -> str | None:
         source = str(path.parent.parent / (path.name.split(".")[0] + ".py"))
         if source in owned:
             return owned[source]
+    elif path.suffix == ".pyc":
+        # sourceless layout: mod.pyc in place of mod.py
+        source = str(path.with_suffix(".py"))
+        if source in owned:
+            return owned[source]
     for parent in path.parents:
         if str(parent) != "." and str(parent) in owned:
             return owned[str(parent)]

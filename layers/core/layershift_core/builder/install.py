@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -40,6 +41,8 @@ class InstallResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # canonical name -> {"url", "sha256"} of each installed wheel, from pip's install report
+    wheels: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def pip_interpreter(target: Target) -> tuple[str, list[str]]:
@@ -98,19 +101,46 @@ def target_options(target: Target) -> list[str]:
 
 
 def pip_command(
-    pip_python: str, target: Target, requirements_file: Path, dest: Path, require_hashes: bool
+    pip_python: str,
+    target: Target,
+    requirements_file: Path,
+    dest: Path,
+    require_hashes: bool,
+    report: Path | None = None,
 ) -> list[str]:
-    """The pip command line of a wheel-only install for the target."""
+    """The pip command line of a wheel-only install for the target (``report``: pip's JSON install report)."""
     cmd = [pip_python, "-m", "pip", "install", "--target", str(dest), *target_options(target)]
     cmd += [
         "--no-compile",
         "--progress-bar",
         "off",
     ]
+    if report is not None:
+        cmd += ["--report", str(report)]
     if require_hashes:
         cmd.append("--require-hashes")
     cmd += ["-r", str(requirements_file)]
     return cmd
+
+
+def wheels_from_report(path: Path) -> dict[str, dict[str, str]]:
+    """``{name: {"url": ..., "sha256": ...}}`` of the wheels pip installed, from its ``--report``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    wheels: dict[str, dict[str, str]] = {}
+    for item in data.get("install", []):
+        name = (item.get("metadata") or {}).get("name")
+        info = item.get("download_info") or {}
+        if not name:
+            continue
+        entry = {"url": str(info.get("url", ""))}
+        digest = ((info.get("archive_info") or {}).get("hashes") or {}).get("sha256")
+        if digest:
+            entry["sha256"] = str(digest)
+        wheels[canonicalize_name(name)] = entry
+    return wheels
 
 
 def _pip_env() -> dict[str, str]:
@@ -237,7 +267,8 @@ def install(reqs: RequirementSet, target: Target, dest: Path, work: Path) -> Ins
         return result
     req_file = work / "requirements.selected.txt"
     req_file.write_text(text, encoding="utf-8")
-    cmd = pip_command(pip_python, target, req_file, dest, reqs.require_hashes)
+    report = work / "pip-report.json"
+    cmd = pip_command(pip_python, target, req_file, dest, reqs.require_hashes, report=report)
     result.command = cmd
     try:
         proc = subprocess.run(
@@ -247,6 +278,7 @@ def install(reqs: RequirementSet, target: Target, dest: Path, work: Path) -> Ins
         raise BuildFailed(f"pip install did not finish within {PIP_TIMEOUT_SECONDS} s") from None
     (work / "pip.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode == 0:
+        result.wheels = wheels_from_report(report)
         return result
     output = proc.stdout + "\n" + proc.stderr
     for missing in _unmatched_requirements(output):

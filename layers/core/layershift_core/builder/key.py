@@ -9,10 +9,25 @@ from layershift_core.errors import InvalidLayerSpec
 from layershift_core.requirements import RequirementSet
 
 # Bump whenever a change to the builder changes what a layer zip contains.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
+
+DEFAULT_PROFILE = "default"
+SOURCELESS_PROFILE = "sourceless"
+SLIM_RUNTIME_PROFILE = "slim-runtime"
 
 PROFILES: dict[str, str] = {
-    "default": "wheels only; package tests folders and caches removed; unchecked-hash bytecode",
+    DEFAULT_PROFILE: (
+        "wheels only; safe pruning (package tests folders, caches, type stubs, Cython and C sources and "
+        "headers); extension modules stripped when they still import; unchecked-hash bytecode beside the sources"
+    ),
+    SOURCELESS_PROFILE: (
+        "as default, but ships bytecode only: each module compiled in place (mod.pyc), its source removed, "
+        "except modules that do not import without their sources"
+    ),
+    SLIM_RUNTIME_PROFILE: (
+        "as default, plus the packages the Lambda runtime ships are left out (boto3, botocore, s3transfer, "
+        "jmespath, python-dateutil, urllib3, six), with a warning when a pin differs from the runtime's version"
+    ),
 }
 
 

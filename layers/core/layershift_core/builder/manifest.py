@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,12 +21,53 @@ class PackageEntry(BaseModel):
     top_level_modules: list[str] = Field(default_factory=list)
 
 
+class PruneCategory(BaseModel):
+    """Files and bytes removed in one pruning category."""
+
+    files: int = 0
+    bytes: int = 0
+
+
 class PruneSummary(BaseModel):
-    """What pruning removed."""
+    """What pruning removed: folders, totals, and a breakdown by category."""
 
     folders: list[str] = Field(default_factory=list)
     files: int = 0
     bytes: int = 0
+    categories: dict[str, PruneCategory] = Field(
+        default_factory=dict,
+        description="tests, __pycache__, type stubs, cython sources, c sources and headers, runtime-provided packages",
+    )
+    kept: list[str] = Field(default_factory=list, description="what pruning left on purpose, and why")
+
+
+class RuntimePackage(BaseModel):
+    """A distribution left out of the layer because the Lambda runtime ships it (slim-runtime)."""
+
+    name: str
+    version: str = Field(description="the version the requirements resolved to")
+    runtime_version: str | None = Field(default=None, description="the version the runtime ships")
+    bytes: int = 0
+
+
+class StripSummary(BaseModel):
+    """Stripping debug symbols from the packages' own extension modules."""
+
+    ran: bool = False
+    tool: str | None = None
+    option: str | None = None
+    files: int = 0
+    bytes_saved: int = 0
+    restored: bool = Field(default=False, description="the smoke test failed stripped, so the originals ship")
+    note: str | None = None
+
+
+class AuditSummary(BaseModel):
+    """The pip-audit result."""
+
+    status: str = Field(default="unavailable", description="ok, vulnerable or unavailable")
+    findings: list[dict[str, Any]] = Field(default_factory=list)
+    note: str | None = None
 
 
 class BytecodeSummary(BaseModel):
@@ -35,6 +77,12 @@ class BytecodeSummary(BaseModel):
     python_version: str
     invalidation_mode: str | None = None
     files: int = 0
+    interpreter: str | None = Field(default=None, description="the target interpreter that compiled it")
+    layout: str | None = Field(default=None, description="'__pycache__' (beside sources) or 'sourceless' (in place)")
+    sources_kept: list[str] = Field(
+        default_factory=list, description="sourceless: top-level modules that ship sources because they need them"
+    )
+    cold_start_cost: str | None = Field(default=None, description="what shipping without bytecode costs")
 
 
 class SmokeTestSummary(BaseModel):
@@ -70,8 +118,13 @@ class Manifest(BaseModel):
         default_factory=list, description="requirements whose markers do not hold on the target runtime"
     )
     pruned: PruneSummary = Field(default_factory=PruneSummary)
+    runtime_packages_removed: list[RuntimePackage] = Field(default_factory=list)
+    stripped: StripSummary = Field(default_factory=StripSummary)
     bytecode: BytecodeSummary
     smoke_test: SmokeTestSummary
+    sbom: str | None = Field(default=None, description="file name of the CycloneDX SBOM beside the zip")
+    audit: AuditSummary = Field(default_factory=AuditSummary)
+    cache_hit: bool = Field(default=False, description="reused from the build cache, nothing was built")
     pip_version: str
     builder_version: str
     timings: dict[str, float]

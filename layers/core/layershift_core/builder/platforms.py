@@ -27,6 +27,42 @@ ARCHITECTURES: dict[str, str] = {"x86_64": "x86_64", "arm64": "aarch64"}
 
 _OLDEST_MANYLINUX2014_GLIBC_MINOR = 17
 
+# What the Lambda Python runtimes ship in /var/runtime, outside any layer: distribution -> version.
+# Which distributions are there is stable; their versions are not. AWS moves them with runtime
+# updates (see "Runtime-included SDK versions" on
+# https://docs.aws.amazon.com/lambda/latest/dg/lambda-python.html), so these versions are an
+# assumed snapshot, not read from a runtime, and the slim-runtime profile's version-mismatch
+# warning is advice to check, not a measurement. The profile drops these distributions from a layer.
+RUNTIME_PROVIDED_PACKAGES: dict[str, dict[str, str]] = {
+    "python3.11": {
+        "boto3": "1.36.2",
+        "botocore": "1.36.2",
+        "s3transfer": "0.11.1",
+        "jmespath": "1.0.1",
+        "python-dateutil": "2.9.0.post0",
+        "urllib3": "1.26.20",
+        "six": "1.16.0",
+    },
+    "python3.12": {
+        "boto3": "1.36.2",
+        "botocore": "1.36.2",
+        "s3transfer": "0.11.1",
+        "jmespath": "1.0.1",
+        "python-dateutil": "2.9.0.post0",
+        "urllib3": "1.26.20",
+        "six": "1.16.0",
+    },
+    "python3.13": {
+        "boto3": "1.36.2",
+        "botocore": "1.36.2",
+        "s3transfer": "0.11.1",
+        "jmespath": "1.0.1",
+        "python-dateutil": "2.9.0.post0",
+        "urllib3": "1.26.20",
+        "six": "1.16.0",
+    },
+}
+
 
 @dataclass(frozen=True)
 class Target:
@@ -106,6 +142,20 @@ def host_can_run(target: Target) -> bool:
     """Whether this machine can load the target architecture's shared objects."""
     machine = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine) == target.machine
+
+
+def strip_tool(target: Target) -> tuple[str | None, str | None]:
+    """The ``strip`` that handles the target's shared objects, or (None, why not).
+
+    The host's own ``strip`` when the target architecture is the host's; otherwise the GNU cross
+    tool ``<machine>-linux-gnu-strip`` (for example ``aarch64-linux-gnu-strip``) when installed.
+    """
+    if host_can_run(target):
+        tool = shutil.which("strip")
+        return (tool, None) if tool else (None, "no strip tool on PATH")
+    cross = f"{target.machine}-linux-gnu-strip"
+    tool = shutil.which(cross)
+    return (tool, None) if tool else (None, f"{cross} is not installed")
 
 
 def _pyenv_roots() -> list[Path]:

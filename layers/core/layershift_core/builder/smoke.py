@@ -58,10 +58,22 @@ class SmokeReport:
     recompiled: list[str] = field(default_factory=list)
     import_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    failed_modules: list[str] = field(default_factory=list)
+
+    def error(self) -> ImportSmokeTestFailed:
+        """The exception that reports this test's failures."""
+        return ImportSmokeTestFailed("top-level modules of the layer do not import:\n" + "\n".join(self.failures))
 
 
-def run_smoke_test(zip_path: Path, site_prefix: str, modules: list[str], interpreter: str | None) -> SmokeReport:
-    """Import every module from a fresh extraction of ``zip_path``; raise ImportSmokeTestFailed on failure."""
+def run_smoke_test(
+    zip_path: Path, site_prefix: str, modules: list[str], interpreter: str | None, *, raise_on_failure: bool = True
+) -> SmokeReport:
+    """Import every module from a fresh extraction of ``zip_path``.
+
+    Raises ImportSmokeTestFailed when a module does not import, unless ``raise_on_failure`` is
+    False: then the failures are in the returned report.
+    """
     if interpreter is None:
         return SmokeReport(
             ran=False,
@@ -96,18 +108,32 @@ def run_smoke_test(zip_path: Path, site_prefix: str, modules: list[str], interpr
             ) from None
         if not result_path.exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-            raise ImportSmokeTestFailed(f"the import smoke test crashed (exit {proc.returncode}):\n{tail}")
+            message = f"the import smoke test crashed (exit {proc.returncode}):\n{tail}"
+            if raise_on_failure:
+                raise ImportSmokeTestFailed(message)
+            return SmokeReport(ran=True, modules=modules, failures=[message], failed_modules=list(modules))
         result = json.loads(result_path.read_text(encoding="utf-8"))
         prefix = str(root) + "/"
         recompiled = sorted(p.removeprefix(prefix) for p in result["recompiled"])
     notes: list[str] = []
     failures: list[str] = []
+    failed: list[str] = []
     for failure in result["failures"]:
         missing = (failure.get("missing") or "").split(".")[0]
         if failure["error"] == "ModuleNotFoundError" and missing in RUNTIME_PROVIDED:
             notes.append(f"{failure['module']} imports {missing}, which the Lambda runtime provides; not checked here")
             continue
         failures.append(f"{failure['module']}: {failure['error']}: {failure['message']}")
-    if failures:
-        raise ImportSmokeTestFailed("top-level modules of the layer do not import:\n" + "\n".join(failures))
-    return SmokeReport(ran=True, modules=modules, recompiled=recompiled, import_seconds=result["seconds"], notes=notes)
+        failed.append(failure["module"])
+    report = SmokeReport(
+        ran=True,
+        modules=modules,
+        recompiled=recompiled,
+        import_seconds=result["seconds"],
+        notes=notes,
+        failures=failures,
+        failed_modules=failed,
+    )
+    if failures and raise_on_failure:
+        raise report.error()
+    return report
