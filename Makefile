@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 export AWS_DEFAULT_REGION ?= us-east-1
 export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 
-.PHONY: help venv demo test lint unit integration sam-build clean
+.PHONY: help venv demo test lint unit integration sam-build clean bench
 
 help:
 	@echo "make demo   a real rollout on the local emulated AWS: one promotion, one automatic rollback"
@@ -46,6 +46,11 @@ test: lint
 
 sam-build: $(STAMP)
 	$(BIN)/sam build --template template.yaml
+
+# The layer build benchmark (bench/README.md); e.g. make bench BENCH_ARGS="--sets data --runs 7".
+# The naive variant runs the machine's default python3: the PATH from before this Makefile's prefix.
+bench: $(STAMP)
+	BENCH_HOST_PATH="$(subst $(CURDIR)/$(BIN):$(PY313_PATH),,$(PATH))" $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam .layershift .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The layer build benchmark (``make bench``): see bench/README.md."""
