@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def no_interpreter_warning(python_version: str) -> str:
     )
 
 
+# Fixed, not the machine's core count: which sources one compiler process handles, and in which
+# order, shapes the marshalled bytes (string interning decides where marshal writes references), so
+# the split must be the same on every machine for two builds to give the same zip.
+COMPILE_PROCESSES = 4
+
+
 def _compile(
     paths: list[Path], site: Path, interpreter: str, runtime_path: str, legacy: bool
 ) -> subprocess.CompletedProcess[str]:
@@ -53,14 +60,34 @@ def _compile(
     # Hash randomisation changes the order of frozenset constants in the marshalled code objects.
     env["PYTHONHASHSEED"] = "0"
     env.pop("SOURCE_DATE_EPOCH", None)
-    cmd = [interpreter, "-I", "-m", "compileall", "-q", "-j0", "--invalidation-mode", INVALIDATION_MODE]
+    sources = sorted({source for path in paths for source in _sources(path)})
+    base = [interpreter, "-I", "-m", "compileall", "-q", "--invalidation-mode", INVALIDATION_MODE]
     # Record the Lambda path (``/opt/...``) as the source path: tracebacks point there and builds in
     # different temporary folders give identical bytes.
-    cmd += ["-s", str(site), "-p", runtime_path]
+    base += ["-s", str(site), "-p", runtime_path]
     if legacy:
-        cmd.append("-b")
-    cmd += [str(p) for p in paths]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_SECONDS, check=False, env=env)
+        base.append("-b")
+    size = -(-len(sources) // COMPILE_PROCESSES) or 1
+    chunks = [sources[i : i + size] for i in range(0, len(sources), size)]
+    with tempfile.TemporaryDirectory(prefix="layershift-compile-") as work:
+        running = []
+        for index, chunk in enumerate(chunks):
+            listing = Path(work, f"sources-{index}.txt")
+            listing.write_text("".join(f"{source}\n" for source in chunk))
+            running.append(
+                subprocess.Popen(
+                    [*base, "-i", str(listing)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+            )
+        outputs = [process.communicate(timeout=COMPILE_TIMEOUT_SECONDS) for process in running]
+    returncode = max((process.returncode for process in running), default=0)
+    return subprocess.CompletedProcess(
+        base, returncode, "".join(out for out, _ in outputs), "".join(err for _, err in outputs)
+    )
 
 
 def _warning(proc: subprocess.CompletedProcess[str]) -> str | None:

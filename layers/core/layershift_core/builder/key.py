@@ -9,7 +9,7 @@ from layershift_core.errors import InvalidLayerSpec
 from layershift_core.requirements import RequirementSet
 
 # Bump whenever a change to the builder changes what a layer zip contains.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 DEFAULT_PROFILE = "default"
 SOURCELESS_PROFILE = "sourceless"
