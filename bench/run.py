@@ -21,6 +21,7 @@ if str(REPO / "layers" / "core") not in sys.path:
     sys.path.insert(0, str(REPO / "layers" / "core"))
 
 from bench import measure, report, variants  # noqa: E402
+from layershift_core.builder.platforms import find_interpreter  # noqa: E402
 
 RUNTIME = "python3.13"
 ARCHITECTURE = "x86_64"
@@ -86,10 +87,9 @@ def find_target_python() -> str:
         return os.environ["BENCH_TARGET_PYTHON"]
     if sys.version_info[:2] == (3, 13):
         return sys.executable
-    candidates = [shutil.which("python3.13"), *sorted(Path("/root/.pyenv/versions").glob("3.13*/bin/python3.13"))]
-    for candidate in candidates:
-        if candidate:
-            return str(candidate)
+    found = find_interpreter("3.13")
+    if found:
+        return found
     raise SystemExit("python3.13 not found; the benchmark targets python3.13 (set BENCH_TARGET_PYTHON)")
 
 
@@ -129,6 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.set_list = [s.strip() for s in args.sets.split(",") if s.strip()]
     else:
         args.set_list = sorted(p.stem for p in args.sets_dir.glob("*.txt"))
+        if not args.set_list:
+            parser.error(f"no requirement sets (*.txt) in {args.sets_dir}; name the folder with --sets-dir")
     missing = [s for s in args.set_list if not (args.sets_dir / f"{s}.txt").is_file()]
     if missing:
         parser.error(f"no such set in {args.sets_dir}: {', '.join(missing)}")
