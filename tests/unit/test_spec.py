@@ -52,6 +52,7 @@ def test_explicit_steps() -> None:
         ("[rollout]\nalarms = 'one'\n", "rollout.alarms"),
         ("[build]\nruntimes = ['python2.7']\n", "build.runtimes"),
         ("[build]\narchitectures = ['sparc']\n", "build.architectures"),
+        ("[build]\nprofile = 'tiny'\n", "build.profile"),
         ("[targets]\nalias = '../x'\n", "targets.alias"),
         ("[targets]\nalias = '42'\n", "targets.alias"),
         ("[surprise]\nx = 1\n", "surprise"),
@@ -71,3 +72,17 @@ def test_binary_garbage_is_refused() -> None:
         parse_layer_spec(b"\xff\xfe[rollout]", DEFAULTS)
     with pytest.raises(InvalidLayerSpec, match="NUL"):
         parse_layer_spec(b"[rollout]\x00", DEFAULTS)
+
+
+def test_a_build_profile_is_opt_in() -> None:
+    assert parse_layer_spec(None, DEFAULTS).profile == "default"
+    assert parse_layer_spec(b"[build]\nprofile = 'sourceless'\n", DEFAULTS).profile == "sourceless"
+
+
+def test_the_spec_offers_exactly_the_builder_profiles() -> None:
+    import typing
+
+    from layershift_core.builder import PROFILES
+    from layershift_core.models import LayerSpec
+
+    assert set(typing.get_args(LayerSpec.model_fields["profile"].annotation)) == set(PROFILES)

@@ -42,6 +42,7 @@ class LayerSpec(BaseModel):
     runtimes: list[Runtime] = Field(min_length=1)
     architectures: list[Architecture] = Field(min_length=1)
     allow_ranges: bool = False
+    profile: Literal["default", "sourceless", "slim-runtime"] = "default"
     license: str | None = Field(default=None, max_length=512)
     alias: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
     functions: list[str] = Field(default_factory=list, description="extra target functions by name")

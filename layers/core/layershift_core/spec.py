@@ -5,6 +5,7 @@
 runtimes = ["python3.13"]
 architectures = ["x86_64"]
 allow_ranges = false
+profile = "default"             # or "sourceless" (bytecode only), "slim-runtime" (drops what Lambda ships)
 license = "MIT"
 
 [targets]
@@ -52,6 +53,7 @@ class _Build(_Section):
     runtimes: list[str] | None = None
     architectures: list[str] | None = None
     allow_ranges: bool = False
+    profile: str = "default"
     license: str | None = None
 
 
@@ -145,6 +147,7 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
         "runtimes": parsed.build.runtimes or [defaults.runtime],
         "architectures": parsed.build.architectures or [defaults.architecture],
         "allow_ranges": parsed.build.allow_ranges,
+        "profile": parsed.build.profile,
         "license": parsed.build.license,
         "alias": parsed.targets.alias or defaults.alias,
         "functions": parsed.targets.functions,
@@ -162,6 +165,7 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
             "architectures": "build",
             "allow_ranges": "build",
             "license": "build",
+            "profile": "build",
             "alias": "targets",
             "functions": "targets",
         }.get(str(first["loc"][0]), "rollout")

@@ -55,7 +55,7 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
     check_alarms_exist(spec)
 
     runtime, architecture = spec.runtimes[0], spec.architectures[0]
-    build_key = compute_build_key(requirements, runtime, architecture)
+    build_key = compute_build_key(requirements, runtime, architecture, spec.profile)
     prefix = rollout_prefix(request.layer, rollout_id)
     write_bytes(request.bucket, prefix + "requirements.txt", requirements.normalised_text().encode(), "text/plain")
     write_json(request.bucket, prefix + "spec.json", json.loads(spec.model_dump_json()))
@@ -68,6 +68,7 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
         "LAYERSHIFT_OUTPUT_URI": f"s3://{request.bucket}/{output_prefix}",
         "LAYERSHIFT_BUILD_KEY": build_key,
         "LAYERSHIFT_ALLOW_RANGES": "true" if spec.allow_ranges else "false",
+        "LAYERSHIFT_PROFILE": spec.profile,
     }
     Registry(settings.table).put_rollout(
         request.layer,
