@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from layershift_core.builder import command as build_command
+
 from . import controlplane
 from .controlplane import ControlPlane, ControlPlaneNotFound
 
@@ -87,9 +89,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from layershift_core.builder.command import main as build_main
+    from layershift_core.builder.command import run
 
-    return build_main(args.rest)
+    return run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -120,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layershift", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    build = sub.add_parser("build", help="build a layer zip and manifest locally", add_help=False)
-    build.add_argument("rest", nargs=argparse.REMAINDER)
+    build = sub.add_parser("build", help="build a layer zip, manifest and SBOM locally (what CodeBuild runs)")
+    build_command.add_arguments(build)
     build.set_defaults(func=cmd_build)
 
     push = sub.add_parser("push", help="upload a requirements file; the upload starts a rollout")

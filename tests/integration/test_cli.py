@@ -45,3 +45,17 @@ def test_no_local_control_plane_is_a_clear_error(
     monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(tmp_path / "missing.json"))
     assert main(["status", "--local"]) == 2
     assert "start one with `layershift local`" in capsys.readouterr().err
+
+
+def test_layershift_build_writes_zip_manifest_and_sbom(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    out = tmp_path / "out"
+    args = ["build", "-r", str(requirements), "--runtime", "python3.13", "--arch", "x86_64", "-o", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["layer.zip", "manifest.json", "sbom.cdx.json"]
+    assert main(args) == 0
+    assert "cache hit" in capsys.readouterr().out.lower()
+    requirements.write_text("six\n")
+    assert main(args) == 1
+    assert '"six" is not pinned' in capsys.readouterr().err
