@@ -5,7 +5,6 @@ Nothing here builds anything; :mod:`bench.variants` does. Everything works on a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -82,14 +81,6 @@ class ImportResult:
         data = asdict(self)
         data["failed_modules"] = self.failed_modules
         return data
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def zip_unzipped_bytes(zip_path: Path) -> int:

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.measure import plain_zip, sha256_file, tree_bytes, zip_unzipped_bytes
+from bench.measure import plain_zip, tree_bytes, zip_unzipped_bytes
+from layershift_core.builder.zipper import sha256_file
 
 PIP_TIMEOUT_SECONDS = 1800
 NAIVE_PLATFORM = "manylinux2014_x86_64"
