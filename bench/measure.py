@@ -266,6 +266,11 @@ def measure_imports(
 ) -> ImportResult:
     """``runs`` fresh processes; the median time, and the first run's recompiles and failures."""
     results = [import_once(interpreter, front, modules, back, mount=mount) for _ in range(max(1, runs))]
+    return summarise_imports(results, front)
+
+
+def summarise_imports(results: list[ImportRun], front: list[Path]) -> ImportResult:
+    """The median time over ``results``, and the first run's recompiles and failures."""
     first = results[0]
     prefixes = sorted({str(p) + "/" for p in front}, key=len, reverse=True)
 

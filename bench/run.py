@@ -343,34 +343,48 @@ class SetRun:
         return result
 
     def measure(self, modules: list[str]) -> None:
+        """Cold imports of every variant, interleaved: round r runs each variant once, so load that
+        drifts during the measurement falls on every variant alike."""
         back = [self.runtime_dir] if self.runtime_dir else []
+        prepared: dict[str, tuple[list[Path], tuple[Path, Path] | None, Path | None]] = {}
         for variant, build in self.builds.items():
             row = self.rows.get(variant, {})
             if variant not in self.args.variant_list or row.get("status") != "ok":
                 continue
-            self.say(f"{variant}: {self.args.runs} cold imports of {len(modules)} modules")
-            extracted = None
-            mount = None
-            if build.zip_path is not None:
-                extracted = self.work / f"x-{variant}"
-                measure.extract_keeping_times(build.zip_path, extracted)
-                if self.env["layer_root"] == str(LAMBDA_OPT):
-                    mount = (extracted, LAMBDA_OPT)
-                    front = measure.layer_paths(LAMBDA_OPT, PYTHON_VERSION)
-                else:
-                    front = measure.layer_paths(extracted, PYTHON_VERSION)
-            else:
-                front = [build.site]
-            try:
-                result = measure.measure_imports(
-                    self.env["target_python"], front, modules, self.args.runs, back, mount=mount
-                )
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                row["notes"] = [*row.get("notes", []), f"import measurement failed: {exc}"]
+            if build.zip_path is None:
+                prepared[variant] = ([build.site], None, None)
                 continue
-            finally:
+            extracted = self.work / f"x-{variant}"
+            measure.extract_keeping_times(build.zip_path, extracted)
+            if self.env["layer_root"] == str(LAMBDA_OPT):
+                front = measure.layer_paths(LAMBDA_OPT, PYTHON_VERSION)
+                prepared[variant] = (front, (extracted, LAMBDA_OPT), extracted)
+            else:
+                prepared[variant] = (measure.layer_paths(extracted, PYTHON_VERSION), None, extracted)
+        self.say(f"{len(prepared)} variants: {self.args.runs} interleaved rounds of importing {len(modules)} modules")
+        runs: dict[str, list[measure.ImportRun]] = {variant: [] for variant in prepared}
+        failed: dict[str, str] = {}
+        try:
+            for _ in range(max(1, self.args.runs)):
+                for variant, (front, mount, _extracted) in prepared.items():
+                    if variant in failed:
+                        continue
+                    try:
+                        runs[variant].append(
+                            measure.import_once(self.env["target_python"], front, modules, back, mount=mount)
+                        )
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        failed[variant] = str(exc)
+        finally:
+            for _front, _mount, extracted in prepared.values():
                 if extracted is not None:
                     shutil.rmtree(extracted, ignore_errors=True)
+        for variant, (front, _mount, _extracted) in prepared.items():
+            row = self.rows[variant]
+            if variant in failed or not runs[variant]:
+                row["notes"] = [*row.get("notes", []), f"import measurement failed: {failed.get(variant)}"]
+                continue
+            result = measure.summarise_imports(runs[variant], front)
             row.update(
                 import_seconds=round(result.median_seconds, 4),
                 import_all_seconds=result.all_seconds,
