@@ -33,34 +33,17 @@ _OLDEST_MANYLINUX2014_GLIBC_MINOR = 17
 # https://docs.aws.amazon.com/lambda/latest/dg/lambda-python.html), so these versions are an
 # assumed snapshot, not read from a runtime, and the slim-runtime profile's version-mismatch
 # warning is advice to check, not a measurement. The profile drops these distributions from a layer.
+_RUNTIME_SDK: dict[str, str] = {
+    "boto3": "1.36.2",
+    "botocore": "1.36.2",
+    "s3transfer": "0.11.1",
+    "jmespath": "1.0.1",
+    "python-dateutil": "2.9.0.post0",
+    "urllib3": "1.26.20",
+    "six": "1.16.0",
+}
 RUNTIME_PROVIDED_PACKAGES: dict[str, dict[str, str]] = {
-    "python3.11": {
-        "boto3": "1.36.2",
-        "botocore": "1.36.2",
-        "s3transfer": "0.11.1",
-        "jmespath": "1.0.1",
-        "python-dateutil": "2.9.0.post0",
-        "urllib3": "1.26.20",
-        "six": "1.16.0",
-    },
-    "python3.12": {
-        "boto3": "1.36.2",
-        "botocore": "1.36.2",
-        "s3transfer": "0.11.1",
-        "jmespath": "1.0.1",
-        "python-dateutil": "2.9.0.post0",
-        "urllib3": "1.26.20",
-        "six": "1.16.0",
-    },
-    "python3.13": {
-        "boto3": "1.36.2",
-        "botocore": "1.36.2",
-        "s3transfer": "0.11.1",
-        "jmespath": "1.0.1",
-        "python-dateutil": "2.9.0.post0",
-        "urllib3": "1.26.20",
-        "six": "1.16.0",
-    },
+    runtime: dict(_RUNTIME_SDK) for runtime in ("python3.11", "python3.12", "python3.13")
 }
 
 
