@@ -150,6 +150,8 @@ def markdown(results: dict) -> str:
         f"({env['host_python']}); naive-matching and the imports used {env['target_python_version']} "
         f"({env['target_python']}). {env['runs']} import runs per variant (median). "
         f"Cold builds: {'skipped (--skip-cold)' if env['skip_cold'] else 'fresh pip cache'}. "
+        f"Warm build times: the median of {env.get('warm_builds', 1)} builds per variant, interleaved across "
+        "variants (slim and powertools: one, their rules timed on naive-matching's install). "
         f"Started {env['started']}, took {env.get('total_minutes', '?')} min.",
         f"Zips extracted keeping their timestamps and imported at: {env.get('layer_root', '?')}. "
         f"Runtime SDK stand-in on sys.path after the layer: {env.get('runtime_sdk') or 'none'}.",

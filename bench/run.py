@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(naive-matching is always built: it is the reference and the source of the module list)",
     )
     parser.add_argument("--runs", type=int, default=7, help="fresh import processes per variant (median reported)")
+    parser.add_argument(
+        "--warm-builds",
+        type=int,
+        default=3,
+        help="warm builds of each timed variant, interleaved across variants (median reported)",
+    )
     parser.add_argument(
         "--skip-cold", action="store_true", help="reuse one pip cache (OUT/pip-cache) and skip cold build times"
     )
@@ -342,6 +349,58 @@ class SetRun:
             shutil.rmtree(build.zip_path.parent, ignore_errors=True)
         return result
 
+    def time_warm_builds(self) -> None:
+        """More warm builds of every timed variant, interleaved: round r builds each variant once, so
+        network and load that drift during the run fall on every variant alike. The row reports the
+        median of all its warm builds."""
+        timed = [
+            v
+            for v in ("naive", "naive-matching", *LAYERSHIFT_PROFILES, *OPTIONAL_VARIANTS)
+            if v in self.args.variant_list and self.rows.get(v, {}).get("status") == "ok"
+        ]
+        samples = {v: [self.rows[v]["build_warm_seconds"]] for v in timed}
+        profiles = {**LAYERSHIFT_PROFILES, **OPTIONAL_VARIANTS}
+        text = self.requirements.read_text(encoding="utf-8")
+        for round_number in range(2, self.args.warm_builds + 1):
+            for variant in timed:
+                self.say(f"{variant}: warm build {round_number}/{self.args.warm_builds} (timing only)")
+                scratch = self.work / f"timing-{variant}"
+                if variant in profiles:
+                    build = variants.layershift_build(
+                        variant,
+                        text,
+                        profiles[variant],
+                        scratch,
+                        self.pip_cache(variant),
+                        self.work / f"timing-{variant}-buildcache-{round_number}",
+                        self.log,
+                        RUNTIME,
+                        ARCHITECTURE,
+                    )
+                else:
+                    interpreter = self.env["host_python" if variant == "naive" else "target_python"]
+                    try:
+                        build = variants.pip_zip_build(
+                            variant,
+                            interpreter,
+                            self.requirements,
+                            scratch,
+                            self.pip_cache(variant),
+                            self.log,
+                            PYTHON_VERSION,
+                        )
+                    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                        build = variants.Build(variant=variant, error=str(exc))
+                if build.error is None and build.seconds is not None:
+                    samples[variant].append(round(build.seconds, 3))
+                if build.zip_path is not None:
+                    build.zip_path.unlink(missing_ok=True)
+                shutil.rmtree(scratch, ignore_errors=True)
+                shutil.rmtree(self.work / f"timing-{variant}-buildcache-{round_number}", ignore_errors=True)
+        for variant, seconds in samples.items():
+            self.rows[variant]["build_warm_samples"] = seconds
+            self.rows[variant]["build_warm_seconds"] = round(statistics.median(seconds), 3)
+
     def measure(self, modules: list[str]) -> None:
         """Cold imports of every variant, interleaved: round r runs each variant once, so load that
         drifts during the measurement falls on every variant alike."""
@@ -407,6 +466,7 @@ class SetRun:
         for variant, profile in {**LAYERSHIFT_PROFILES, **OPTIONAL_VARIANTS}.items():
             if variant in wanted:
                 self.build_layershift(variant, profile)
+        self.time_warm_builds()
         base = self.builds.get("naive-matching")
         modules = measure.top_level_modules(base.site) if base and base.site else []
         self.say(f"{len(modules)} top-level modules: {', '.join(modules)}")
@@ -439,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_python_version": python_version(target),
         "runs": args.runs,
         "skip_cold": args.skip_cold,
+        "warm_builds": args.warm_builds,
         "variants": args.variant_list,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),

@@ -419,6 +419,34 @@ def test_import_failure_names_module_and_exception(tmp_path: Path, monkeypatch: 
     assert not (tmp_path / "out").exists()
 
 
+def _writer_layout(statement: str):
+    def layout(dest: Path) -> None:
+        code = f"import pathlib\nhere = pathlib.Path(__file__).parent\n{statement}\n"
+        fake_wheel(dest, "writer", "1.0", {"writer/__init__.py": code, "writer/data.txt": "original"})
+
+    return layout
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_a_file_an_import_creates_never_reaches_the_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_writer_layout("(here / 'cache.txt').write_text('x')")))
+    out = tmp_path / "out"
+    manifest = build_layer("writer==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=out)
+    assert manifest.smoke_test.ran and manifest.smoke_test.modules == 1
+    with zipfile.ZipFile(out / "layer.zip") as zf:
+        assert not any(name.endswith("cache.txt") for name in zf.namelist())
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_an_import_that_rewrites_its_own_files_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_writer_layout("(here / 'data.txt').write_text('changed')")))
+    with pytest.raises(ImportSmokeTestFailed) as info:
+        build_layer("writer==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "out")
+    assert "rewrote its own files" in str(info.value)
+    assert "writer/data.txt" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_invalid_requirements_fail_before_installing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def never(*args, **kwargs):
         raise AssertionError("pip must not run")
@@ -719,11 +747,10 @@ def _extension_layout(dest: Path) -> None:
 
 
 def _smoke_by_size(broken_when_stripped: bool):
-    """A smoke test stand-in that fails when the extension module in the zip is the stripped one."""
+    """A smoke test stand-in that fails when the extension module in the layer is the stripped one."""
 
-    def _smoke(zip_path, prefix, modules, interpreter, raise_on_failure=True):
-        with zipfile.ZipFile(zip_path) as zf:
-            size = zf.getinfo(f"{prefix}/gamma/_fast.cpython-313-x86_64-linux-gnu.so").file_size
+    def _smoke(layer_root, prefix, modules, interpreter, raise_on_failure=True):
+        size = (layer_root / prefix / "gamma/_fast.cpython-313-x86_64-linux-gnu.so").stat().st_size
         if broken_when_stripped and size < 1004:
             return SmokeReport(
                 ran=True, modules=modules, failures=["gamma: ImportError: bad ELF"], failed_modules=["gamma"]

@@ -339,20 +339,27 @@ def build_layer(
         modules = sorted({m for d in dists for m in d.top_level})
 
         def zip_and_smoke() -> SmokeReport:
-            mark = time.monotonic()
-            zipper.write_zip(layer_root, zip_path)
-            timings["zip"] += time.monotonic() - mark
-            mark = time.monotonic()
-            if can_smoke:
-                report = run_smoke_test(zip_path, prefix, modules, interpreter, raise_on_failure=False)
-            else:
-                why = (
-                    "no interpreter of the target Python version was found"
-                    if interpreter is None
-                    else f"{target.machine} shared objects cannot load on this {platform.machine()} build host"
-                )
-                report = SmokeReport(ran=False, modules=modules, notes=[f"import smoke test skipped: {why}"])
-            timings["smoke_test"] += time.monotonic() - mark
+            """Write the zip and run the smoke test on the same tree at the same time."""
+
+            def write() -> None:
+                mark = time.monotonic()
+                zipper.write_zip(layer_root, zip_path)
+                timings["zip"] += time.monotonic() - mark
+
+            with ThreadPoolExecutor(1) as zipping:
+                written = zipping.submit(write)
+                mark = time.monotonic()
+                if can_smoke:
+                    report = run_smoke_test(layer_root, prefix, modules, interpreter, raise_on_failure=False)
+                else:
+                    why = (
+                        "no interpreter of the target Python version was found"
+                        if interpreter is None
+                        else f"{target.machine} shared objects cannot load on this {platform.machine()} build host"
+                    )
+                    report = SmokeReport(ran=False, modules=modules, notes=[f"import smoke test skipped: {why}"])
+                timings["smoke_test"] += time.monotonic() - mark
+                written.result()
             return report
 
         smoke = zip_and_smoke()

@@ -151,12 +151,12 @@ def _pip_env() -> dict[str, str]:
     return env
 
 
-def _pip_version(pip_python: str) -> str:
-    result = subprocess.run(
-        [pip_python, "-m", "pip", "--version"], capture_output=True, text=True, timeout=120, check=False
-    )
-    parts = result.stdout.split()
-    return parts[1] if result.returncode == 0 and len(parts) > 1 else "unknown"
+def pip_version_from_report(path: Path) -> str:
+    """The version of pip that wrote the install report ``path``."""
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("pip_version") or "unknown")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
 
 
 def key_error_lines(output: str) -> list[str]:
@@ -257,7 +257,7 @@ def install(reqs: RequirementSet, target: Target, dest: Path, work: Path) -> Ins
     text, skipped = selected_requirements_text(reqs, target)
     result = InstallResult(
         pip_python=pip_python,
-        pip_version=_pip_version(pip_python),
+        pip_version="unknown",
         command=[],
         warnings=warnings,
         skipped=skipped,
@@ -279,6 +279,7 @@ def install(reqs: RequirementSet, target: Target, dest: Path, work: Path) -> Ins
     (work / "pip.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode == 0:
         result.wheels = wheels_from_report(report)
+        result.pip_version = pip_version_from_report(report)
         return result
     output = proc.stdout + "\n" + proc.stderr
     for missing in _unmatched_requirements(output):
