@@ -34,6 +34,29 @@ class TrafficStep(BaseModel):
     bake_seconds: int = Field(ge=0, le=86_400, description="how long to watch before the next step")
 
 
+class CanaryAnalysis(BaseModel):
+    """Thresholds of the version-scoped canary analysis: the new version against the old one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_error_rate_delta: float = Field(
+        default=0.02, ge=0, le=1, description="new error rate minus old error rate above which the step fails"
+    )
+    max_p99_duration_ratio: float = Field(
+        default=1.5, ge=1, le=100, description="new p99 duration over old p99 duration above which the step fails"
+    )
+    min_invocations: int = Field(
+        default=20, ge=1, le=1_000_000, description="new-version invocations needed for a verdict"
+    )
+    max_extension_seconds: int = Field(
+        default=600, ge=0, le=86_400, description="how long an inconclusive bake may be extended"
+    )
+    inconclusive: Literal["promote", "rollback"] = Field(
+        default="rollback", description="what an inconclusive verdict leads to once the extension is used up"
+    )
+
+
 class LayerSpec(BaseModel):
     """layer.toml, resolved against the template's defaults."""
 
@@ -49,7 +72,12 @@ class LayerSpec(BaseModel):
     strategy: str
     steps: list[TrafficStep]
     poll_seconds: int = Field(ge=1, le=3_600)
-    alarms: list[str] = Field(default_factory=list)
+    alarms: list[str] = Field(default_factory=list, max_length=100)
+    final_bake_seconds: int = Field(default=0, ge=0, le=86_400, description="bake at 100% before promotion")
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    pilots: list[str] = Field(default_factory=list, description="pilot-wave functions, besides those tagged")
+    approval: bool = Field(default=False, description="wait for `layershift approve` before 100%")
+    approval_timeout_seconds: int = Field(default=86_400, ge=60, le=31_536_000)
 
     @field_validator("alias")
     @classmethod
@@ -109,10 +137,27 @@ class Verdict(StrEnum):
     SKIPPED = "skipped"
 
 
+class Wave(StrEnum):
+    PILOT = "pilot"
+    MAIN = "main"
+
+
+class ShiftStep(BaseModel):
+    """One item of the ShiftTraffic Map: a weight for one wave, held for a bake."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wave: Wave
+    weight: int = Field(ge=1, le=100)
+    bake_seconds: int = Field(ge=0, le=86_400)
+    approval: bool = False
+
+
 class TargetPlan(Model):
     function_name: str
     alias: str
     verdict: Verdict
+    wave: Wave = Wave.MAIN
     reason: str | None = None
     old_version: str | None = None
     current_layers: list[str] = Field(default_factory=list)
@@ -138,7 +183,16 @@ class PlanSummary(Model):
     plan_key: str
     target_count: int
     skipped_count: int
+    pilot_count: int = 0
     steps: list[TrafficStep]
+    shift_steps: list[ShiftStep] = Field(default_factory=list)
+
+
+class Preflight(Model):
+    """What was true before the first shift: the gating alarms already in ALARM do not gate."""
+
+    checked_at: float
+    alarms_in_alarm: list[str] = Field(default_factory=list)
 
 
 class ErrorInfo(Model):
@@ -162,8 +216,15 @@ class RolloutState(Model):
     build: BuildDecision | None = None
     layer_version: LayerVersionRef | None = None
     plan: PlanSummary | None = None
+    preflight: Preflight | None = None
     error: ErrorInfo | None = None
     outcome: Outcome | None = None
+
+
+class CanaryVerdict(StrEnum):
+    HEALTHY = "healthy"
+    FAILING = "failing"
+    INCONCLUSIVE = "inconclusive"
 
 
 class StepState(Model):
@@ -174,12 +235,18 @@ class StepState(Model):
     plan_key: str
     alarms: list[str]
     poll_seconds: int
-    step: TrafficStep
+    step: ShiftStep
     step_index: int
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    preflight: Preflight | None = None
+    rollout_started_at: float | None = None
     started_at: float | None = None
     wait_seconds: int = 0
     bake_complete: bool = False
+    extended_seconds: int = 0
     checks: int = 0
+    verdict: CanaryVerdict | None = None
+    verdict_detail: str | None = None
 
 
 class NotifyRequest(Model):

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, Field
 
+from .models import CanaryAnalysis
 from .spec import SpecDefaults
 
 
@@ -20,6 +21,12 @@ class Settings(BaseModel):
     default_architecture: str = "x86_64"
     default_strategy: str = "Canary10Percent5Minutes"
     poll_seconds: int = Field(default=30, ge=1)
+    final_bake_seconds: int = Field(default=0, ge=0)
+    canary_max_error_rate_delta: float = 0.02
+    canary_max_p99_duration_ratio: float = 1.5
+    canary_min_invocations: int = 20
+    canary_max_extension_seconds: int = 600
+    canary_inconclusive: str = "rollback"
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
     codecommit_repository: str | None = None
     codecommit_branch: str = "main"
@@ -32,6 +39,14 @@ class Settings(BaseModel):
             alias=self.default_alias,
             strategy=self.default_strategy,
             poll_seconds=self.poll_seconds,
+            final_bake_seconds=self.final_bake_seconds,
+            analysis=CanaryAnalysis(
+                max_error_rate_delta=self.canary_max_error_rate_delta,
+                max_p99_duration_ratio=self.canary_max_p99_duration_ratio,
+                min_invocations=self.canary_min_invocations,
+                max_extension_seconds=self.canary_max_extension_seconds,
+                inconclusive=self.canary_inconclusive,  # type: ignore[arg-type]
+            ),
         )
 
 
@@ -45,6 +60,12 @@ _ENV = {
     "default_architecture": "LAYERSHIFT_DEFAULT_ARCHITECTURE",
     "default_strategy": "LAYERSHIFT_DEFAULT_STRATEGY",
     "poll_seconds": "LAYERSHIFT_POLL_SECONDS",
+    "final_bake_seconds": "LAYERSHIFT_FINAL_BAKE_SECONDS",
+    "canary_max_error_rate_delta": "LAYERSHIFT_CANARY_MAX_ERROR_RATE_DELTA",
+    "canary_max_p99_duration_ratio": "LAYERSHIFT_CANARY_MAX_P99_DURATION_RATIO",
+    "canary_min_invocations": "LAYERSHIFT_CANARY_MIN_INVOCATIONS",
+    "canary_max_extension_seconds": "LAYERSHIFT_CANARY_MAX_EXTENSION_SECONDS",
+    "canary_inconclusive": "LAYERSHIFT_CANARY_INCONCLUSIVE",
     "lock_lease_seconds": "LAYERSHIFT_LOCK_LEASE_SECONDS",
     "codecommit_repository": "LAYERSHIFT_CODECOMMIT_REPOSITORY",
     "codecommit_branch": "LAYERSHIFT_CODECOMMIT_BRANCH",

@@ -16,6 +16,17 @@ functions = ["orders"]          # in addition to every function that already use
 strategy = "Canary10Percent5Minutes"   # or: steps = [{weight = 10, bake_seconds = 60}, ...]
 poll_seconds = 30
 alarms = ["orders-errors"]
+final_bake_seconds = 300        # hold 100% this long before the old version is let go
+pilots = ["orders"]             # the pilot wave, besides functions tagged layershift:wave=pilot
+approval = true                 # wait for `layershift approve` before 100%
+approval_timeout_seconds = 86400
+
+[analysis]                      # the new version against the old one, per function
+max_error_rate_delta = 0.02     # new error rate minus old error rate
+max_p99_duration_ratio = 1.5    # new p99 duration over old p99 duration
+min_invocations = 20            # new-version invocations needed for a verdict
+max_extension_seconds = 600     # how long an inconclusive bake may be extended
+inconclusive = "rollback"       # or "promote", once the extension is used up
 ```
 Every key is optional; what is missing comes from the template's defaults.
 """
@@ -29,7 +40,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidLayerSpec
-from .models import LayerSpec, TrafficStep
+from .models import CanaryAnalysis, LayerSpec, TrafficStep
 
 MAX_SPEC_BYTES = 64 * 1024
 
@@ -43,6 +54,8 @@ class SpecDefaults(BaseModel):
     alias: str = "live"
     strategy: str = "Canary10Percent5Minutes"
     poll_seconds: int = 30
+    final_bake_seconds: int = 0
+    analysis: CanaryAnalysis = CanaryAnalysis()
 
 
 class _Section(BaseModel):
@@ -67,12 +80,26 @@ class _Rollout(_Section):
     steps: list[dict[str, Any]] | None = None
     poll_seconds: int | None = None
     alarms: list[str] = []
+    final_bake_seconds: int | None = None
+    pilots: list[str] = []
+    approval: bool = False
+    approval_timeout_seconds: int | None = None
+
+
+class _Analysis(_Section):
+    enabled: bool | None = None
+    max_error_rate_delta: float | None = None
+    max_p99_duration_ratio: float | None = None
+    min_invocations: int | None = None
+    max_extension_seconds: int | None = None
+    inconclusive: str | None = None
 
 
 class _File(_Section):
     build: _Build = _Build()
     targets: _Targets = _Targets()
     rollout: _Rollout = _Rollout()
+    analysis: _Analysis = _Analysis()
 
 
 def strategy_steps(strategy: str) -> list[TrafficStep]:
@@ -155,7 +182,18 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
         "steps": steps,
         "poll_seconds": rollout.poll_seconds if rollout.poll_seconds is not None else defaults.poll_seconds,
         "alarms": rollout.alarms,
+        "final_bake_seconds": (
+            rollout.final_bake_seconds if rollout.final_bake_seconds is not None else defaults.final_bake_seconds
+        ),
+        "pilots": rollout.pilots,
+        "approval": rollout.approval,
+        "analysis": {
+            **defaults.analysis.model_dump(),
+            **parsed.analysis.model_dump(exclude_none=True),
+        },
     }
+    if rollout.approval_timeout_seconds is not None:
+        candidate["approval_timeout_seconds"] = rollout.approval_timeout_seconds
     try:
         return LayerSpec.model_validate(candidate)
     except ValidationError as exc:
@@ -168,11 +206,11 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
             "profile": "build",
             "alias": "targets",
             "functions": "targets",
+            "analysis": "",
         }.get(str(first["loc"][0]), "rollout")
         value = first.get("input")
-        raise InvalidLayerSpec(
-            f"{source}: {section}.{_field_path(first['loc'])}: {first['msg']} (got {value!r})"
-        ) from None
+        prefix = f"{section}." if section else ""
+        raise InvalidLayerSpec(f"{source}: {prefix}{_field_path(first['loc'])}: {first['msg']} (got {value!r})") from None
 
 
 def _invalid(step: dict[str, Any]) -> bool:
