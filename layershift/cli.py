@@ -1,4 +1,4 @@
-"""`layershift`: build layers, push requirement files, watch rollouts, and run the local demo."""
+"""`layershift`: build layers, push requirement files, watch, approve, reject or abort rollouts, and run the demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from layershift_core.builder import command as build_command
+from layershift_core.errors import NothingWaiting
 
 from . import controlplane
 from .controlplane import ControlPlane, ControlPlaneNotFound
@@ -88,6 +89,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _execution_arn(cp: ControlPlane, rollout_id: str) -> str:
+    return cp.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{rollout_id}"
+
+
+def _follow_if_asked(args: argparse.Namespace, cp: ControlPlane, rollout_id: str) -> int:
+    if not args.wait:
+        return 0
+    described = controlplane.follow(cp, _execution_arn(cp, rollout_id))
+    return 0 if described["status"] == "SUCCEEDED" else 1
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    cp = _control_plane(args)
+    rollout = controlplane.approve(cp, args.layer)
+    print(f"approved rollout {rollout} of {args.layer}: it goes on to 100%")
+    return _follow_if_asked(args, cp, rollout)
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    cp = _control_plane(args)
+    rollout = controlplane.reject(cp, args.layer, args.reason)
+    print(f"rejected rollout {rollout} of {args.layer}: it rolls back")
+    _follow_if_asked(args, cp, rollout)
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    cp = _control_plane(args)
+    running = controlplane.abort(cp, args.layer, args.reason)
+    if not running:
+        print(f"layershift: no rollout of layer {args.layer!r} is running", file=sys.stderr)
+        return 1
+    for execution in running:
+        print(f"abort requested for rollout {execution['name']}: it stops and every alias it touched is restored")
+    for execution in running:
+        _follow_if_asked(args, cp, execution["name"])
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from layershift_core.builder.command import run
 
@@ -140,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(status)
     status.set_defaults(func=cmd_status)
 
+    approve = sub.add_parser("approve", help="let a rollout waiting for approval go on to 100%")
+    approve.add_argument("layer")
+    approve.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
+    _add_target(approve)
+    approve.set_defaults(func=cmd_approve)
+
+    reject = sub.add_parser("reject", help="refuse a rollout waiting for approval: it rolls back")
+    reject.add_argument("layer")
+    reject.add_argument("--reason", default="rejected at the approval", help="recorded with the rollback")
+    reject.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
+    _add_target(reject)
+    reject.set_defaults(func=cmd_reject)
+
+    abort = sub.add_parser("abort", help="stop a running rollout at any point; every alias it touched is restored")
+    abort.add_argument("layer")
+    abort.add_argument("--reason", default="aborted from the command line", help="recorded with the rollback")
+    abort.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
+    _add_target(abort)
+    abort.set_defaults(func=cmd_abort)
+
     demo = sub.add_parser("demo", help="a promotion and an automatic rollback on the local emulated AWS")
     demo.add_argument("--keep-running", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -156,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     except ControlPlaneNotFound as exc:
         print(f"layershift: {exc}", file=sys.stderr)
         return 2
+    except NothingWaiting as exc:
+        print(f"layershift: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

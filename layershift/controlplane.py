@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,37 @@ class ControlPlane:
                 )
             self._clients[service] = boto3.client(service, **kwargs)
         return self._clients[service]
+
+    def settings(self) -> Any:
+        """The control plane's settings, as its functions see them."""
+        from layershift_core.settings import Settings
+
+        return Settings(
+            bucket=self.bucket, table=self.table, topic_arn=self.topic_arn, state_machine_arn=self.state_machine_arn
+        )
+
+    @contextlib.contextmanager
+    def domain_clients(self) -> Iterator[None]:
+        """Point the domain package's AWS clients at this control plane for the block."""
+        from layershift_core import aws
+
+        wanted = {"AWS_DEFAULT_REGION": self.region}
+        if self.endpoint_url:
+            wanted.update(
+                AWS_ENDPOINT_URL=self.endpoint_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"
+            )
+        saved = {key: os.environ.get(key) for key in wanted}
+        os.environ.update({key: value for key, value in wanted.items() if value})
+        aws.client.cache_clear()
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            aws.client.cache_clear()
 
     def save_local(self, path: Path = LOCAL_STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +207,7 @@ def describe_event(event: dict[str, Any]) -> str | None:
             "PublishLayerVersion": "publishing the layer version",
             "PlanRollout": "planning the targets",
             "PrepareFunctionVersions": "preparing function versions with the new layer",
+            "AwaitApproval": "WAITING FOR APPROVAL before 100%: layershift approve|reject <layer>",
             "RollBack": "ROLLING BACK",
         }.get(name)
     if kind in ("TaskStateExited", "MapStateExited"):
@@ -196,11 +229,21 @@ def describe_event(event: dict[str, Any]) -> str | None:
             return f"published {output.get('layer_version', {}).get('arn')}"
         if name == "PlanRollout":
             plan = output.get("plan", {})
-            return f"plan: {plan.get('target_count', 0)} target(s), {plan.get('skipped_count', 0)} skipped"
+            line = f"plan: {plan.get('target_count', 0)} target(s)"
+            if plan.get("pilot_count"):
+                line += f" ({plan['pilot_count']} pilot(s) first)"
+            line += f", {plan.get('skipped_count', 0)} skipped"
+            firing = (output.get("preflight") or {}).get("alarms_in_alarm")
+            if firing:
+                line += f"; pre-flight: already in ALARM (gate again only after a state change): {', '.join(firing)}"
+            return line
         if name == "SetTrafficWeight":
-            return f"traffic step: {output.get('step', {}).get('weight')}% of each alias on the new version"
+            step = output.get("step", {})
+            return f"traffic step: {step.get('wave', 'main')} wave at {step.get('weight')}% on the new version"
         if name == "CheckHealth":
-            return f"  health check {output.get('checks')}: healthy"
+            verdict = output.get("verdict") or "healthy"
+            detail = output.get("verdict_detail") or "no gating alarm fired"
+            return f"  check {output.get('checks')}: {verdict}: {detail}"
         if name == "PromoteLayer":
             return "PROMOTED: every target alias is 100% on the new version"
         if name == "RollBack":
@@ -246,3 +289,42 @@ def executions(cp: ControlPlane, limit: int = 20) -> Iterator[dict[str, Any]]:
     sfn = cp.client("stepfunctions")
     response = sfn.list_executions(stateMachineArn=cp.state_machine_arn, maxResults=limit)
     yield from response["executions"]
+
+
+def running_rollouts(cp: ControlPlane, layer: str) -> list[dict[str, Any]]:
+    """The RUNNING executions that roll out ``layer`` (their name is the rollout id)."""
+    sfn = cp.client("stepfunctions")
+    found: list[dict[str, Any]] = []
+    paginator = sfn.get_paginator("list_executions")
+    for page in paginator.paginate(stateMachineArn=cp.state_machine_arn, statusFilter="RUNNING"):
+        for execution in page["executions"]:
+            described = sfn.describe_execution(executionArn=execution["executionArn"])
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(described.get("input") or "{}").get("request", {}).get("layer") == layer:
+                    found.append(execution)
+    return found
+
+
+def abort(cp: ControlPlane, layer: str, reason: str) -> list[dict[str, Any]]:
+    """Ask every running rollout of ``layer`` to stop and roll back. Returns those executions."""
+    from layershift_core import control
+
+    running = running_rollouts(cp, layer)
+    with cp.domain_clients():
+        for execution in running:
+            control.abort(cp.settings(), layer, execution["name"], reason)
+    return running
+
+
+def approve(cp: ControlPlane, layer: str) -> str:
+    from layershift_core import control
+
+    with cp.domain_clients():
+        return control.approve(cp.settings(), layer)
+
+
+def reject(cp: ControlPlane, layer: str, reason: str) -> str:
+    from layershift_core import control
+
+    with cp.domain_clients():
+        return control.reject(cp.settings(), layer, reason)

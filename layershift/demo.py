@@ -5,8 +5,9 @@
 3. Create three consumer functions on that version behind `live` aliases, each with an error alarm.
 4. Drive traffic at the aliases for the rest of the demo.
 5. Push a good change: it goes 10%, 50%, then is promoted.
-6. Push a change that breaks one consumer: the new version's errors reach its alarm, and the rollout
-   rolls back every alias on its own.
+6. Push a change that breaks one consumer: the canary analysis sees the new version's error rate
+   rise against the old version's at the first 10% check, and the rollout rolls back every alias
+   on its own, before the consumers' (coarser) error alarms fire.
 
 Exit status 0 only when both endings were seen and the invariants held after each.
 """
@@ -42,8 +43,11 @@ def _zip_dir(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
+ALARM_THRESHOLD = 30
+
+
 def put_error_alarm(cp: ControlPlane, alarm_name: str, function: str, alias: str) -> None:
-    """An alarm on any error of the function's alias within a minute: a typical rollout gate."""
+    """An alarm on the alias's errors per minute: a typical outage alarm, coarse for a 10% canary."""
     cp.client("cloudwatch").put_metric_alarm(
         AlarmName=alarm_name,
         AlarmDescription=f"{function}:{alias} reports errors",
@@ -53,7 +57,7 @@ def put_error_alarm(cp: ControlPlane, alarm_name: str, function: str, alias: str
         Statistic="Sum",
         Period=60,
         EvaluationPeriods=1,
-        Threshold=1,
+        Threshold=ALARM_THRESHOLD,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
         TreatMissingData="notBreaching",
     )
@@ -63,7 +67,8 @@ def create_alarms(cp: ControlPlane) -> None:
     """One error alarm per consumer alias: the gates named in examples/demo/layer.toml."""
     for name in CONSUMERS:
         put_error_alarm(cp, f"demo-{name}-errors", name, ALIAS)
-    say(f"  alarms: {', '.join(f'demo-{name}-errors' for name in CONSUMERS)} (Errors >= 1 in 60 s on each alias)")
+    names = ", ".join(f"demo-{name}-errors" for name in CONSUMERS)
+    say(f"  alarms: {names} (Errors >= {ALARM_THRESHOLD} in 60 s on each alias)")
 
 
 def create_consumers(cp: ControlPlane, examples: Path, layer_arn: str) -> None:
@@ -140,7 +145,34 @@ def run_push(cp: ControlPlane, title: str, requirements: Path, config: Path) -> 
     described = follow(cp, result.execution_arn, emit=lambda line: say(f"  {line}"))
     problems = check_invariants(cp, result.execution_arn)
     say(f"  invariants: {'all hold' if not problems else '; '.join(problems)}")
+    verdict = last_verdict(cp, result.execution_name)
+    if verdict:
+        say(f"  canary verdict: {verdict}")
     return described["status"], problems
+
+
+def last_verdict(cp: ControlPlane, rollout_id: str) -> str | None:
+    """The canary analysis's last verdict of a rollout, with its numbers, from the registry."""
+    item = (
+        cp.client("dynamodb")
+        .get_item(TableName=cp.table, Key={"pk": {"S": f"LAYER#{LAYER}"}, "sk": {"S": f"ROLLOUT#{rollout_id}"}})
+        .get("Item", {})
+    )
+    if "verdict" not in item:
+        return None
+    weight = item.get("weight", {}).get("S", "?")
+    return f"{item['verdict']['S']} at {weight}%: {item.get('verdict_detail', {}).get('S', '')}"
+
+
+def rollout_reason(cp: ControlPlane) -> str:
+    """Why the layer's most recent rollout ended as it did (the registry's reason)."""
+    items = cp.client("dynamodb").query(
+        TableName=cp.table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+        ExpressionAttributeValues={":pk": {"S": f"LAYER#{LAYER}"}, ":prefix": {"S": "ROLLOUT#"}},
+    )["Items"]
+    latest = max(items, key=lambda item: item.get("updated_at", {}).get("S", ""), default={})
+    return latest.get("reason", {}).get("S", "")
 
 
 def run(project_root: Path, keep_running: bool = False) -> int:
@@ -190,6 +222,9 @@ def run(project_root: Path, keep_running: bool = False) -> int:
             status, problems = run_push(cp, "breaking change", examples / "requirements-v3-bad.txt", config)
             endings["bad"] = status
             failures += problems
+            bad_reason = rollout_reason(cp)
+            if "canary analysis" not in bad_reason:
+                failures.append(f"the breaking change was not caught by the canary analysis: {bad_reason}")
             say(f"  traffic during the rollout: {traffic.report()}")
         finally:
             traffic.stop()
@@ -203,7 +238,7 @@ def run(project_root: Path, keep_running: bool = False) -> int:
             for failure in failures:
                 say(f"  FAILED: {failure}")
             return 1
-        say("  one promotion, one automatic rollback, invariants held after every rollout")
+        say("  one promotion, one automatic rollback by the canary analysis, invariants held after every rollout")
         if keep_running:
             say("  the local control plane keeps running for `layershift status --local`; Ctrl-C ends it")
             try:

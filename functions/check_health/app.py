@@ -1,4 +1,4 @@
-"""CheckHealth: during a bake, the gating alarms decide whether the rollout goes on."""
+"""CheckHealth: during a bake, the gating alarms and the canary analysis decide whether the rollout goes on."""
 
 from typing import Any
 
@@ -8,6 +8,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from layershift_core.health import check_health
 from layershift_core.models import StepState
 from layershift_core.observability import logger, metrics, tracer
+from layershift_core.settings import load_settings
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -15,4 +16,4 @@ from layershift_core.observability import logger, metrics, tracer
 @metrics.log_metrics
 @event_parser(model=StepState)
 def handler(event: StepState, context: LambdaContext) -> dict[str, Any]:
-    return check_health(event).model_dump(mode="json", exclude_none=True)
+    return check_health(event, load_settings()).model_dump(mode="json", exclude_none=True)

@@ -5,6 +5,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from layershift_core.health import preflight
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer
 from layershift_core.planner import plan_rollout
@@ -16,4 +17,5 @@ from layershift_core.settings import load_settings
 @metrics.log_metrics
 @event_parser(model=RolloutState)
 def handler(event: RolloutState, context: LambdaContext) -> dict[str, Any]:
-    return plan_rollout(event, load_settings()).model_dump(mode="json", exclude_none=True)
+    state = plan_rollout(event, load_settings())
+    return preflight(state).model_dump(mode="json", exclude_none=True)

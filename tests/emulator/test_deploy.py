@@ -137,17 +137,30 @@ def _check_function(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     assert config["Role"] == stack.arns[f"{lid}Role"]
 
 
+# rule (or its permission) -> the function it invokes
+RULE_TARGETS = {
+    "RolloutTriggerRule": "StartRolloutFunction",
+    "RolloutTriggerPermission": "StartRolloutFunction",
+    "AlarmStateChangeRule": "OnAlarmFunction",
+    "AlarmStateChangePermission": "OnAlarmFunction",
+}
+
+
 def _check_rule(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     events = aws.client("events")
     rule = events.describe_rule(Name=stack.names[lid])
     pattern = json.loads(rule["EventPattern"])
-    assert pattern["detail"]["bucket"]["name"] == [stack.names["ArtifactBucket"]]
+    if lid == "RolloutTriggerRule":
+        assert pattern["detail"]["bucket"]["name"] == [stack.names["ArtifactBucket"]]
+    else:
+        assert pattern["detail-type"] == ["CloudWatch Alarm State Change"]
     (target,) = events.list_targets_by_rule(Rule=stack.names[lid])["Targets"]
-    assert target["Arn"] == stack.arns["StartRolloutFunction"]
+    assert target["Arn"] == stack.arns[RULE_TARGETS[lid]]
 
 
 def _check_permission(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
-    policy = json.loads(aws.client("lambda").get_policy(FunctionName=stack.names["StartRolloutFunction"])["Policy"])
+    function = stack.names[RULE_TARGETS[lid]]
+    policy = json.loads(aws.client("lambda").get_policy(FunctionName=function)["Policy"])
     (statement,) = [s for s in policy["Statement"] if s["Sid"] == stack.names[lid]]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
 

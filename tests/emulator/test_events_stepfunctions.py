@@ -142,3 +142,65 @@ def test_wait_states_are_scaled(aws, role_arn):
     described, _ = _run(aws, role_arn, definition, {})
     assert described["status"] == "SUCCEEDED"
     assert time.monotonic() - started < 10
+
+
+def _wait_for_token(aws, role_arn, make_function, timeout_seconds: int):
+    """A waitForTaskToken task whose function only records the token (as WaitForSignal does)."""
+    lam = aws.client("lambda")
+    name = make_function(handler_zip("def handler(event, context):\n    return {}\n"))
+    arn = lam.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    definition = {
+        "StartAt": "Bake",
+        "States": {
+            "Bake": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+                "Parameters": {"FunctionName": arn, "Payload": {"token.$": "$$.Task.Token"}},
+                "TimeoutSecondsPath": "$.timeout",
+                "Catch": [{"ErrorEquals": ["States.Timeout"], "ResultPath": "$.woke", "Next": "Checked"}],
+                "Next": "Checked",
+            },
+            "Checked": {"Type": "Succeed"},
+        },
+    }
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name=f"token-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition), roleArn=role_arn
+    )["stateMachineArn"]
+    return sfn, sfn.start_execution(stateMachineArn=machine, input=json.dumps({"timeout": timeout_seconds}))
+
+
+def _token(sfn, execution_arn: str) -> str:
+    def scheduled():
+        for event in sfn.get_execution_history(executionArn=execution_arn)["events"]:
+            if event["type"] == "TaskScheduled":
+                return json.loads(event["taskScheduledEventDetails"]["parameters"])["Payload"]["token"]
+        return None
+
+    return wait_for(scheduled, timeout=20)
+
+
+def test_send_task_failure_keeps_its_cause(aws, role_arn, make_function):
+    """The rollout reads why a bake ended (which alarm, which operator) from the failure's cause."""
+    sfn, started = _wait_for_token(aws, role_arn, make_function, timeout_seconds=3600)
+    token = _token(sfn, started["executionArn"])
+    sfn.send_task_failure(taskToken=token, error="RolloutUnhealthy", cause="alarm orders-errors went into ALARM")
+    described = wait_for(
+        lambda: (d := sfn.describe_execution(executionArn=started["executionArn"]))["status"] != "RUNNING" and d,
+        timeout=20,
+    )
+    assert described["status"] == "FAILED"
+    assert described["error"] == "RolloutUnhealthy"
+    assert described["cause"] == "alarm orders-errors went into ALARM"
+
+
+def test_task_timeouts_from_a_path_are_scaled_like_waits(aws, role_arn, make_function):
+    sfn, started = _wait_for_token(aws, role_arn, make_function, timeout_seconds=300)
+    begun = time.monotonic()
+    described = wait_for(
+        lambda: (d := sfn.describe_execution(executionArn=started["executionArn"]))["status"] != "RUNNING" and d,
+        timeout=30,
+    )
+    assert described["status"] == "SUCCEEDED"
+    assert json.loads(described["output"])["woke"]["Error"] == "States.Timeout"
+    assert time.monotonic() - begun < 30

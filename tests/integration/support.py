@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layershift.controlplane import ControlPlane, follow, push, wait_for_execution
+from layershift.controlplane import ControlPlane, follow, history_events, push, wait_for_execution
 from layershift.demo import put_error_alarm
 from layershift.invariants import check_invariants
 
@@ -38,19 +38,23 @@ class Rollout:
         return [e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e]
 
 
-def run_rollout(cp: ControlPlane, layer: str, requirements: str, config: str | None = None) -> Rollout:
-    """Push, wait for the execution the push starts, follow it to its end, and check the invariants."""
+def start_rollout(cp: ControlPlane, layer: str, requirements: str, config: str | None = None) -> str:
+    """Push, and wait for the execution the push starts; returns its ARN."""
     result = push(cp, layer, requirements.encode(), config.encode() if config is not None else None)
     wait_for_execution(cp, result.execution_arn)
+    return result.execution_arn
+
+
+def finish_rollout(cp: ControlPlane, execution_arn: str) -> Rollout:
+    """Follow the execution to its end, and check the invariants."""
     lines: list[str] = []
-    described = follow(cp, result.execution_arn, emit=lines.append, poll=0.3, timeout=600)
-    sfn = cp.client("stepfunctions")
-    history = sfn.get_execution_history(executionArn=result.execution_arn, maxResults=1000)["events"]
+    described = follow(cp, execution_arn, emit=lines.append, poll=0.3, timeout=600)
+    history = history_events(cp, execution_arn)
     failed = next((e["executionFailedEventDetails"] for e in history if e["type"] == "ExecutionFailed"), {})
-    problems = check_invariants(cp, result.execution_arn)
-    assert problems == [], f"invariants violated after {result.execution_arn}: {problems}"
+    problems = check_invariants(cp, execution_arn)
+    assert problems == [], f"invariants violated after {execution_arn}: {problems}"
     return Rollout(
-        execution_arn=result.execution_arn,
+        execution_arn=execution_arn,
         status=described["status"],
         output=json.loads(described["output"]) if described.get("output") else None,
         error=failed.get("error"),
@@ -58,6 +62,26 @@ def run_rollout(cp: ControlPlane, layer: str, requirements: str, config: str | N
         history=history,
         lines=lines,
     )
+
+
+def run_rollout(cp: ControlPlane, layer: str, requirements: str, config: str | None = None) -> Rollout:
+    """Push, wait for the execution the push starts, follow it to its end, and check the invariants."""
+    return finish_rollout(cp, start_rollout(cp, layer, requirements, config))
+
+
+def wait_for_state(cp: ControlPlane, execution_arn: str, state: str, timeout: float = 300) -> None:
+    """Wait until the execution has entered ``state`` (or ended)."""
+    sfn = cp.client("stepfunctions")
+
+    def entered() -> bool:
+        names = [
+            e["stateEnteredEventDetails"]["name"]
+            for e in history_events(cp, execution_arn)
+            if "stateEnteredEventDetails" in e
+        ]
+        return state in names or sfn.describe_execution(executionArn=execution_arn)["status"] != "RUNNING"
+
+    wait_until(entered, timeout=timeout, interval=0.05)
 
 
 CONSUMER = "import six\n\ndef handler(event, context):\n    return {'six': six.__version__}\n"
@@ -123,5 +147,16 @@ def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2) -> No
         time.sleep(interval)
 
 
-def spec(steps: str = "[{weight = 50, bake_seconds = 1}]", alarms: str = "[]", extra: str = "") -> str:
-    return f"[rollout]\nsteps = {steps}\npoll_seconds = 1\nalarms = {alarms}\n{extra}"
+def spec(
+    steps: str = "[{weight = 50, bake_seconds = 1}]",
+    alarms: str = "[]",
+    extra: str = "",
+    analysis: str = "enabled = false",
+    poll_seconds: int = 1,
+) -> str:
+    """A layer.toml. The canary analysis is off unless a test asks for it: a test without traffic
+    would otherwise wait out the inconclusive extension."""
+    return (
+        f"[rollout]\nsteps = {steps}\npoll_seconds = {poll_seconds}\nalarms = {alarms}\n{extra}\n"
+        f"[analysis]\n{analysis}\n"
+    )

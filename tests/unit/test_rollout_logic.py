@@ -14,16 +14,18 @@ from moto import mock_aws
 
 from layershift.local import revisions
 from layershift_core import aws
-from layershift_core.errors import ConcurrentModification, LayerLocked, RollbackIncomplete
+from layershift_core.errors import ConcurrentModification, LayerLocked, RollbackIncomplete, RolloutAborted
 from layershift_core.models import (
     ErrorInfo,
     LayerSpec,
     LayerVersionRef,
     RolloutRequest,
     RolloutState,
+    ShiftStep,
     StepState,
     TrafficStep,
     ValidatedRollout,
+    Wave,
 )
 from layershift_core.planner import load_plan, plan_rollout, replace_layer
 from layershift_core.registry import Registry
@@ -155,19 +157,22 @@ def test_plan_targets_users_of_the_layer_and_skips_with_reasons(env: dict[str, s
     assert (state.plan.target_count, state.plan.skipped_count) == (1, 4)
 
 
+def _step(plan_key: str, weight: int = 10, wave: Wave = Wave.MAIN) -> StepState:
+    return StepState(
+        rollout_id="shared-abc",
+        layer="shared",
+        plan_key=plan_key,
+        alarms=[],
+        poll_seconds=1,
+        step=ShiftStep(wave=wave, weight=weight, bake_seconds=0),
+        step_index=0,
+    )
+
+
 def _through_shift(env: dict[str, str]) -> tuple[RolloutState, StepState]:
     state = prepare_versions(plan_rollout(_state(env["new"]), SETTINGS), SETTINGS)
     assert state.plan is not None
-    step = StepState(
-        rollout_id="shared-abc",
-        layer="shared",
-        plan_key=state.plan.plan_key,
-        alarms=[],
-        poll_seconds=1,
-        step=TrafficStep(weight=10, bake_seconds=0),
-        step_index=0,
-    )
-    return state, shift_traffic(step, SETTINGS)
+    return state, shift_traffic(_step(state.plan.plan_key), SETTINGS)
 
 
 def test_shift_keeps_old_version_primary(env: dict[str, str]) -> None:
@@ -251,3 +256,73 @@ def test_a_function_changed_after_the_plan_is_not_overwritten(env: dict[str, str
     with pytest.raises(ConcurrentModification, match="good changed since the plan"):
         prepare_versions(state, SETTINGS)
     assert lam.get_function_configuration(FunctionName="good")["Layers"] == before
+
+
+def test_shift_refuses_an_alias_someone_else_moved(env: dict[str, str]) -> None:
+    state, _ = _through_shift(env)
+    lam = boto3.client("lambda")
+    lam.update_function_configuration(FunctionName="good", Description="hotfix by a human")
+    foreign = lam.publish_version(FunctionName="good")["Version"]
+    lam.update_alias(FunctionName="good", Name="live", FunctionVersion=foreign)
+    with pytest.raises(ConcurrentModification, match="changed by someone else"):
+        shift_traffic(_step(state.plan.plan_key, weight=50), SETTINGS)  # type: ignore[union-attr]
+    assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == foreign
+
+
+def test_waves_shift_pilots_first_and_leave_the_rest_alone(env: dict[str, str]) -> None:
+    lam = boto3.client("lambda")
+    state = _state(env["new"])
+    state.rollout.spec.pilots = ["good"]  # type: ignore[union-attr]
+    # a second target, in the main wave
+    role = boto3.client("iam").get_role(RoleName="r")["Role"]["Arn"]
+    lam.create_function(
+        FunctionName="later",
+        Runtime="python3.13",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": _zip()},
+        Layers=[env["old"]],
+        Tags={"layershift:managed": "true"},
+    )
+    lam.create_alias(
+        FunctionName="later", Name="live", FunctionVersion=lam.publish_version(FunctionName="later")["Version"]
+    )
+    state = prepare_versions(plan_rollout(state, SETTINGS), SETTINGS)
+    assert state.plan is not None and state.plan.pilot_count == 1
+    assert [(s.wave, s.weight) for s in state.plan.shift_steps] == [(Wave.PILOT, 10), (Wave.MAIN, 10)]
+    before = lam.get_alias(FunctionName="later", Name="live")
+
+    shift_traffic(_step(state.plan.plan_key, 10, Wave.PILOT), SETTINGS)
+    plan = {t.function_name: t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).active}
+    assert plan["good"].wave is Wave.PILOT and plan["later"].wave is Wave.MAIN
+    assert lam.get_alias(FunctionName="good", Name="live")["RoutingConfig"]["AdditionalVersionWeights"] == {
+        plan["good"].new_version: 0.1
+    }
+    assert lam.get_alias(FunctionName="later", Name="live")["RevisionId"] == before["RevisionId"]
+
+    shift_traffic(_step(state.plan.plan_key, 10, Wave.MAIN), SETTINGS)
+    pilot = lam.get_alias(FunctionName="good", Name="live")
+    assert pilot["FunctionVersion"] == plan["good"].new_version
+    assert not (pilot.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+    assert lam.get_alias(FunctionName="later", Name="live")["RoutingConfig"]["AdditionalVersionWeights"] == {
+        plan["later"].new_version: 0.1
+    }
+
+    state.error = ErrorInfo(Error="RolloutUnhealthy", Cause="canary analysis")
+    roll_back(state, SETTINGS)
+    assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == plan["good"].old_version
+    assert lam.get_alias(FunctionName="later", Name="live")["FunctionVersion"] == plan["later"].old_version
+
+
+def test_an_abort_stops_the_next_step_and_the_rollback_says_why(env: dict[str, str]) -> None:
+    state, _ = _through_shift(env)
+    Registry(SETTINGS.table).request_abort("shared", "shared-abc", "bad feeling")
+    with pytest.raises(RolloutAborted, match="bad feeling"):
+        shift_traffic(_step(state.plan.plan_key, weight=50), SETTINGS)  # type: ignore[union-attr]
+    with pytest.raises(RolloutAborted):
+        promote(state, SETTINGS)
+    state.error = ErrorInfo(Error="RolloutAborted", Cause="aborted")
+    state = roll_back(state, SETTINGS)
+    assert state.outcome is not None and state.outcome.error == "RolloutAborted"
+    assert "bad feeling" in (state.outcome.cause or "")
+    assert boto3.client("lambda").get_alias(FunctionName="good", Name="live")["FunctionVersion"] == "1"

@@ -31,9 +31,11 @@ FUNCTIONS = {
     "PromoteLayerFunction": "promote_layer",
     "RollBackFunction": "roll_back",
     "NotifyFunction": "notify",
+    "WaitForSignalFunction": "wait_for_signal",
+    "OnAlarmFunction": "on_alarm",
 }
-# Functions the state machine invokes (StartRollout starts it, so it is not among them).
-WORKFLOW_FUNCTIONS = sorted(set(FUNCTIONS) - {"StartRolloutFunction"})
+# Functions the state machine invokes (EventBridge invokes StartRollout and OnAlarm, not the workflow).
+WORKFLOW_FUNCTIONS = sorted(set(FUNCTIONS) - {"StartRolloutFunction", "OnAlarmFunction"})
 CONTRACT_ENVIRONMENT = {
     "LAYERSHIFT_BUCKET",
     "LAYERSHIFT_TABLE",
@@ -52,6 +54,7 @@ MUTATING_LAMBDA_ACTIONS = {"lambda:UpdateFunctionConfiguration", "lambda:Publish
 STAR_ONLY_ACTIONS = {
     "lambda:ListFunctions",
     "tag:GetResources",
+    "cloudformation:DescribeStackResources",
     "cloudwatch:GetMetricData",
     "cloudwatch:GetMetricStatistics",
     "logs:CreateLogDelivery",
@@ -354,3 +357,20 @@ def test_local_names_cover_every_unconditional_resource(template: dict[str, Any]
     assert all(f"{lid}Role" in names for lid in FUNCTIONS)
     assert len(names["ArtifactBucket"]) <= 63 and names["ArtifactBucket"] == names["ArtifactBucket"].lower()
     assert all(len(names[lid]) <= 64 for lid in FUNCTIONS)
+
+
+def test_an_alarm_going_into_alarm_reaches_on_alarm(resources: dict[str, Any]) -> None:
+    """Instant abort: every alarm state change into ALARM is delivered to OnAlarm, which may end a bake."""
+    rule = resources["AlarmStateChangeRule"]
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern["source"] == ["aws.cloudwatch"]
+    assert pattern["detail-type"] == ["CloudWatch Alarm State Change"]
+    assert pattern["detail"]["state"]["value"] == ["ALARM"]
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["OnAlarmFunction", "Arn"]}
+    permission = resources["AlarmStateChangePermission"]["Properties"]
+    assert permission["FunctionName"] == {"Ref": "OnAlarmFunction"}
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["AlarmStateChangeRule", "Arn"]}
+    statements = resources["OnAlarmFunction"]["Properties"]["Policies"][0]["Statement"]
+    ends_bake = next(s for s in statements if "states:SendTaskFailure" in s["Action"])
+    assert ends_bake["Resource"] == {"Ref": "RolloutStateMachine"}

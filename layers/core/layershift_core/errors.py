@@ -55,3 +55,19 @@ class RollbackIncomplete(LayershiftError):
 
 class InvalidRequest(LayershiftError):
     """The execution input does not describe a pushed layer spec in the artifact bucket."""
+
+
+class RolloutInconclusive(LayershiftError):
+    """Too little traffic for a verdict, the bake extension is used up, and the spec says roll back."""
+
+
+class RolloutAborted(LayershiftError):
+    """An operator ran `layershift abort`."""
+
+
+class ApprovalRejected(LayershiftError):
+    """An operator ran `layershift reject` at the approval before 100%."""
+
+
+class NothingWaiting(LayershiftError):
+    """No rollout of the layer is waiting for that signal."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .aborts import ensure_rollout_not_aborted
 from .models import RolloutState
 from .observability import logger
 from .registry import Registry
@@ -9,6 +10,7 @@ from .settings import Settings
 
 
 def acquire_layer_lock(state: RolloutState, settings: Settings) -> RolloutState:
+    ensure_rollout_not_aborted(state, settings)
     if state.rollout is None:
         raise ValueError("the lock is taken after validation")
     Registry(settings.table).acquire_lock(state.rollout.layer, state.rollout.rollout_id, settings.lock_lease_seconds)

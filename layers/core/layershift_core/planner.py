@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from .aborts import ensure_rollout_not_aborted
 from .artifacts import read_json, rollout_prefix, write_json
 from .aws import client
-from .models import LayerVersionRef, PlanSummary, RolloutPlan, RolloutState, TargetPlan, Verdict
+from .codedeploy import codedeploy_manager
+from .models import LayerVersionRef, PlanSummary, RolloutPlan, RolloutState, TargetPlan, Verdict, Wave
 from .registry import Registry
+from .schedule import shift_schedule
 from .settings import Settings
 
 MAX_LAYERS = 5
 UNZIPPED_LIMIT_BYTES = 262_144_000
 TARGET_TAG = "layershift:layer"
 MANAGED_TAG = "layershift:managed"
+WAVE_TAG = "layershift:wave"
 
 
 def layer_name_of(arn: str) -> str:
@@ -121,6 +125,9 @@ def assess(
         return skip(f"alias {alias_name!r} points at $LATEST; weighted routing needs a published version")
     if (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights"):
         return skip(f"alias {alias_name!r} is already routing traffic to two versions")
+    managed_by = codedeploy_manager(name, alias_name, alias.get("AliasArn"))
+    if managed_by:
+        return skip(f"{managed_by}; layershift leaves aliases that CodeDeploy manages alone")
 
     latest = lam.get_function_configuration(FunctionName=name)
     if [entry["Arn"] for entry in latest.get("Layers", [])] != current:
@@ -133,15 +140,19 @@ def assess(
 
 
 def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
+    ensure_rollout_not_aborted(state, settings)
     if state.rollout is None or state.layer_version is None:
         raise ValueError("planning needs a validated rollout and a layer version")
     rollout, layer_version = state.rollout, state.layer_version
     spec = rollout.spec
     sizes: dict[str, int] = {}
-    candidates = _candidates(rollout.layer, spec.functions)
-    targets = [
-        assess(config, tags, spec.alias, layer_version, sizes) for _, (config, tags) in sorted(candidates.items())
-    ]
+    candidates = _candidates(rollout.layer, [*spec.functions, *spec.pilots])
+    targets = []
+    for name, (config, tags) in sorted(candidates.items()):
+        target = assess(config, tags, spec.alias, layer_version, sizes)
+        if name in spec.pilots or tags.get(WAVE_TAG) == Wave.PILOT:
+            target.wave = Wave.PILOT
+        targets.append(target)
     plan = RolloutPlan(
         rollout_id=rollout.rollout_id,
         layer=rollout.layer,
@@ -150,6 +161,8 @@ def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
         steps=spec.steps,
         targets=targets,
     )
+    waves = sorted({t.wave for t in plan.active})
+    schedule = shift_schedule(spec, waves)
     key = plan_key(rollout.layer, rollout.rollout_id)
     save_plan(settings.bucket, key, plan)
     registry = Registry(settings.table)
@@ -159,6 +172,8 @@ def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
         plan_key=key,
         target_count=len(plan.active),
         skipped_count=len(targets) - len(plan.active),
+        pilot_count=sum(1 for t in plan.active if t.wave is Wave.PILOT),
         steps=spec.steps,
+        shift_steps=schedule,
     )
     return state

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .aborts import ensure_rollout_not_aborted
 from .artifacts import read_json
 from .aws import client, error_code
 from .errors import ArtifactMissing, BuildFailed
@@ -36,6 +37,7 @@ def _rollout(state: RolloutState) -> ValidatedRollout:
 
 
 def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState:
+    ensure_rollout_not_aborted(state, settings)
     rollout = _rollout(state)
     record = Registry(settings.table).find_build(rollout.layer, rollout.build_key)
     state.build = BuildDecision(reused=False)
@@ -72,6 +74,7 @@ def describe(build_key: str, packages: list[dict[str, Any]]) -> str:
 
 
 def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
+    ensure_rollout_not_aborted(state, settings)
     rollout = _rollout(state)
     manifest_key = rollout.artifact_prefix + "manifest.json"
     zip_key = rollout.artifact_prefix + "layer.zip"

@@ -5,7 +5,11 @@ Items (pk / sk):
   cannot block the layer for ever);
 - `LAYER#<name>` / `VERSION#<000042>`: one published layer version, its build key and status;
 - `LAYER#<name>` / `ROLLOUT#<rollout id>`: one rollout, its status and reason;
-- `LAYER#<name>` / `BUILD#<build key>`: the published version a build key produced, for reuse.
+- `LAYER#<name>` / `BUILD#<build key>`: the published version a build key produced, for reuse;
+- `LAYER#<name>` / `WAIT`: the task token of the bake or approval the running rollout waits in, so
+  an alarm, an approval or an abort can end the wait at once;
+- `LAYER#<name>` / `ABORT#<rollout id>`: an operator's abort request;
+- `ALARM#<alarm name>` / `LAYER#<name>`: the layers whose running rollout that alarm gates.
 """
 
 from __future__ import annotations
@@ -168,6 +172,67 @@ class Registry:
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=attr_values,
         )
+
+    def rollout(self, layer: str, rollout_id: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(
+            TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}}
+        ).get("Item")
+        return _plain(item) if item else None
+
+    # -- waits and signals ------------------------------------------------------------------
+    def put_wait(self, layer: str, rollout_id: str, kind: str, token: str, alarms: list[str]) -> None:
+        """Record the task token the rollout now waits in, and index it under each gating alarm."""
+        self.ddb.put_item(
+            TableName=self.table,
+            Item={
+                "pk": _layer_pk(layer),
+                "sk": {"S": "WAIT"},
+                "rollout_id": {"S": rollout_id},
+                "kind": {"S": kind},
+                "token": {"S": token},
+                "registered_at": {"S": _now_iso()},
+            },
+        )
+        for alarm in alarms:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item={"pk": {"S": f"ALARM#{alarm}"}, "sk": {"S": f"LAYER#{layer}"}, "rollout_id": {"S": rollout_id}},
+            )
+
+    def get_wait(self, layer: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(
+            TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": "WAIT"}}, ConsistentRead=True
+        ).get("Item")
+        return _plain(item) if item else None
+
+    def layers_gated_by(self, alarm: str) -> list[dict[str, Any]]:
+        """``{"layer", "rollout_id"}`` of every rollout that registered ``alarm`` as a gate."""
+        response = self.ddb.query(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"ALARM#{alarm}"}},
+        )
+        return [
+            {"layer": item["sk"]["S"].removeprefix("LAYER#"), "rollout_id": item["rollout_id"]["S"]}
+            for item in response.get("Items", [])
+        ]
+
+    def request_abort(self, layer: str, rollout_id: str, reason: str) -> None:
+        self.ddb.put_item(
+            TableName=self.table,
+            Item={
+                "pk": _layer_pk(layer),
+                "sk": {"S": f"ABORT#{rollout_id}"},
+                "reason": {"S": reason},
+                "requested_at": {"S": _now_iso()},
+            },
+        )
+
+    def abort_request(self, layer: str, rollout_id: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(
+            TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"ABORT#{rollout_id}"}}, ConsistentRead=True
+        ).get("Item")
+        return _plain(item) if item else None
 
     def rollouts(self, layer: str) -> list[dict[str, Any]]:
         return self._query(layer, "ROLLOUT#")

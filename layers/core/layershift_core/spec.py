@@ -210,7 +210,9 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
         }.get(str(first["loc"][0]), "rollout")
         value = first.get("input")
         prefix = f"{section}." if section else ""
-        raise InvalidLayerSpec(f"{source}: {prefix}{_field_path(first['loc'])}: {first['msg']} (got {value!r})") from None
+        raise InvalidLayerSpec(
+            f"{source}: {prefix}{_field_path(first['loc'])}: {first['msg']} (got {value!r})"
+        ) from None
 
 
 def _invalid(step: dict[str, Any]) -> bool:

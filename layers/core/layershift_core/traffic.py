@@ -10,11 +10,12 @@ import json
 import time
 from typing import Any, Literal
 
+from .aborts import abort_reason, ensure_not_aborted
 from .artifacts import read_json
 from .aws import client, error_code, guarded
 from .builder.build import BUILD_FAILURE_JSON
-from .errors import RollbackIncomplete
-from .models import Outcome, RolloutPlan, RolloutState, StepState, TargetPlan
+from .errors import ConcurrentModification, RollbackIncomplete, RolloutAborted
+from .models import Outcome, RolloutPlan, RolloutState, StepState, TargetPlan, Wave
 from .observability import logger
 from .planner import load_plan
 from .registry import Registry
@@ -22,34 +23,77 @@ from .settings import Settings
 
 NO_ROUTING: dict[str, Any] = {"AdditionalVersionWeights": {}}
 PARAMETER_NAME = "/layershift/{layer}/arn"
+FULL = 100
+_WAVE_ORDER = {Wave.PILOT: 0, Wave.MAIN: 1}
 
 
 def _routing(alias: dict[str, Any]) -> dict[str, float]:
     return (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
 
 
+def _claim_alias(target: TargetPlan) -> dict[str, Any]:
+    """The alias, checked to hold only this rollout's two versions (else someone else moved it)."""
+    alias = client("lambda").get_alias(FunctionName=target.function_name, Name=target.alias)
+    ours = {target.old_version, target.new_version}
+    if alias["FunctionVersion"] not in ours or any(version not in ours for version in _routing(alias)):
+        raise ConcurrentModification(
+            f"alias {target.alias} of {target.function_name} was changed by someone else "
+            f"(now {alias['FunctionVersion']} {_routing(alias) or ''}); the rollout stops"
+        )
+    return alias
+
+
+def set_alias_weight(target: TargetPlan, weight: int) -> None:
+    """Route ``weight``% of the alias to the new version (100: the alias points at it, no routing).
+
+    Guarded by the alias's RevisionId, so a change made since it was read fails instead of being
+    overwritten."""
+    alias = _claim_alias(target)
+    if weight >= FULL:
+        version, routing = target.new_version, NO_ROUTING
+    else:
+        version, routing = target.old_version, {"AdditionalVersionWeights": {target.new_version: weight / 100}}
+    if alias["FunctionVersion"] == version and _routing(alias) == routing["AdditionalVersionWeights"]:
+        return
+    try:
+        client("lambda").update_alias(
+            FunctionName=target.function_name,
+            Name=target.alias,
+            FunctionVersion=version,
+            RoutingConfig=routing,
+            **guarded(alias.get("RevisionId")),
+        )
+    except Exception as exc:
+        if error_code(exc) == "PreconditionFailedException":
+            raise ConcurrentModification(
+                f"alias {target.alias} of {target.function_name} changed while it was being shifted"
+            ) from exc
+        raise
+
+
 def shift_traffic(step_state: StepState, settings: Settings) -> StepState:
-    """Route the step's weight to each target's new version, the old version staying primary."""
+    """Apply one step of the schedule: earlier waves at 100%, this wave at the step's weight."""
+    ensure_not_aborted(settings, step_state.layer, step_state.rollout_id)
     plan = load_plan(settings.bucket, step_state.plan_key)
-    lam = client("lambda")
-    weight = step_state.step.weight / 100
+    step = step_state.step
     for target in plan.active:
         if not target.new_version or not target.old_version:
             raise ValueError(f"{target.function_name} has no prepared version")
-        lam.update_alias(
-            FunctionName=target.function_name,
-            Name=target.alias,
-            FunctionVersion=target.old_version,
-            RoutingConfig={"AdditionalVersionWeights": {target.new_version: weight}},
-        )
-    logger.info("traffic shifted", extra={"weight_percent": step_state.step.weight, "targets": len(plan.active)})
+        if _WAVE_ORDER[target.wave] < _WAVE_ORDER[step.wave]:
+            set_alias_weight(target, FULL)
+        elif target.wave == step.wave:
+            set_alias_weight(target, step.weight)
+    logger.info("traffic shifted", extra={"weight_percent": step.weight, "wave": step.wave.value})
     Registry(settings.table).put_rollout(
-        plan.layer, plan.rollout_id, status="shifting", weight=str(step_state.step.weight)
+        plan.layer, plan.rollout_id, status="shifting", weight=str(step.weight), wave=step.wave.value
     )
     step_state.started_at = time.time()
-    step_state.wait_seconds = min(step_state.poll_seconds, step_state.step.bake_seconds)
-    step_state.bake_complete = step_state.step.bake_seconds == 0
+    step_state.wait_seconds = max(1, min(step_state.poll_seconds, step.bake_seconds))
+    step_state.bake_complete = step.bake_seconds == 0
+    step_state.extended_seconds = 0
     step_state.checks = 0
+    step_state.verdict = None
+    step_state.verdict_detail = None
     return step_state
 
 
@@ -66,17 +110,12 @@ def _record_end(settings: Settings, state: RolloutState, status: str, reason: st
 def promote(state: RolloutState, settings: Settings) -> RolloutState:
     if state.rollout is None or state.layer_version is None:
         raise ValueError("promotion needs a published layer version")
-    lam = client("lambda")
+    ensure_not_aborted(settings, state.rollout.layer, state.rollout.rollout_id)
     promoted: list[str] = []
     if state.plan is not None:
         plan = load_plan(settings.bucket, state.plan.plan_key)
         for target in plan.active:
-            lam.update_alias(
-                FunctionName=target.function_name,
-                Name=target.alias,
-                FunctionVersion=target.new_version,
-                RoutingConfig=NO_ROUTING,
-            )
+            set_alias_weight(target, FULL)
             promoted.append(f"{target.function_name}:{target.alias}={target.new_version}")
     client("ssm").put_parameter(
         Name=PARAMETER_NAME.format(layer=state.rollout.layer),
@@ -155,6 +194,9 @@ def _restore(target: TargetPlan) -> str | None:
 
 def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
     name, cause = build_failure(settings.bucket, state) or error_summary(state)
+    aborted = abort_reason(settings, state.rollout.layer, state.rollout.rollout_id) if state.rollout else None
+    if aborted:
+        name, cause = RolloutAborted.__name__, aborted
     restored: list[str] = []
     unrestored: list[str] = []
     plan: RolloutPlan | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from .aborts import ensure_not_aborted
 from .artifacts import artifact_prefix, read_bytes, rollout_prefix, write_bytes, write_json
 from .aws import client
 from .builder import compute_build_key
@@ -53,6 +54,7 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
     body = read_bytes(request.bucket, requirements_key, request.requirements_version)
     requirements = parse_requirements(body, allow_ranges=spec.allow_ranges, source=requirements_key)
     check_alarms_exist(spec)
+    ensure_not_aborted(settings, request.layer, rollout_id)
 
     runtime, architecture = spec.runtimes[0], spec.architectures[0]
     build_key = compute_build_key(requirements, runtime, architecture, spec.profile)

@@ -6,6 +6,7 @@ plan is never overwritten; the plan records each new version before any alias mo
 
 from __future__ import annotations
 
+from .aborts import ensure_rollout_not_aborted
 from .aws import client, guarded
 from .errors import ConcurrentModification
 from .models import RolloutState
@@ -16,6 +17,7 @@ from .settings import Settings
 
 
 def prepare_versions(state: RolloutState, settings: Settings) -> RolloutState:
+    ensure_rollout_not_aborted(state, settings)
     if state.plan is None or state.rollout is None:
         raise ValueError("preparing versions needs a plan")
     plan = load_plan(settings.bucket, state.plan.plan_key)

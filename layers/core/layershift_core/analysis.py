@@ -1,0 +1,356 @@
+"""Version-scoped canary analysis: each function's new version judged against its old one.
+
+During a weighted step the alias runs both versions side by side, and Lambda reports each one
+under ``{FunctionName, Resource="<fn>:<alias>", ExecutedVersion}``. Comparing the two versions'
+rates is what an alarm on the whole alias cannot do: at 5% weight a new version failing every
+call moves the alias error rate by 5 points at most, and an old version that was already
+erroring would hold any alias alarm in ALARM before the first shift.
+
+Windows: GetMetricData has one StartTime and EndTime per call, so every distinct window costs a
+call of its own (all the queries for that window together, up to 500 a call). ``fetch_pair``
+therefore makes one call when the old and new windows align to the same periods and two
+otherwise. Each window is widened outward to whole periods of the granularity CloudWatch keeps
+at the window's age (1 minute up to 15 days, 5 minutes up to 63 days, 1 hour beyond; CloudWatch
+would round StartTime down to it anyway) and read as one period spanning it, so a Sum is the
+window's total and p99 is the window's p99.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+from pydantic import BaseModel, Field
+
+from .aws import client
+from .models import CanaryAnalysis, CanaryVerdict, TargetPlan
+from .observability import logger
+
+NAMESPACE = "AWS/Lambda"
+MAX_QUERIES_PER_CALL = 500
+# Rates are ratios of counts: float subtraction must not turn a delta equal to a limit into a breach.
+_TOLERANCE = 1e-9
+# The summary goes into the execution state and an SNS message: name this many functions at most.
+_SUMMARY_FUNCTIONS = 5
+# (VersionStats field, metric name, statistic)
+_METRICS = (
+    ("invocations", "Invocations", "Sum"),
+    ("errors", "Errors", "Sum"),
+    ("throttles", "Throttles", "Sum"),
+    ("p99_ms", "Duration", "p99"),
+)
+
+Window = tuple[datetime, datetime]
+
+
+class VersionStats(BaseModel):
+    """One version's traffic behind the alias over a window."""
+
+    version: str | None = None
+    invocations: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    throttles: int = Field(default=0, ge=0)
+    p99_ms: float | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.invocations if self.invocations else 0.0
+
+    @property
+    def throttle_rate(self) -> float:
+        """Throttled requests among all requests: a throttled request is not an invocation."""
+        requests = self.invocations + self.throttles
+        return self.throttles / requests if requests else 0.0
+
+
+class FunctionAnalysis(BaseModel):
+    """One function's verdict, with the numbers it rests on."""
+
+    function_name: str
+    alias: str
+    old_version: str
+    new_version: str
+    old: VersionStats
+    new: VersionStats
+    verdict: CanaryVerdict
+    reasons: list[str]
+
+
+class CohortAnalysis(BaseModel):
+    """The verdict on every function the step touched: failing if any fails."""
+
+    verdict: CanaryVerdict
+    functions: list[FunctionAnalysis] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list, description="about the cohort as a whole")
+
+    def summary(self) -> str:
+        """One line for the Step Functions console and the SNS message: the verdict and its numbers."""
+        if self.reasons:
+            return f"{self.verdict}: {'; '.join(self.reasons)}"
+        if self.verdict is CanaryVerdict.HEALTHY:
+            return f"{self.verdict}: {_totals(self.functions)}"
+        named = [f for f in self.functions if f.verdict is self.verdict]
+        details = [f"{f.function_name}: {'; '.join(f.reasons)}" for f in named[:_SUMMARY_FUNCTIONS]]
+        if len(named) > _SUMMARY_FUNCTIONS:
+            details.append(f"and {len(named) - _SUMMARY_FUNCTIONS} more")
+        return f"{self.verdict}: {len(named)} of {len(self.functions)} functions; " + "; ".join(details)
+
+
+def _totals(functions: list[FunctionAnalysis]) -> str:
+    new_calls = sum(f.new.invocations for f in functions)
+    new_errors = sum(f.new.errors for f in functions)
+    old_calls = sum(f.old.invocations for f in functions)
+    old_errors = sum(f.old.errors for f in functions)
+    return (
+        f"{len(functions)} functions, new versions {_percent(new_errors, new_calls)} errors "
+        f"({new_errors}/{new_calls}) vs old versions {_percent(old_errors, old_calls)} ({old_errors}/{old_calls})"
+    )
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole if whole else 0.0:.1f}%"
+
+
+# --- reading the metrics ---
+
+
+class _Series(NamedTuple):
+    """One version of one function over one window; ``key`` names its queries."""
+
+    key: str
+    function_name: str
+    alias: str
+    version: str
+    window: Window
+
+
+def _aligned(window: Window, now: datetime) -> tuple[datetime, datetime, int]:
+    """The window widened to whole periods CloudWatch keeps at its age, and its length as one period.
+
+    An empty window (start == end, a check at the very start of a step) becomes its one period."""
+    start, end = window
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("analysis windows need timezone-aware datetimes")
+    if end < start:
+        raise ValueError(f"analysis window ends ({end.isoformat()}) before it starts ({start.isoformat()})")
+    age = now - start
+    step = 60 if age <= timedelta(days=15) else 300 if age <= timedelta(days=63) else 3600
+    first = math.floor(start.timestamp() / step) * step
+    last = max(math.ceil(end.timestamp() / step) * step, first + step)
+    return datetime.fromtimestamp(first, tz=UTC), datetime.fromtimestamp(last, tz=UTC), last - first
+
+
+def _queries(series: _Series, period: int) -> list[dict]:
+    dimensions = [
+        {"Name": "FunctionName", "Value": series.function_name},
+        {"Name": "Resource", "Value": f"{series.function_name}:{series.alias}"},
+        {"Name": "ExecutedVersion", "Value": series.version},
+    ]
+    return [
+        {
+            "Id": f"{series.key}_{field}",
+            "MetricStat": {
+                "Metric": {"Namespace": NAMESPACE, "MetricName": metric, "Dimensions": dimensions},
+                "Period": period,
+                "Stat": stat,
+            },
+        }
+        for field, metric, stat in _METRICS
+    ]
+
+
+def _read(queries: list[dict], start: datetime, end: datetime) -> dict[str, list[float]]:
+    """Every query's values, in calls of at most 500 queries, through every page."""
+    values: dict[str, list[float]] = {query["Id"]: [] for query in queries}
+    paginator = client("cloudwatch").get_paginator("get_metric_data")
+    for first in range(0, len(queries), MAX_QUERIES_PER_CALL):
+        batch = queries[first : first + MAX_QUERIES_PER_CALL]
+        for page in paginator.paginate(MetricDataQueries=batch, StartTime=start, EndTime=end):
+            for result in page["MetricDataResults"]:
+                values[result["Id"]].extend(result["Values"])
+    return values
+
+
+def _stats(values: dict[str, list[float]], series: _Series) -> VersionStats:
+    """Counts add up over the periods; p99 is that of the single period, or if CloudWatch split
+    the window after all, the worst period's (an upper bound, never an understatement)."""
+    counts = {field: round(sum(values[f"{series.key}_{field}"])) for field, _, stat in _METRICS if stat == "Sum"}
+    p99 = values[f"{series.key}_p99_ms"]
+    return VersionStats(version=series.version, **counts, p99_ms=max(p99) if p99 else None)
+
+
+def _fetch(series: Iterable[_Series]) -> dict[str, VersionStats]:
+    """Stats for every series, with one GetMetricData call per distinct aligned window."""
+    now = datetime.now(UTC)
+    by_window: dict[tuple[datetime, datetime, int], list[_Series]] = defaultdict(list)
+    for one in series:
+        by_window[_aligned(one.window, now)].append(one)
+    stats: dict[str, VersionStats] = {}
+    for (start, end, period), members in by_window.items():
+        values = _read([query for one in members for query in _queries(one, period)], start, end)
+        stats.update({one.key: _stats(values, one) for one in members})
+    return stats
+
+
+def fetch_version_stats(function_name: str, alias: str, version: str, start: datetime, end: datetime) -> VersionStats:
+    """One version's invocations, errors, throttles and p99 duration behind the alias, over [start, end]."""
+    return _fetch([_Series("version", function_name, alias, version, (start, end))])["version"]
+
+
+def _versions(target: TargetPlan) -> tuple[str, str]:
+    if not target.old_version or not target.new_version:
+        raise ValueError(f"{target.function_name} has no old and new version to compare")
+    return target.old_version, target.new_version
+
+
+def _pair(key: str, target: TargetPlan, old_window: Window, new_window: Window) -> tuple[_Series, _Series]:
+    old_version, new_version = _versions(target)
+    return (
+        _Series(f"{key}_old", target.function_name, target.alias, old_version, old_window),
+        _Series(f"{key}_new", target.function_name, target.alias, new_version, new_window),
+    )
+
+
+def fetch_pair(target: TargetPlan, old_window: Window, new_window: Window) -> tuple[VersionStats, VersionStats]:
+    """The old version's stats over ``old_window`` and the new version's over ``new_window``.
+
+    One GetMetricData call when both windows align to the same period, two otherwise."""
+    old, new = _pair("f", target, old_window, new_window)
+    stats = _fetch([old, new])
+    return stats[old.key], stats[new.key]
+
+
+# --- judging ---
+
+
+class _Check(NamedTuple):
+    failed: bool
+    reason: str
+
+
+def _name(role: str, stats: VersionStats) -> str:
+    return f"{role} version {stats.version}" if stats.version else f"{role} version"
+
+
+class _Rate(NamedTuple):
+    """One version's rate, with the counts it comes from, for a sentence."""
+
+    name: str
+    rate: float
+    part: int
+    whole: int
+
+    def __str__(self) -> str:
+        return f"{_percent(self.part, self.whole)} ({self.part}/{self.whole})"
+
+
+def _error_rate(role: str, stats: VersionStats) -> _Rate:
+    return _Rate(_name(role, stats), stats.error_rate, stats.errors, stats.invocations)
+
+
+def _throttle_rate(role: str, stats: VersionStats) -> _Rate:
+    return _Rate(_name(role, stats), stats.throttle_rate, stats.throttles, stats.invocations + stats.throttles)
+
+
+def _rate_check(what: str, old: _Rate, new: _Rate, limit: float) -> _Check:
+    """New rate minus old rate against the limit, in percentage points."""
+    delta = new.rate - old.rate
+    failed = delta > limit + _TOLERANCE
+    return _Check(
+        failed,
+        f"{new.name} {what} {new} vs {old.name} {old}: "
+        f"{100 * delta:+.1f} points, {'over' if failed else 'within'} the {100 * limit:.1f}-point limit",
+    )
+
+
+def _latency_check(old: VersionStats, new: VersionStats, thresholds: CanaryAnalysis) -> _Check:
+    """New p99 over old p99, when the old version ran often enough for its p99 to be a baseline."""
+    if new.p99_ms is None or old.p99_ms is None:
+        missing = _name("new" if new.p99_ms is None else "old", new if new.p99_ms is None else old)
+        return _Check(False, f"p99 duration not compared: no Duration p99 for the {missing}")
+    if old.invocations < thresholds.min_invocations:
+        return _Check(
+            False,
+            f"p99 duration not compared: the {_name('old', old)} ran {old.invocations} of the "
+            f"{thresholds.min_invocations} invocations a baseline needs",
+        )
+    if old.p99_ms <= 0:
+        return _Check(False, f"p99 duration not compared: the {_name('old', old)} p99 is 0 ms")
+    ratio = new.p99_ms / old.p99_ms
+    limit = thresholds.max_p99_duration_ratio
+    failed = ratio > limit + _TOLERANCE
+    return _Check(
+        failed,
+        f"{_name('new', new)} p99 duration {new.p99_ms:.1f} ms vs {_name('old', old)} {old.p99_ms:.1f} ms: "
+        f"{ratio:.2f}x, {'over' if failed else 'within'} the {limit:g}x limit",
+    )
+
+
+def judge(old: VersionStats, new: VersionStats, thresholds: CanaryAnalysis) -> tuple[CanaryVerdict, list[str]]:
+    """The new version against the old one: the verdict and the sentences, with numbers, behind it.
+
+    Only a new version doing worse than the old one fails: the old version's own errors, throttles
+    or slowness never do (they would block the rollout of the very fix). Failing gives the
+    failing checks, in the order errors, throttles, p99; healthy gives every check.
+    """
+    if new.invocations < thresholds.min_invocations:
+        return CanaryVerdict.INCONCLUSIVE, [
+            f"too little traffic: {new.invocations} of the {thresholds.min_invocations} new-version invocations needed"
+        ]
+    limit = thresholds.max_error_rate_delta
+    checks = [
+        _rate_check("error rate", _error_rate("old", old), _error_rate("new", new), limit),
+        _rate_check("throttle rate", _throttle_rate("old", old), _throttle_rate("new", new), limit),
+        _latency_check(old, new, thresholds),
+    ]
+    failing = [check.reason for check in checks if check.failed]
+    if failing:
+        return CanaryVerdict.FAILING, failing
+    return CanaryVerdict.HEALTHY, [check.reason for check in checks]
+
+
+# --- the cohort ---
+
+
+def _cohort_verdict(verdicts: list[CanaryVerdict]) -> CanaryVerdict:
+    """Any failing function fails the cohort; otherwise any inconclusive one leaves it inconclusive."""
+    for verdict in (CanaryVerdict.FAILING, CanaryVerdict.INCONCLUSIVE):
+        if verdict in verdicts:
+            return verdict
+    return CanaryVerdict.HEALTHY
+
+
+def analyse_cohort(
+    targets: list[TargetPlan], thresholds: CanaryAnalysis, old_window: Window, new_window: Window
+) -> CohortAnalysis:
+    """Every target's new version over ``new_window`` against its old version over ``old_window``.
+
+    ``targets`` are the functions whose alias routes to the new version, each with its old and new
+    version. All of them are read together, one GetMetricData call per window and 500 queries (4
+    per version), so a check of a large cohort stays far below CloudWatch's request quota.
+    """
+    if not thresholds.enabled:
+        return CohortAnalysis(verdict=CanaryVerdict.HEALTHY, reasons=["canary analysis turned off"])
+    pairs = [_pair(f"f{index}", target, old_window, new_window) for index, target in enumerate(targets)]
+    stats = _fetch([one for pair in pairs for one in pair])
+    functions = []
+    for target, (old, new) in zip(targets, pairs, strict=True):
+        verdict, reasons = judge(stats[old.key], stats[new.key], thresholds)
+        functions.append(
+            FunctionAnalysis(
+                function_name=target.function_name,
+                alias=target.alias,
+                old_version=old.version,
+                new_version=new.version,
+                old=stats[old.key],
+                new=stats[new.key],
+                verdict=verdict,
+                reasons=reasons,
+            )
+        )
+    cohort = CohortAnalysis(verdict=_cohort_verdict([f.verdict for f in functions]), functions=functions)
+    logger.info("canary analysis", extra={"verdict": cohort.verdict.value, "summary": cohort.summary()})
+    return cohort
