@@ -38,7 +38,7 @@ def test_healthy_when_the_new_version_does_as_well_as_the_old():
         "new version 3 error rate 1.0% (1/100) vs old version 2 0.5% (5/1000): +0.5 points, within the 2.0-point limit",
         "new version 3 throttle rate 0.0% (0/100) vs old version 2 0.0% (0/1000): +0.0 points, "
         "within the 2.0-point limit",
-        "new version 3 p99 duration 110.0 ms vs old version 2 100.0 ms: 1.10x, within the 1.5x limit",
+        "new version 3 p99 duration 110.0 ms vs old version 2 100.0 ms: 1.10x (+10.0 ms), within the 1.5x limit",
     ]
 
 
@@ -56,7 +56,7 @@ def test_every_failing_check_is_given_in_order():
 
     assert verdict is CanaryVerdict.FAILING
     assert [reason.split(" ")[3] for reason in reasons] == ["error", "throttle", "p99"]
-    assert "9.00x, over the 1.5x limit" in reasons[2]
+    assert "9.00x (+800.0 ms), over the 1.5x limit" in reasons[2]
 
 
 def test_old_version_errors_never_fail_the_new_one():
@@ -99,8 +99,18 @@ def test_p99_regression_fails():
     verdict, reasons = judge(stats("2", 100, p99_ms=200.0), stats("3", 30, p99_ms=320.0), THRESHOLDS)
 
     assert verdict is CanaryVerdict.FAILING
-    assert reasons == ["new version 3 p99 duration 320.0 ms vs old version 2 200.0 ms: 1.60x, over the 1.5x limit"]
+    assert reasons == [
+        "new version 3 p99 duration 320.0 ms vs old version 2 200.0 ms: 1.60x (+120.0 ms), over the 1.5x limit"
+    ]
     assert judge(stats("2", 100, p99_ms=200.0), stats("3", 30, p99_ms=300.0), THRESHOLDS)[0] is CanaryVerdict.HEALTHY
+
+
+def test_a_p99_regression_must_also_be_large_in_milliseconds():
+    """A 1 ms handler at 18 ms on a new version's first calls is 18x, and no reason to roll back."""
+    verdict, reasons = judge(stats("2", 100, p99_ms=1.0), stats("3", 30, p99_ms=18.0), THRESHOLDS)
+    assert verdict is CanaryVerdict.HEALTHY
+    assert "18.00x, but only +17.0 ms, within the 25 ms an increase must exceed" in reasons[-1]
+    assert judge(stats("2", 100, p99_ms=1.0), stats("3", 30, p99_ms=27.0), THRESHOLDS)[0] is CanaryVerdict.FAILING
 
 
 def test_p99_is_compared_only_against_a_baseline():

@@ -267,7 +267,10 @@ def _rate_check(what: str, old: _Rate, new: _Rate, limit: float) -> _Check:
 
 
 def _latency_check(old: VersionStats, new: VersionStats, thresholds: CanaryAnalysis) -> _Check:
-    """New p99 over old p99, when the old version ran often enough for its p99 to be a baseline."""
+    """New p99 over old p99, when the old version ran often enough for its p99 to be a baseline.
+
+    A p99 regression must be large both relatively and absolutely: a 1 ms handler that takes
+    4 ms on a new version's first calls is over a 3x ratio, and nobody would roll back for it."""
     if new.p99_ms is None or old.p99_ms is None:
         missing = _name("new" if new.p99_ms is None else "old", new if new.p99_ms is None else old)
         return _Check(False, f"p99 duration not compared: no Duration p99 for the {missing}")
@@ -281,12 +284,16 @@ def _latency_check(old: VersionStats, new: VersionStats, thresholds: CanaryAnaly
         return _Check(False, f"p99 duration not compared: the {_name('old', old)} p99 is 0 ms")
     ratio = new.p99_ms / old.p99_ms
     limit = thresholds.max_p99_duration_ratio
-    failed = ratio > limit + _TOLERANCE
-    return _Check(
-        failed,
-        f"{_name('new', new)} p99 duration {new.p99_ms:.1f} ms vs {_name('old', old)} {old.p99_ms:.1f} ms: "
-        f"{ratio:.2f}x, {'over' if failed else 'within'} the {limit:g}x limit",
-    )
+    increase = new.p99_ms - old.p99_ms
+    floor = thresholds.min_p99_increase_ms
+    over_ratio = ratio > limit + _TOLERANCE
+    failed = over_ratio and increase > floor + _TOLERANCE
+    numbers = f"{_name('new', new)} p99 duration {new.p99_ms:.1f} ms vs {_name('old', old)} {old.p99_ms:.1f} ms"
+    if over_ratio and not failed:
+        verdict = f"{ratio:.2f}x, but only {increase:+.1f} ms, within the {floor:g} ms an increase must exceed"
+    else:
+        verdict = f"{ratio:.2f}x ({increase:+.1f} ms), {'over' if failed else 'within'} the {limit:g}x limit"
+    return _Check(failed, f"{numbers}: {verdict}")
 
 
 def judge(old: VersionStats, new: VersionStats, thresholds: CanaryAnalysis) -> tuple[CanaryVerdict, list[str]]:

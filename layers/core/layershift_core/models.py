@@ -46,6 +46,9 @@ class CanaryAnalysis(BaseModel):
     max_p99_duration_ratio: float = Field(
         default=1.5, ge=1, le=100, description="new p99 duration over old p99 duration above which the step fails"
     )
+    min_p99_increase_ms: float = Field(
+        default=25, ge=0, le=900_000, description="and the increase in ms a p99 regression must also exceed"
+    )
     min_invocations: int = Field(
         default=20, ge=1, le=1_000_000, description="new-version invocations needed for a verdict"
     )

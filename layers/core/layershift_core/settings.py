@@ -24,6 +24,7 @@ class Settings(BaseModel):
     final_bake_seconds: int = Field(default=0, ge=0)
     canary_max_error_rate_delta: float = 0.02
     canary_max_p99_duration_ratio: float = 1.5
+    canary_min_p99_increase_ms: float = 25
     canary_min_invocations: int = 20
     canary_max_extension_seconds: int = 600
     canary_inconclusive: str = "rollback"
@@ -43,6 +44,7 @@ class Settings(BaseModel):
             analysis=CanaryAnalysis(
                 max_error_rate_delta=self.canary_max_error_rate_delta,
                 max_p99_duration_ratio=self.canary_max_p99_duration_ratio,
+                min_p99_increase_ms=self.canary_min_p99_increase_ms,
                 min_invocations=self.canary_min_invocations,
                 max_extension_seconds=self.canary_max_extension_seconds,
                 inconclusive=self.canary_inconclusive,  # type: ignore[arg-type]
@@ -63,6 +65,7 @@ _ENV = {
     "final_bake_seconds": "LAYERSHIFT_FINAL_BAKE_SECONDS",
     "canary_max_error_rate_delta": "LAYERSHIFT_CANARY_MAX_ERROR_RATE_DELTA",
     "canary_max_p99_duration_ratio": "LAYERSHIFT_CANARY_MAX_P99_DURATION_RATIO",
+    "canary_min_p99_increase_ms": "LAYERSHIFT_CANARY_MIN_P99_INCREASE_MS",
     "canary_min_invocations": "LAYERSHIFT_CANARY_MIN_INVOCATIONS",
     "canary_max_extension_seconds": "LAYERSHIFT_CANARY_MAX_EXTENSION_SECONDS",
     "canary_inconclusive": "LAYERSHIFT_CANARY_INCONCLUSIVE",

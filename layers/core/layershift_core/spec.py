@@ -23,7 +23,8 @@ approval_timeout_seconds = 86400
 
 [analysis]                      # the new version against the old one, per function
 max_error_rate_delta = 0.02     # new error rate minus old error rate
-max_p99_duration_ratio = 1.5    # new p99 duration over old p99 duration
+max_p99_duration_ratio = 1.5    # new p99 duration over old p99 duration ...
+min_p99_increase_ms = 25        # ... and more than this many ms slower
 min_invocations = 20            # new-version invocations needed for a verdict
 max_extension_seconds = 600     # how long an inconclusive bake may be extended
 inconclusive = "rollback"       # or "promote", once the extension is used up
@@ -90,6 +91,7 @@ class _Analysis(_Section):
     enabled: bool | None = None
     max_error_rate_delta: float | None = None
     max_p99_duration_ratio: float | None = None
+    min_p99_increase_ms: float | None = None
     min_invocations: int | None = None
     max_extension_seconds: int | None = None
     inconclusive: str | None = None
