@@ -69,6 +69,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for item in items:
             if item["sk"]["S"] == "LOCK":
                 print(f"  LOCKED by {item['owner']['S']} since {item['acquired_at']['S']}")
+            if item["sk"]["S"] == "WAIT" and item["kind"]["S"] == "approval":
+                rollout = item["rollout_id"]["S"]
+                print(f"  rollout {rollout} may be waiting for approval: layershift approve|reject {layer}")
         try:
             arn = cp.client("ssm").get_parameter(Name=f"/layershift/{layer}/arn")["Parameter"]["Value"]
             print(f"  promoted: {arn}")
@@ -83,6 +86,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             if sk.startswith("ROLLOUT#"):
                 reason = item.get("reason", {}).get("S", "")
                 print(f"  rollout {sk[8:]}: {item['status']['S']}{'  ' + reason[:160] if reason else ''}")
+                if "verdict" in item:
+                    detail = item.get("verdict_detail", {}).get("S", "")
+                    print(f"    last canary verdict at {item.get('weight', {}).get('S', '?')}%: {detail[:200]}")
     print("recent executions:")
     for execution in controlplane.executions(cp, limit=args.limit):
         print(f"  {execution['startDate']:%Y-%m-%d %H:%M:%S}  {execution['status']:<9}  {execution['name']}")

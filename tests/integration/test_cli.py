@@ -1,11 +1,13 @@
-"""`layershift push` and `layershift status` against the local control plane, as a user runs them."""
+"""The CLI against the local control plane, as a user runs it: push, status, approve, reject, abort."""
 
 from pathlib import Path
 
 import pytest
 
 from layershift.cli import main
-from layershift.controlplane import ControlPlane
+from layershift.controlplane import ControlPlane, wait_for_execution
+
+from .support import create_consumer, publish_bootstrap_layer, spec, wait_for_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -59,3 +61,40 @@ def test_layershift_build_writes_zip_manifest_and_sbom(tmp_path: Path, capsys: p
     requirements.write_text("six\n")
     assert main(args) == 1
     assert '"six" is not pinned' in capsys.readouterr().err
+
+
+def test_approve_and_abort_from_the_command_line(
+    control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "control-plane.json"
+    control_plane.save_local(state)
+    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    assert main(["approve", "cli-gated", "--local"]) == 1
+    assert "no rollout of layer 'cli-gated' is waiting for approval" in capsys.readouterr().err
+    assert main(["abort", "cli-gated", "--local"]) == 1
+    assert "no rollout of layer 'cli-gated' is running" in capsys.readouterr().err
+
+    create_consumer(control_plane, "cli-gated-fn", [publish_bootstrap_layer(control_plane, "cli-gated")])
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    config = tmp_path / "layer.toml"
+    config.write_text(spec(extra="approval = true"))
+    assert main(["push", str(requirements), "--layer", "cli-gated", "--config", str(config), "--local"]) == 0
+    execution = capsys.readouterr().out.split("execution: ")[1].strip()
+    wait_for_execution(control_plane, execution)
+    wait_for_state(control_plane, execution, "AwaitApproval")
+    assert main(["status", "--local", "--layer", "cli-gated"]) == 0
+    assert "waiting for approval: layershift approve|reject cli-gated" in capsys.readouterr().out
+    assert main(["approve", "cli-gated", "--local", "--wait"]) == 0
+    approved = capsys.readouterr().out
+    assert "approved rollout" in approved and "execution SUCCEEDED" in approved
+
+    requirements.write_text("six==1.17.0\n")
+    assert main(["push", str(requirements), "--layer", "cli-gated", "--local"]) == 0
+    execution = capsys.readouterr().out.split("execution: ")[1].strip()
+    wait_for_execution(control_plane, execution)
+    wait_for_state(control_plane, execution, "AwaitApproval")
+    assert main(["abort", "cli-gated", "--local", "--reason", "wrong day", "--wait"]) == 0
+    aborted = capsys.readouterr().out
+    assert "abort requested for rollout" in aborted
+    assert "execution FAILED: RolloutAborted: aborted by an operator: wrong day" in aborted

@@ -52,7 +52,7 @@ def test_new_errors_fail_at_the_error_check_with_the_numbers():
 
 
 def test_every_failing_check_is_given_in_order():
-    verdict, reasons = judge(stats("2", 200), stats("3", 40, errors=10, throttles=10, p99_ms=900.0), THRESHOLDS)
+    verdict, reasons = judge(stats("2", 200), stats("3", 100, errors=25, throttles=25, p99_ms=900.0), THRESHOLDS)
 
     assert verdict is CanaryVerdict.FAILING
     assert [reason.split(" ")[3] for reason in reasons] == ["error", "throttle", "p99"]
@@ -96,29 +96,34 @@ def test_min_invocations_comes_from_the_thresholds():
 
 
 def test_p99_regression_fails():
-    verdict, reasons = judge(stats("2", 100, p99_ms=200.0), stats("3", 30, p99_ms=320.0), THRESHOLDS)
+    verdict, reasons = judge(stats("2", 100, p99_ms=200.0), stats("3", 100, p99_ms=320.0), THRESHOLDS)
 
     assert verdict is CanaryVerdict.FAILING
     assert reasons == [
         "new version 3 p99 duration 320.0 ms vs old version 2 200.0 ms: 1.60x (+120.0 ms), over the 1.5x limit"
     ]
-    assert judge(stats("2", 100, p99_ms=200.0), stats("3", 30, p99_ms=300.0), THRESHOLDS)[0] is CanaryVerdict.HEALTHY
+    assert judge(stats("2", 100, p99_ms=200.0), stats("3", 100, p99_ms=300.0), THRESHOLDS)[0] is CanaryVerdict.HEALTHY
 
 
 def test_a_p99_regression_must_also_be_large_in_milliseconds():
-    """A 1 ms handler at 18 ms on a new version's first calls is 18x, and no reason to roll back."""
-    verdict, reasons = judge(stats("2", 100, p99_ms=1.0), stats("3", 30, p99_ms=18.0), THRESHOLDS)
+    """A 1 ms handler at 18 ms is 18x, and no reason to roll back."""
+    verdict, reasons = judge(stats("2", 100, p99_ms=1.0), stats("3", 100, p99_ms=18.0), THRESHOLDS)
     assert verdict is CanaryVerdict.HEALTHY
     assert "18.00x, but only +17.0 ms, within the 25 ms an increase must exceed" in reasons[-1]
-    assert judge(stats("2", 100, p99_ms=1.0), stats("3", 30, p99_ms=27.0), THRESHOLDS)[0] is CanaryVerdict.FAILING
+    assert judge(stats("2", 100, p99_ms=1.0), stats("3", 100, p99_ms=27.0), THRESHOLDS)[0] is CanaryVerdict.FAILING
 
 
-def test_p99_is_compared_only_against_a_baseline():
-    slow = stats("3", 30, p99_ms=5000.0)
+def test_p99_is_compared_only_with_enough_calls_on_both_sides():
+    """Below 100 calls a p99 is the slowest call, one cold or unlucky invocation."""
+    slow = stats("3", 100, p99_ms=5000.0)
 
-    verdict, reasons = judge(stats("2", 19, p99_ms=100.0), slow, THRESHOLDS)
+    verdict, reasons = judge(stats("2", 99, p99_ms=100.0), slow, THRESHOLDS)
     assert verdict is CanaryVerdict.HEALTHY
-    assert "p99 duration not compared: the old version 2 ran 19 of the 20 invocations a baseline needs" in reasons
+    assert "p99 duration not compared: the old version 2 ran 99 of the 100 invocations a p99 needs" in reasons
+
+    verdict, reasons = judge(stats("2", 1000, p99_ms=100.0), stats("3", 99, p99_ms=5000.0), THRESHOLDS)
+    assert verdict is CanaryVerdict.HEALTHY
+    assert "p99 duration not compared: the new version 3 ran 99 of the 100 invocations a p99 needs" in reasons
 
     verdict, reasons = judge(stats("2", 100, p99_ms=0.0), slow, THRESHOLDS)
     assert verdict is CanaryVerdict.HEALTHY

@@ -266,6 +266,10 @@ def _rate_check(what: str, old: _Rate, new: _Rate, limit: float) -> _Check:
     )
 
 
+# Below 100 samples a p99 is the slowest call: one cold or unlucky invocation, not a distribution.
+P99_MIN_SAMPLES = 100
+
+
 def _latency_check(old: VersionStats, new: VersionStats, thresholds: CanaryAnalysis) -> _Check:
     """New p99 over old p99, when the old version ran often enough for its p99 to be a baseline.
 
@@ -274,12 +278,14 @@ def _latency_check(old: VersionStats, new: VersionStats, thresholds: CanaryAnaly
     if new.p99_ms is None or old.p99_ms is None:
         missing = _name("new" if new.p99_ms is None else "old", new if new.p99_ms is None else old)
         return _Check(False, f"p99 duration not compared: no Duration p99 for the {missing}")
-    if old.invocations < thresholds.min_invocations:
-        return _Check(
-            False,
-            f"p99 duration not compared: the {_name('old', old)} ran {old.invocations} of the "
-            f"{thresholds.min_invocations} invocations a baseline needs",
-        )
+    needed = max(thresholds.min_invocations, P99_MIN_SAMPLES)
+    for side, stats in (("new", new), ("old", old)):
+        if stats.invocations < needed:
+            return _Check(
+                False,
+                f"p99 duration not compared: the {_name(side, stats)} ran {stats.invocations} of the "
+                f"{needed} invocations a p99 needs",
+            )
     if old.p99_ms <= 0:
         return _Check(False, f"p99 duration not compared: the {_name('old', old)} p99 is 0 ms")
     ratio = new.p99_ms / old.p99_ms
