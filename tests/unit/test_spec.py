@@ -58,6 +58,15 @@ def test_explicit_steps() -> None:
         ("[surprise]\nx = 1\n", "surprise"),
         ("[build]\nunknown = 1\n", "build.unknown"),
         ("not toml at all = = =", "not valid TOML"),
+        ("[rollout]\nfinal_bake_seconds = -5\n", "rollout.final_bake_seconds"),
+        ("[rollout]\napproval = 'yes please'\n", "rollout.approval"),
+        ("[rollout]\napproval_timeout_seconds = 5\n", "rollout.approval_timeout_seconds"),
+        ("[rollout]\npilots = 'orders'\n", "rollout.pilots"),
+        ("[analysis]\nmax_error_rate_delta = 1.5\n", "analysis.max_error_rate_delta"),
+        ("[analysis]\nmax_p99_duration_ratio = 0.5\n", "analysis.max_p99_duration_ratio"),
+        ("[analysis]\nmin_invocations = 0\n", "analysis.min_invocations"),
+        ("[analysis]\ninconclusive = 'shrug'\n", "analysis.inconclusive"),
+        ("[analysis]\nthreshold = 1\n", "analysis.threshold"),
     ],
 )
 def test_bad_spec_names_the_field(text: str, fragment: str) -> None:
@@ -86,3 +95,17 @@ def test_the_spec_offers_exactly_the_builder_profiles() -> None:
     from layershift_core.models import LayerSpec
 
     assert set(typing.get_args(LayerSpec.model_fields["profile"].annotation)) == set(PROFILES)
+
+
+def test_progressive_delivery_keys_and_their_defaults() -> None:
+    spec = parse_layer_spec(None, DEFAULTS)
+    assert (spec.final_bake_seconds, spec.approval, spec.pilots) == (0, False, [])
+    assert spec.analysis.enabled and spec.analysis.inconclusive == "rollback"
+    text = (
+        "[rollout]\nfinal_bake_seconds = 900\npilots = ['orders']\napproval = true\n"
+        "[analysis]\nmin_invocations = 200\ninconclusive = 'promote'\n"
+    )
+    spec = parse_layer_spec(text.encode(), DEFAULTS)
+    assert (spec.final_bake_seconds, spec.approval, spec.pilots) == (900, True, ["orders"])
+    assert (spec.analysis.min_invocations, spec.analysis.inconclusive) == (200, "promote")
+    assert spec.analysis.max_error_rate_delta == DEFAULTS.analysis.max_error_rate_delta  # the rest from the template
