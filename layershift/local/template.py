@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from layershift_core.cfn_yaml import load_cloudformation_yaml
 
 TEMPLATE_FILE = "template.yaml"
 PARTITION = "aws"
@@ -63,31 +63,10 @@ class TemplateError(ValueError):
 # ---------------------------------------------------------------------------------------- YAML
 
 
-class _TemplateLoader(yaml.SafeLoader):
-    """PyYAML loader that turns CloudFormation short-form tags into their long form."""
-
-
-def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    name = tag_suffix
-    key = name if name in ("Ref", "Condition") else f"Fn::{name}"
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-        if name == "GetAtt":
-            value = str(value).split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {key: value}
-
-
-_TemplateLoader.add_multi_constructor("!", _construct_intrinsic)
-
-
 def load_template(path: Path) -> dict[str, Any]:
     """Parse a CloudFormation/SAM YAML template, short-form intrinsics included."""
     with path.open(encoding="utf-8") as stream:
-        document = yaml.load(stream, Loader=_TemplateLoader)
+        document = load_cloudformation_yaml(stream)
     if not isinstance(document, dict) or "Resources" not in document:
         raise TemplateError(f"{path} is not a CloudFormation template (no Resources)")
     return document

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -363,16 +362,3 @@ def test_other_errors_are_raised(stubbed: Stubber) -> None:
     )
     with pytest.raises(ClientError, match="InvalidClientTokenId"):
         codedeploy_manager("orders", "live")
-
-
-def test_without_pyyaml_a_yaml_template_that_mentions_codedeploy_counts_as_managed(
-    cloud: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The Lambda layer may lack PyYAML: then a YAML template is judged by what it mentions."""
-    _deploy("orders-stack", FUNCTION + MANAGED_ALIAS.format(reference="!Ref Fn"))
-    _deploy("plain-stack", FUNCTION.replace("FunctionName: orders", "FunctionName: plain"))
-    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` raises ImportError
-    reason = codedeploy_manager("orders", "live") or ""
-    assert reason.startswith("stack orders-stack configures CodeDeploy alias updates")
-    assert "PyYAML is not installed" in reason
-    assert codedeploy_manager("plain", "live") is None

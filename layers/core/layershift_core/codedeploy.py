@@ -16,12 +16,13 @@ ListDeploymentTargets/BatchGetDeploymentTargets would find one, and moto cannot 
 from __future__ import annotations
 
 import json
-from functools import cache
 from typing import Any
 
+import yaml
 from botocore.exceptions import ClientError
 
 from .aws import client, error_code
+from .cfn_yaml import load_cloudformation_yaml
 from .observability import logger
 
 UPDATE_POLICY = "CodeDeployLambdaAliasUpdate"
@@ -232,41 +233,9 @@ def _parse(body: Any) -> dict[str, Any]:
 
 def _load_yaml(text: str) -> Any:
     try:
-        import yaml
-    except ImportError as exc:
-        raise _Unparsable("PyYAML is not installed") from exc
-    try:
-        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass: no arbitrary objects
+        return load_cloudformation_yaml(text)
     except yaml.YAMLError as exc:
         raise _Unparsable(f"invalid YAML: {exc}") from exc
-
-
-@cache
-def _yaml_loader() -> Any:
-    """A SafeLoader that reads CloudFormation's short-form tags (!Ref, !GetAtt ...) as their long form.
-
-    The same loader as layershift/local/template.py's; the layer cannot import the CLI package.
-    """
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def intrinsic(loader: yaml.SafeLoader, tag: str, node: yaml.Node) -> dict[str, Any]:
-        key = tag if tag in ("Ref", "Condition") else f"Fn::{tag}"
-        value: Any
-        if isinstance(node, yaml.ScalarNode):
-            value = loader.construct_scalar(node)
-            if tag == "GetAtt":
-                value = str(value).split(".", 1)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-        return {key: value}
-
-    Loader.add_multi_constructor("!", intrinsic)
-    return Loader
 
 
 def _unparsable_reason(body: Any, stack_name: str, alias: str, why: str) -> str | None:
