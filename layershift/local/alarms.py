@@ -91,7 +91,8 @@ def evaluate(alarm: Any, metric_data: list[Any], now: datetime | None = None) ->
     wanted = [{"Name": d.name, "Value": d.value} for d in alarm.dimensions]
 
     starts = _bucket_starts(now, period, periods)
-    window_start, window_end = starts[0], starts[-1] + timedelta(seconds=period)
+    step = timedelta(seconds=period)
+    window_start, window_end = starts[0] - step, starts[-1] + step
     matching = [
         md
         for md in metric_data
@@ -101,11 +102,18 @@ def evaluate(alarm: Any, metric_data: list[Any], now: datetime | None = None) ->
         and same_dimensions(md, wanted)
         and (not alarm.unit or md.unit == alarm.unit)
     ]
-    buckets: list[tuple[datetime, float | None]] = []
-    for start in starts:
-        end = start + timedelta(seconds=period)
-        points = [md for md in matching if start <= md.timestamp.replace(tzinfo=None) < end]
-        buckets.append((start, statistic_value(points, statistic)))
+
+    def value_of(start: datetime) -> float | None:
+        points = [md for md in matching if start <= md.timestamp.replace(tzinfo=None) < start + step]
+        return statistic_value(points, statistic)
+
+    # The period still being filled counts only once it breaches: its datapoints are still
+    # arriving, and CloudWatch evaluates a period when its metrics are in. Otherwise the last
+    # complete periods are evaluated, so an alarm does not flap to OK at every period boundary.
+    current = value_of(starts[-1])
+    if current is None or not compare(current, threshold):
+        starts = [start - step for start in starts]
+    buckets = [(start, value_of(start)) for start in starts]
 
     present = [(start, value) for start, value in buckets if value is not None]
     treat = alarm.treat_missing_data or "missing"

@@ -137,12 +137,18 @@ def test_alarm_on_alias_errors_goes_to_alarm_and_back(aws, two_versions):
     evaluate_all_alarms_once()
     assert _state(aws, "live-errors")["StateValue"] == "OK"  # errors of another resource
 
+    invoked_at = int(datetime.now(UTC).timestamp())
     lam.invoke(FunctionName=two_versions, Qualifier="live", Payload=b'{"raise": "ValueError"}')
     assert ("live-errors", "ALARM") in evaluate_all_alarms_once()
     alarm = _state(aws, "live-errors")
     assert alarm["StateValue"] == "ALARM"
     assert "1.0" in alarm["StateReason"] and "greater than or equal to the threshold" in alarm["StateReason"]
     assert json.loads(alarm["StateReasonData"])["recentDatapoints"] == [1.0]
+
+    # Early in the next period, before any datapoint of it, the last complete period still counts.
+    next_period = datetime.fromtimestamp(invoked_at - invoked_at % 60 + 60, UTC).replace(tzinfo=None)
+    assert evaluate_all_alarms_once(now=next_period + timedelta(seconds=1)) == []
+    assert _state(aws, "live-errors")["StateValue"] == "ALARM"
 
     # Two periods later the error is out of the window; missing data is not breaching.
     later = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=120)
@@ -180,6 +186,9 @@ def test_missing_data_treatment_and_m_of_n(aws, two_versions):
 
     lam.invoke(FunctionName=two_versions, Qualifier="live", Payload=b'{"raise": "ValueError"}')
     evaluate_all_alarms_once()
+    # a period still being filled counts only once it breaches; complete, it counts either way
+    assert _state(aws, "missing-is-missing")["StateValue"] == "INSUFFICIENT_DATA"
+    evaluate_all_alarms_once(now=datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=60))
     assert _state(aws, "missing-is-missing")["StateValue"] == "OK"
     assert _state(aws, "two-of-three")["StateValue"] == "OK"  # one breaching period of three
     lam.invoke(FunctionName=two_versions, Qualifier="live", Payload=b'{"raise": "ValueError"}')

@@ -128,7 +128,7 @@ def test_old_version_errors_never_block_the_fix(control_plane: ControlPlane) -> 
             spec("[{weight = 50, bake_seconds = 2}]", '["canary-fix-fn-errors"]', analysis=CANARY),
         )
 
-    assert rollout.status == "SUCCEEDED", rollout.lines
+    assert rollout.status == "SUCCEEDED", (rollout.error, rollout.cause)
     assert any("already in ALARM" in line and "canary-fix-fn-errors" in line for line in rollout.lines)
     assert counts[("canary-fix-fn", old, True)] > 0, "the old version should have kept failing"
     new = _alias(cp, "canary-fix-fn")["FunctionVersion"]

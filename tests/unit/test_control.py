@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from layershift_core import aws, control
@@ -29,6 +30,14 @@ def settings() -> Iterator[Settings]:
         topic = boto3.client("sns").create_topic(Name="rollouts")["TopicArn"]
         yield Settings(bucket="artifacts", table="registry", topic_arn=topic)
         aws.client.cache_clear()
+
+
+@pytest.fixture
+def step_functions(settings: Settings) -> Iterator[Stubber]:
+    """The task-token calls, stubbed: only Step Functions itself can hand out a live token."""
+    with Stubber(aws.client("stepfunctions")) as stubber:
+        yield stubber
+        stubber.assert_no_pending_responses()
 
 
 def _alarm(name: str, state: str) -> None:
@@ -63,12 +72,20 @@ def _event(alarm: str, state: str = "ALARM") -> dict:
     return {"detail-type": "CloudWatch Alarm State Change", "detail": {"alarmName": alarm, "state": {"value": state}}}
 
 
-def test_an_alarm_ends_only_the_bakes_it_gates(settings: Settings) -> None:
+def test_an_alarm_ends_only_the_bakes_it_gates(settings: Settings, step_functions: Stubber) -> None:
     _alarm("orders-errors", "OK")
     control.register_wait(control.WaitRequest(kind="bake", token="t1", step=_step(["orders-errors"])), settings)
     assert control.on_alarm(_event("orders-errors", "OK"), settings) == []
     assert control.on_alarm(_event("someone-elses-alarm"), settings) == []
+    step_functions.add_response(
+        "send_task_failure",
+        {},
+        {"taskToken": "t1", "error": "RolloutUnhealthy", "cause": ANY},
+    )
     assert control.on_alarm(_event("orders-errors"), settings) == ["shared:r1"]
+    # a token of a wait that is already over is no error: the rollout moved on
+    step_functions.add_client_error("send_task_failure", service_error_code="TaskTimedOut")
+    assert control.on_alarm(_event("orders-errors"), settings) == []
 
 
 def test_waiting_is_refused_when_a_signal_already_came(settings: Settings) -> None:
@@ -85,7 +102,7 @@ def test_waiting_is_refused_when_a_signal_already_came(settings: Settings) -> No
         control.register_wait(control.WaitRequest(kind="bake", token="t3", step=_step([])), settings)
 
 
-def test_an_approval_is_announced_with_the_commands_to_run(settings: Settings) -> None:
+def test_an_approval_is_announced_with_the_commands_to_run(settings: Settings, step_functions: Stubber) -> None:
     sqs = boto3.client("sqs")
     queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -96,6 +113,7 @@ def test_an_approval_is_announced_with_the_commands_to_run(settings: Settings) -
     control.register_wait(control.WaitRequest(kind="approval", token="t1", step=_step([])), settings)
     body = sqs.receive_message(QueueUrl=queue)["Messages"][0]["Body"]
     assert "layershift approve shared" in body and "layershift reject shared" in body
+    step_functions.add_response("send_task_success", {}, {"taskToken": "t1", "output": ANY})
     assert control.approve(settings, "shared") == "r1"
     with pytest.raises(NothingWaiting):
         control.reject(settings, "other-layer", "no")
