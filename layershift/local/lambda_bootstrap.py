@@ -15,6 +15,7 @@ corrupt the protocol; stderr is the function's log.
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -97,12 +98,25 @@ class LambdaContext:
         return max(0, int(self._deadline_ms - time.time() * 1000))
 
 
+def _fault_hook():
+    """The fault harness's hook (``fault_hook.py`` beside this file), when a fault plan is set."""
+    if not os.environ.get("LAYERSHIFT_FAULT_PLAN"):
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_hook.py")
+    spec = importlib.util.spec_from_file_location("layershift_fault_hook", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.install()
+    return module
+
+
 def main():
     global _PROTOCOL
     _PROTOCOL = _protocol_stream()
     init = json.loads(sys.stdin.readline())
     sys.path[:0] = init["sys_path"]
     function_config = init["function"]
+    hook = _fault_hook()
     handler, init_error = _load_handler(init["handler"])
     if init_error is not None:
         _log(f"[ERROR] {init_error['errorType']}: {init_error['errorMessage']}")
@@ -119,7 +133,7 @@ def main():
         if init_error is not None:
             reply = {"id": request_id, "ok": False, "error": init_error}
         else:
-            reply = _invoke(handler, request, function_config)
+            reply = _invoke(handler, request, function_config, hook)
         duration_ms = (time.monotonic() - started) * 1000
         _log(f"END RequestId: {request_id}")
         _log(
@@ -130,22 +144,37 @@ def main():
         _send(reply)
 
 
-def _invoke(handler, request, function_config):
+def _failure(request_id, exc):
+    error = _error_from_exception(exc)
+    _log(f"[ERROR] {error['errorType']}: {error['errorMessage']}\nTraceback (most recent call last):")
+    for frame in error["stackTrace"]:
+        sys.stderr.write(frame)
+    sys.stderr.flush()
+    return {"id": request_id, "ok": False, "error": error}
+
+
+def _invoke(handler, request, function_config, hook=None):
     request_id = request["id"]
     try:
         event = json.loads(request["event"]) if request["event"] else {}
     except ValueError as exc:
         return {"id": request_id, "ok": False, "error": _error(str(exc), "Runtime.UnmarshalError")}
+    if hook is not None:
+        hook.begin(event)
+    timeout = request["deadline_ms"] / 1000 - time.time()
     context = LambdaContext(function_config, request_id, request["deadline_ms"], request.get("client_context"))
     try:
         result = handler(event, context)
-    except Exception as exc:
-        error = _error_from_exception(exc)
-        _log(f"[ERROR] {error['errorType']}: {error['errorMessage']}\nTraceback (most recent call last):")
-        for frame in error["stackTrace"]:
-            sys.stderr.write(frame)
-        sys.stderr.flush()
-        return {"id": request_id, "ok": False, "error": error}
+    except BaseException as exc:
+        if hook is None or not isinstance(exc, hook.InjectedTimeout):
+            if not isinstance(exc, Exception):
+                raise
+            return _failure(request_id, exc)
+        # the fault harness's timeout: reported as Lambda reports one (the runtime then ends this
+        # execution environment, as Lambda does)
+        message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
+        _log(message)
+        return {"id": request_id, "ok": False, "error": _error(message, "Sandbox.Timedout")}
     try:
         payload = json.dumps(result)
     except (TypeError, ValueError) as exc:

@@ -238,6 +238,8 @@ class Worker:
         if reply.get("ok"):
             return InvokeResult(reply["payload"].encode("utf-8"), False, duration, logs)
         error = reply["error"]
+        if error.get("errorType") == "Sandbox.Timedout":
+            self.kill()  # Lambda does not reuse an execution environment after a timeout
         return InvokeResult(json.dumps(error).encode("utf-8"), True, duration, logs, error.get("errorType"))
 
     def _exited(self, request_id: str, started: float) -> InvokeResult:
@@ -312,8 +314,11 @@ class LambdaRuntime:
         endpoint_url: str,
         region: str,
         max_workers_per_version: int = MAX_WORKERS_PER_VERSION,
+        fault_plan: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # The fault harness's plan, which every worker's fault hook follows (fault_hook.py).
+        self.fault_plan = fault_plan
         self.endpoint_url = endpoint_url
         self.region = region
         self.max_workers = max_workers_per_version
@@ -419,6 +424,8 @@ class LambdaRuntime:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.fault_plan is not None:
+            env["LAYERSHIFT_FAULT_PLAN"] = str(self.fault_plan)
         return env
 
     # -- pool ----------------------------------------------------------------------------------

@@ -54,7 +54,9 @@ class LocalAws:
     ``root`` is the project directory; state (function logs, unzipped code and layers) goes to
     ``state_dir``, by default ``<root>/.layershift/local``. ``wait_scale`` scales Step Functions
     Wait states (1.0 is real time). ``alarm_interval`` is how often metric alarms are evaluated
-    in the background (None: only through ``alarms.evaluate_all_alarms_once()``). Only one
+    in the background (None: only through ``alarms.evaluate_all_alarms_once()``). ``fault_plan``
+    names the fault harness's plan, which every function's fault hook follows
+    (``fault_hook.py``). Only one
     instance runs at a time in a process, because the emulated services are process-wide.
     """
 
@@ -68,6 +70,7 @@ class LocalAws:
         alarm_interval: float | None = 1.0,
         max_workers_per_version: int = MAX_WORKERS_PER_VERSION,
         reset: bool = True,
+        fault_plan: str | os.PathLike[str] | None = None,
     ) -> None:
         base = Path(root) if root is not None else Path.cwd()
         self.state_dir = Path(state_dir) if state_dir is not None else base / ".layershift" / "local"
@@ -76,6 +79,7 @@ class LocalAws:
         self.wait_scale = wait_scale
         self.reset = reset
         self.max_workers_per_version = max_workers_per_version
+        self.fault_plan = Path(fault_plan) if fault_plan is not None else None
         self.endpoint_url = ""
         self.port = 0
         self.runtime: LambdaRuntime | None = None
@@ -124,6 +128,7 @@ class LocalAws:
             self.endpoint_url,
             self.region,
             max_workers_per_version=self.max_workers_per_version,
+            fault_plan=self.fault_plan,
         )
         self._install(metrics.install, metrics.uninstall)
         self._install(lambda: lambda_invoke.install(self.runtime), lambda_invoke.uninstall)  # type: ignore[arg-type]

@@ -6,7 +6,9 @@ layer and functions, so tests cannot see each other's state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,11 +18,21 @@ from .support import ROOT
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+def fault_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fault harness's plan: no faults unless a test plans some for its own layers. Every AWS
+    call a control-plane function makes is recorded beside it (`calls.jsonl`)."""
+    folder = tmp_path_factory.mktemp("faults")
+    plan = folder / "plan.json"
+    plan.write_text(json.dumps({"record": str(folder / "calls.jsonl"), "faults": {}}))
+    return plan
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory, fault_plan: Path) -> Iterator[ControlPlane]:
     from layershift.local.deploy import deploy_control_plane
     from layershift.local.server import LocalAws
 
     state_dir = tmp_path_factory.mktemp("local-aws")
-    with LocalAws(ROOT, state_dir=state_dir) as aws:
+    with LocalAws(ROOT, state_dir=state_dir, fault_plan=fault_plan) as aws:
         stack = deploy_control_plane(aws, ROOT)
         yield from_outputs(stack.outputs, aws.region, aws.endpoint_url)
