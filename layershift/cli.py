@@ -1,4 +1,4 @@
-"""`layershift`: build layers, push requirement files, watch, approve, reject or abort rollouts, and run the demo."""
+"""`layershift`: build, validate and push layers; watch, approve, reject or abort rollouts; run the demo."""
 
 from __future__ import annotations
 
@@ -52,6 +52,32 @@ def cmd_push(args: argparse.Namespace) -> int:
     controlplane.wait_for_execution(cp, result.execution_arn)
     described = controlplane.follow(cp, result.execution_arn)
     return 0 if described["status"] == "SUCCEEDED" else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from layershift_core.errors import LayershiftError
+    from layershift_core.spec import SpecDefaults
+    from layershift_core.validation import check_files, check_layer_name
+
+    try:
+        if args.layer is not None:
+            check_layer_name(args.layer)
+        checked = check_files(
+            Path(args.file).read_bytes(),
+            Path(args.config).read_bytes() if args.config else None,
+            SpecDefaults(),
+            requirements_source=args.file,
+            config_source=args.config or "layer.toml",
+        )
+    except (OSError, LayershiftError) as exc:
+        print(f"layershift: {exc}", file=sys.stderr)
+        return 1
+    steps = ", ".join([*(f"{step.weight}% for {step.bake_seconds}s" for step in checked.spec.steps), "100%"])
+    print(
+        f"{args.file}: OK, {len(checked.requirements.requirements)} requirement(s), build key "
+        f"{checked.build_key[:12]} ({checked.runtime} {checked.architecture}), steps {steps}"
+    )
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -179,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
     _add_target(push)
     push.set_defaults(func=cmd_push)
+
+    validate = sub.add_parser(
+        "validate", help="check a requirements file and layer.toml offline, as a push would be checked"
+    )
+    validate.add_argument("file")
+    validate.add_argument("--config", help="the layer.toml that goes beside it")
+    validate.add_argument("--layer", help="the layer name to check too")
+    validate.set_defaults(func=cmd_validate)
 
     status = sub.add_parser("status", help="layers, versions, locks and recent rollouts")
     status.add_argument("--layer")

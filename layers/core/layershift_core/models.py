@@ -9,13 +9,24 @@ Functions' 256 KB payload limit.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 LAYER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 LayerName = Annotated[str, Field(pattern=LAYER_NAME_PATTERN)]
+
+
+def _function_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError("a function name is 1-64 letters, digits, '-' or '_' (the name, not an ARN)")
+    return value
+
+
+FunctionName = Annotated[str, AfterValidator(_function_name)]
+AlarmName = Annotated[str, Field(min_length=1, max_length=255)]
 Runtime = Literal["python3.11", "python3.12", "python3.13"]
 Architecture = Literal["x86_64", "arm64"]
 
@@ -71,14 +82,14 @@ class LayerSpec(BaseModel):
     profile: Literal["default", "sourceless", "slim-runtime"] = "default"
     license: str | None = Field(default=None, max_length=512)
     alias: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
-    functions: list[str] = Field(default_factory=list, description="extra target functions by name")
+    functions: list[FunctionName] = Field(default_factory=list, description="extra target functions by name")
     strategy: str
     steps: list[TrafficStep]
     poll_seconds: int = Field(ge=1, le=3_600)
-    alarms: list[str] = Field(default_factory=list, max_length=100)
+    alarms: list[AlarmName] = Field(default_factory=list, max_length=100)
     final_bake_seconds: int = Field(default=0, ge=0, le=86_400, description="bake at 100% before promotion")
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
-    pilots: list[str] = Field(default_factory=list, description="pilot-wave functions, besides those tagged")
+    pilots: list[FunctionName] = Field(default_factory=list, description="pilot-wave functions, besides those tagged")
     approval: bool = Field(default=False, description="wait for `layershift approve` before 100%")
     approval_timeout_seconds: int = Field(default=86_400, ge=60, le=31_536_000)
 

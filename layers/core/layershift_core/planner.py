@@ -49,7 +49,7 @@ def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
     write_json(bucket, key, plan.model_dump(mode="json"))
 
 
-def _candidates(layer: str, extra: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
+def find_candidates(layer: str, extra: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
     """Functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec,
     each with its tags."""
     lam = client("lambda")
@@ -146,7 +146,7 @@ def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
     rollout, layer_version = state.rollout, state.layer_version
     spec = rollout.spec
     sizes: dict[str, int] = {}
-    candidates = _candidates(rollout.layer, [*spec.functions, *spec.pilots])
+    candidates = find_candidates(rollout.layer, [*spec.functions, *spec.pilots])
     targets = []
     for name, (config, tags) in sorted(candidates.items()):
         target = assess(config, tags, spec.alias, layer_version, sizes)

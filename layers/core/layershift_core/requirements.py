@@ -7,7 +7,11 @@ The policy keeps builds reproducible and the supply chain narrow:
 - no URLs, VCS links, ``name @ url`` direct references, editable installs or local paths;
 - no ``-r``/``-c`` includes and no pip options, except ``--hash=sha256:...`` after a requirement;
   when one requirement carries hashes, all of them must (pip then runs with ``--require-hashes``);
-- each project appears once (names compared in canonical form).
+- no ``${VAR}`` environment variables, which pip would expand at build time;
+- each project appears once (names compared in canonical form);
+- the file is UTF-8 text without control or invisible characters, so every tool numbers its lines the
+  same way and shows what pip reads;
+- a marker must hold on at least one of the layer's targets (:func:`check_markers`).
 
 Requirement strings are parsed with :class:`packaging.requirements.Requirement` (PEP 508); this
 module only splits the file into logical lines, the way pip does, and applies the policy.
@@ -16,6 +20,7 @@ module only splits the file into logical lines, the way pip does, and applies th
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 
 from packaging.markers import Marker
@@ -24,10 +29,11 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field
 
-from layershift_core.errors import InvalidRequirements
+from layershift_core.errors import InvalidRequirements, LayershiftError
 
 MAX_BYTES = 1024 * 1024
 MAX_REQUIREMENTS = 2000
+MAX_LINE_CHARS = 16_384
 MAX_REPORTED_PROBLEMS = 20
 _MAX_QUOTED = 160
 
@@ -36,6 +42,9 @@ _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://|^file:", re.IGNORECASE)
 _VCS_RE = re.compile(r"^(git|hg|svn|bzr)\+", re.IGNORECASE)
 _ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
+_ENV_VAR_RE = re.compile(r"\$\{[A-Z0-9_]+\}")
+_NOT_PLAIN_ASCII_RE = re.compile(r"[^\t\n\x20-\x7e]")
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
 
 _INCLUDE_OPTIONS = {"-r", "--requirement", "-c", "--constraint"}
 _EDITABLE_OPTIONS = {"-e", "--editable"}
@@ -47,6 +56,22 @@ _INDEX_OPTIONS = {
     "-f",
     "--find-links",
     "--trusted-host",
+}
+_OTHER_OPTIONS = {
+    "--no-binary",
+    "--only-binary",
+    "--prefer-binary",
+    "--require-hashes",
+    "--pre",
+    "--use-feature",
+    "--global-option",
+    "--config-settings",
+    "--hash",
+}
+_LONG_OPTIONS = {
+    option
+    for option in _INCLUDE_OPTIONS | _EDITABLE_OPTIONS | _INDEX_OPTIONS | _OTHER_OPTIONS
+    if option.startswith("--")
 }
 
 
@@ -132,19 +157,41 @@ class _Problems:
         raise InvalidRequirements("\n".join(shown))
 
 
-def _decode(text: str | bytes, source: str) -> str:
-    raw = text.encode("utf-8", errors="surrogatepass") if isinstance(text, str) else bytes(text)
-    if len(raw) > MAX_BYTES:
-        raise InvalidRequirements(f"{source}: {len(raw):,} bytes is over the limit of {MAX_BYTES:,} bytes")
+def decode_text(data: str | bytes, *, source: str, max_bytes: int, error: type[LayershiftError]) -> str:
+    """The text of a pushed file: strict UTF-8 of at most `max_bytes`, a leading BOM dropped, and no
+    control or invisible character (tab, LF and CRLF aside). Raises `error` naming the line."""
+    raw = data.encode("utf-8", errors="surrogatepass") if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        line = raw[:max_bytes].count(b"\n") + 1
+        raise error(
+            f"{source} line {line}: the file is over the limit of {max_bytes:,} bytes from this line on "
+            f"({len(raw):,} bytes in all)"
+        )
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise InvalidRequirements(f"{source} line {line}: contains a NUL byte; the file must be UTF-8 text")
+        raise error(f"{source} line {line}: contains a NUL byte; the file must be UTF-8 text")
     try:
-        decoded = raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise InvalidRequirements(f"{source} line {line}: is not valid UTF-8 ({exc.reason})") from None
-    return decoded.removeprefix("\ufeff")
+        raise error(f"{source} line {line}: is not valid UTF-8 ({exc.reason})") from None
+    text = text.removeprefix("\ufeff")
+    for match in _NOT_PLAIN_ASCII_RE.finditer(text):
+        char = match.group()
+        if unicodedata.category(char) not in _HIDDEN_CATEGORIES or text.startswith("\r\n", match.start()):
+            continue
+        line = text.count("\n", 0, match.start()) + 1
+        if char == "\r":
+            raise error(
+                f"{source} line {line}: has a carriage return (CR) that does not end the line; "
+                "save the file with LF or CRLF line endings"
+            )
+        kind = "control" if unicodedata.category(char) == "Cc" else "invisible"
+        name = unicodedata.name(char, "")
+        raise error(
+            f"{source} line {line}: contains the {kind} character U+{ord(char):04X}{' ' + name if name else ''}"
+        )
+    return text
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
@@ -181,6 +228,28 @@ def _looks_like_path(token: str) -> bool:
     )
 
 
+def _option_name(token: str) -> str:
+    """The pip option a token names: ``-ihttps://x`` is ``-i``, and pip (optparse) takes an unambiguous
+    abbreviation such as ``--extra-index=x`` for ``--extra-index-url``."""
+    name = token.split("=", 1)[0]
+    if not name.startswith("--"):
+        return name[:2]
+    if name in _LONG_OPTIONS:
+        return name
+    matches = [option for option in _LONG_OPTIONS if option.startswith(name)]
+    return matches[0] if len(matches) == 1 else name
+
+
+def _named_option_problem(option: str) -> str | None:
+    if option in _INCLUDE_OPTIONS:
+        return "includes another file; -r/-c includes are not allowed, list every requirement here"
+    if option in _EDITABLE_OPTIONS:
+        return "is an editable install; -e is not allowed, pin a released version with =="
+    if option in _INDEX_OPTIONS:
+        return f"overrides the package index ({option}); index and trusted-host options are not allowed"
+    return None
+
+
 def _parse_options(tokens: list[str]) -> tuple[list[str], str | None]:
     """Parse per-requirement options; only ``--hash`` is allowed. Returns (hashes, problem)."""
     hashes: list[str] = []
@@ -194,8 +263,10 @@ def _parse_options(tokens: list[str]) -> tuple[list[str], str | None]:
             value = token.split("=", 1)[1]
             i += 1
         else:
-            option = token.split("=", 1)[0]
-            return hashes, f"uses the pip option {option}; only --hash=sha256:<digest> is allowed"
+            option = _option_name(token)
+            return hashes, _named_option_problem(option) or (
+                f"uses the pip option {option}; only --hash=sha256:<digest> is allowed"
+            )
         if not _HASH_RE.match(value):
             return hashes, (f"has a malformed hash {value!r}; use --hash=sha256: followed by 64 lowercase hex digits")
         hashes.append(value)
@@ -203,16 +274,12 @@ def _parse_options(tokens: list[str]) -> tuple[list[str], str | None]:
 
 
 def _option_problem(tokens: list[str]) -> str:
-    option = tokens[0].split("=", 1)[0]
-    if option in _INCLUDE_OPTIONS:
-        return "includes another file; -r/-c includes are not allowed, list every requirement here"
-    if option in _EDITABLE_OPTIONS:
-        return "is an editable install; -e is not allowed, pin a released version with =="
-    if option in _INDEX_OPTIONS:
-        return f"overrides the package index ({option}); index and trusted-host options are not allowed"
+    option = _option_name(tokens[0])
     if option == "--hash":
         return "is a --hash option without a requirement before it"
-    return f"is a pip option ({option}); pip options are not allowed in a layer's requirements"
+    return _named_option_problem(option) or (
+        f"is a pip option ({option}); pip options are not allowed in a layer's requirements"
+    )
 
 
 def _check_specifier(req: Requirement, allow_ranges: bool) -> str | None:
@@ -230,6 +297,12 @@ def _check_specifier(req: Requirement, allow_ranges: bool) -> str | None:
 
 
 def _parse_line(number: int, line: str, allow_ranges: bool, problems: _Problems) -> PinnedRequirement | None:
+    if len(line) > MAX_LINE_CHARS:
+        problems.add(number, line, f"is {len(line):,} characters long, over the limit of {MAX_LINE_CHARS:,}")
+        return None
+    if variable := _ENV_VAR_RE.search(line):
+        problems.add(number, line, f"uses the environment variable {variable[0]}, which pip would expand at build time")
+        return None
     tokens = line.split()
     if tokens[0].startswith("-"):
         problems.add(number, line, _option_problem(tokens))
@@ -254,6 +327,9 @@ def _parse_line(number: int, line: str, allow_ranges: bool, problems: _Problems)
     except InvalidRequirement as exc:
         detail = str(exc).splitlines()[0]
         problems.add(number, line, f"is not a valid requirement ({detail})")
+        return None
+    except RecursionError:
+        problems.add(number, line, "is not a valid requirement (its marker is nested too deeply)")
         return None
     if req.url:
         problems.add(
@@ -285,13 +361,17 @@ def parse_requirements(
     Raises :class:`InvalidRequirements` listing every offending line, each with the source name,
     the line number and the text.
     """
-    decoded = _decode(text, source)
+    decoded = decode_text(text, source=source, max_bytes=MAX_BYTES, error=InvalidRequirements)
     problems = _Problems(source)
     lines = _logical_lines(decoded)
     if len(lines) > MAX_REQUIREMENTS:
-        raise InvalidRequirements(
-            f"{source}: {len(lines):,} requirement lines is over the limit of {MAX_REQUIREMENTS:,}"
+        number, line = lines[MAX_REQUIREMENTS]
+        problems.add(
+            number,
+            line,
+            f"is requirement {MAX_REQUIREMENTS + 1:,} of {len(lines):,}; a layer may have at most {MAX_REQUIREMENTS:,}",
         )
+        problems.raise_if_any()
     parsed: list[PinnedRequirement] = []
     seen: dict[str, PinnedRequirement] = {}
     for number, line in lines:
@@ -319,3 +399,26 @@ def parse_requirements(
         allow_ranges=allow_ranges,
         requirements=tuple(sorted(parsed, key=lambda r: r.name)),
     )
+
+
+def check_markers(reqs: RequirementSet, environments: Mapping[str, Mapping[str, str]]) -> None:
+    """Refuse requirements whose marker cannot be evaluated or holds on none of the layer's targets,
+    so a pin cannot quietly vanish from the build.
+
+    `environments` maps each target's label (e.g. ``python3.13/x86_64``) to its PEP 508 marker environment.
+    """
+    problems = _Problems(reqs.source)
+    for req in sorted(reqs.requirements, key=lambda r: r.line):
+        try:
+            holds = any(req.applies_to(environment) for environment in environments.values())
+        except ValueError as exc:
+            problems.add(req.line, req.text, f"has a marker that cannot be evaluated ({exc})")
+            continue
+        if not holds:
+            problems.add(
+                req.line,
+                req.text,
+                f"has a marker that holds on none of the layer's targets ({', '.join(environments)}), "
+                "so it would never be installed; fix the marker or remove the line",
+            )
+    problems.raise_if_any()

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from itertools import pairwise
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidLayerSpec
 from .models import CanaryAnalysis, LayerSpec, TrafficStep
+from .requirements import decode_text
 
 MAX_SPEC_BYTES = 64 * 1024
 
@@ -123,70 +125,127 @@ def strategy_steps(strategy: str) -> list[TrafficStep]:
     )
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+def _field_path(*loc: Any) -> str:
+    """``("rollout", "steps", 0, "weight")`` → ``rollout.steps[0].weight``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+_MESSAGES = {
+    "extra_forbidden": "is not a known key",
+    "missing": "is required",
+    "model_type": "should be a table",
+    "dict_type": "should be a table",
+    "list_type": "should be an array",
+    "bool_type": "should be true or false",
+}
+
+
+def _problem(source: str, exc: ValidationError, *prefix: Any) -> InvalidLayerSpec:
+    """The first validation error, as `<source>: <field path>: <what is wrong> (got <value>)`."""
+    error = exc.errors()[0]
+    kind = error["type"]
+    message = _MESSAGES.get(kind) or (str(error["ctx"]["error"]) if kind == "value_error" else error["msg"])
+    got = "" if kind in ("missing", "extra_forbidden") else f" (got {_short(error.get('input'))})"
+    return InvalidLayerSpec(f"{source}: {_field_path(*prefix, *error['loc'])}: {message}{got}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _deepest_line(text: str) -> int:
+    """The line where brackets and braces nest deepest (strings are not told apart: a hint for an error)."""
+    depth = deepest = 0
+    line = deepest_line = 1
+    for char in text:
+        if char == "\n":
+            line += 1
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif char in "]}":
+            depth -= 1
+    return deepest_line
+
+
+_SECTION_OF = {
+    field: section
+    for section, model in (("build", _Build), ("targets", _Targets), ("rollout", _Rollout))
+    for field in model.model_fields
+}
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: str = "layer.toml") -> LayerSpec:
-    """Parse and validate layer.toml; raise InvalidLayerSpec naming the offending field."""
+    """Parse and validate layer.toml; raise InvalidLayerSpec naming the offending line or field.
+
+    Values must have their TOML type: ``weight = "10"`` or ``approval = 1`` are refused, not converted.
+    """
     raw: dict[str, Any] = {}
     if text:
-        if isinstance(text, bytes):
-            if len(text) > MAX_SPEC_BYTES:
-                raise InvalidLayerSpec(f"{source}: {len(text)} bytes is over the {MAX_SPEC_BYTES}-byte limit")
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidLayerSpec(f"{source}: not valid UTF-8 at byte {exc.start}") from None
-        if "\x00" in text:
-            raise InvalidLayerSpec(f"{source}: contains a NUL byte")
+        decoded = decode_text(text, source=source, max_bytes=MAX_SPEC_BYTES, error=InvalidLayerSpec)
         try:
-            raw = tomllib.loads(text)
+            raw = tomllib.loads(decoded)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidLayerSpec(f"{source}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise InvalidLayerSpec(
+                f"{source} line {_deepest_line(decoded)}: not valid TOML: arrays or tables are nested too deeply"
+            ) from None
     try:
-        parsed = _File.model_validate(raw)
+        parsed = _File.model_validate(raw, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidLayerSpec(f"{source}: {_field_path(first['loc'])}: {first['msg']}") from None
+        raise _problem(source, exc) from None
 
     rollout = parsed.rollout
-    if rollout.strategy and rollout.steps is not None:
-        raise InvalidLayerSpec(f"{source}: rollout.strategy and rollout.steps are exclusive; set one")
-    try:
-        if rollout.steps is not None:
-            steps = [TrafficStep.model_validate(step) for step in rollout.steps]
-            strategy = "Custom"
-        else:
-            strategy = rollout.strategy or defaults.strategy
+    if rollout.strategy is not None and rollout.steps is not None:
+        raise InvalidLayerSpec(f"{source}: rollout.steps: rollout.strategy is set too; the two are exclusive, set one")
+    if rollout.steps is not None:
+        if not rollout.steps:
+            raise InvalidLayerSpec(
+                f'{source}: rollout.steps: is empty; to go straight to 100% set rollout.strategy = "AllAtOnce"'
+            )
+        steps = []
+        for index, step in enumerate(rollout.steps):
+            try:
+                steps.append(TrafficStep.model_validate(step, strict=True))
+            except ValidationError as exc:
+                raise _problem(source, exc, "rollout", "steps", index) from None
+        strategy = "Custom"
+    else:
+        strategy = _given(rollout.strategy, defaults.strategy)
+        try:
             steps = strategy_steps(strategy)
-    except InvalidLayerSpec as exc:
-        raise InvalidLayerSpec(f"{source}: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        index = next((i for i, s in enumerate(rollout.steps or []) if _invalid(s)), 0)
-        raise InvalidLayerSpec(
-            f"{source}: rollout.steps[{index}].{_field_path(first['loc'])}: {first['msg']}"
-        ) from None
-    weights = [step.weight for step in steps]
-    if weights != sorted(set(weights)):
-        raise InvalidLayerSpec(f"{source}: rollout.steps: weights must rise strictly, got {weights}")
+        except InvalidLayerSpec as exc:
+            raise InvalidLayerSpec(f"{source}: {exc}") from None
+    for index, (before, step) in enumerate(pairwise(steps), start=1):
+        if step.weight <= before.weight:
+            raise InvalidLayerSpec(
+                f"{source}: rollout.steps[{index}].weight: weights must rise strictly, and {step.weight} "
+                f"does not rise above rollout.steps[{index - 1}].weight ({before.weight})"
+            )
 
     candidate = {
-        "runtimes": parsed.build.runtimes or [defaults.runtime],
-        "architectures": parsed.build.architectures or [defaults.architecture],
+        "runtimes": _given(parsed.build.runtimes, [defaults.runtime]),
+        "architectures": _given(parsed.build.architectures, [defaults.architecture]),
         "allow_ranges": parsed.build.allow_ranges,
         "profile": parsed.build.profile,
         "license": parsed.build.license,
-        "alias": parsed.targets.alias or defaults.alias,
+        "alias": _given(parsed.targets.alias, defaults.alias),
         "functions": parsed.targets.functions,
         "strategy": strategy,
         "steps": steps,
-        "poll_seconds": rollout.poll_seconds if rollout.poll_seconds is not None else defaults.poll_seconds,
+        "poll_seconds": _given(rollout.poll_seconds, defaults.poll_seconds),
         "alarms": rollout.alarms,
-        "final_bake_seconds": (
-            rollout.final_bake_seconds if rollout.final_bake_seconds is not None else defaults.final_bake_seconds
-        ),
+        "final_bake_seconds": _given(rollout.final_bake_seconds, defaults.final_bake_seconds),
         "pilots": rollout.pilots,
         "approval": rollout.approval,
         "analysis": {
@@ -197,29 +256,7 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
     if rollout.approval_timeout_seconds is not None:
         candidate["approval_timeout_seconds"] = rollout.approval_timeout_seconds
     try:
-        return LayerSpec.model_validate(candidate)
+        return LayerSpec.model_validate(candidate, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        section = {
-            "runtimes": "build",
-            "architectures": "build",
-            "allow_ranges": "build",
-            "license": "build",
-            "profile": "build",
-            "alias": "targets",
-            "functions": "targets",
-            "analysis": "",
-        }.get(str(first["loc"][0]), "rollout")
-        value = first.get("input")
-        prefix = f"{section}." if section else ""
-        raise InvalidLayerSpec(
-            f"{source}: {prefix}{_field_path(first['loc'])}: {first['msg']} (got {value!r})"
-        ) from None
-
-
-def _invalid(step: dict[str, Any]) -> bool:
-    try:
-        TrafficStep.model_validate(step)
-    except ValidationError:
-        return True
-    return False
+        section = _SECTION_OF.get(str(exc.errors()[0]["loc"][0]))
+        raise _problem(source, exc, *([section] if section else [])) from None

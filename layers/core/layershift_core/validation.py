@@ -5,42 +5,55 @@ from __future__ import annotations
 import json
 import re
 
+from pydantic import BaseModel
+
 from .aborts import ensure_not_aborted
 from .artifacts import artifact_prefix, read_bytes, rollout_prefix, write_bytes, write_json
 from .aws import client
 from .builder import compute_build_key
+from .builder.platforms import target_for
 from .errors import InvalidLayerSpec, InvalidRequest
-from .models import LAYER_NAME_PATTERN, BuildEnvironmentVariable, LayerSpec, RolloutState, ValidatedRollout
+from .models import (
+    LAYER_NAME_PATTERN,
+    Architecture,
+    BuildEnvironmentVariable,
+    LayerSpec,
+    RolloutRequest,
+    RolloutState,
+    Runtime,
+    ValidatedRollout,
+)
+from .planner import find_candidates
 from .registry import Registry
-from .requirements import parse_requirements
+from .requirements import RequirementSet, check_markers, parse_requirements
 from .settings import Settings
-from .spec import parse_layer_spec
+from .spec import SpecDefaults, parse_layer_spec
+
+
+class CheckedFiles(BaseModel):
+    """A requirements file and layer.toml that passed every offline check, with the build key."""
+
+    spec: LayerSpec
+    requirements: RequirementSet
+    runtime: Runtime
+    architecture: Architecture
+    build_key: str
 
 
 def spec_keys(layer: str) -> tuple[str, str]:
     return f"layers/{layer}/requirements.txt", f"layers/{layer}/layer.toml"
 
 
-def check_alarms_exist(spec: LayerSpec) -> None:
-    if not spec.alarms:
-        return
-    found: set[str] = set()
-    paginator = client("cloudwatch").get_paginator("describe_alarms")
-    for page in paginator.paginate(AlarmNames=spec.alarms, AlarmTypes=["MetricAlarm", "CompositeAlarm"]):
-        found.update(alarm["AlarmName"] for alarm in page.get("MetricAlarms", []))
-        found.update(alarm["AlarmName"] for alarm in page.get("CompositeAlarms", []))
-    missing = [name for name in spec.alarms if name not in found]
-    if missing:
-        raise InvalidLayerSpec(f"layer.toml: rollout.alarms: no CloudWatch alarm named {', '.join(map(repr, missing))}")
-
-
-def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -> RolloutState:
-    request = state.request
-    if not re.match(LAYER_NAME_PATTERN, request.layer):
+def check_layer_name(layer: str) -> None:
+    if not re.fullmatch(LAYER_NAME_PATTERN, layer):
         raise InvalidRequest(
-            f"layer name {request.layer!r} is not valid: use 1-64 letters, digits, '-' or '_', "
-            "starting with a letter or digit"
+            f"layer name {layer!a} is not valid: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"
         )
+
+
+def check_request(request: RolloutRequest, settings: Settings) -> None:
+    """The layer name, and that the request names exactly that layer's keys in the artifact bucket."""
+    check_layer_name(request.layer)
     requirements_key, config_key = spec_keys(request.layer)
     if request.bucket != settings.bucket:
         raise InvalidRequest(f"bucket {request.bucket!r} is not the artifact bucket {settings.bucket!r}")
@@ -49,15 +62,98 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
     if request.config_key not in (None, config_key):
         raise InvalidRequest(f"config key {request.config_key!r} must be {config_key!r}")
 
+
+def check_files(
+    requirements: bytes,
+    config: bytes | None,
+    defaults: SpecDefaults,
+    *,
+    requirements_source: str = "requirements.txt",
+    config_source: str = "layer.toml",
+) -> CheckedFiles:
+    """Every check that needs no AWS: layer.toml, the requirements policy, and markers against the targets."""
+    spec = parse_layer_spec(config, defaults, source=config_source)
+    reqs = parse_requirements(requirements, allow_ranges=spec.allow_ranges, source=requirements_source)
+    check_markers(
+        reqs,
+        {
+            f"{runtime}/{architecture}": target_for(runtime, architecture).marker_environment()
+            for runtime in spec.runtimes
+            for architecture in spec.architectures
+        },
+    )
+    runtime, architecture = spec.runtimes[0], spec.architectures[0]
+    return CheckedFiles(
+        spec=spec,
+        requirements=reqs,
+        runtime=runtime,
+        architecture=architecture,
+        build_key=compute_build_key(reqs, runtime, architecture, spec.profile),
+    )
+
+
+def check_alarms_exist(spec: LayerSpec, source: str = "layer.toml") -> None:
+    if not spec.alarms:
+        return
+    found: set[str] = set()
+    paginator = client("cloudwatch").get_paginator("describe_alarms")
+    for page in paginator.paginate(AlarmNames=spec.alarms, AlarmTypes=["MetricAlarm", "CompositeAlarm"]):
+        found.update(alarm["AlarmName"] for alarm in page.get("MetricAlarms", []))
+        found.update(alarm["AlarmName"] for alarm in page.get("CompositeAlarms", []))
+    for index, name in enumerate(spec.alarms):
+        if name not in found:
+            raise InvalidLayerSpec(f"{source}: rollout.alarms[{index}]: no CloudWatch alarm named {name!r}")
+
+
+def _has_alias(function: str, alias: str) -> bool:
+    lam = client("lambda")
+    try:
+        lam.get_alias(FunctionName=function, Name=alias)
+    except lam.exceptions.ResourceNotFoundException:
+        return False
+    return True
+
+
+def check_targets_exist(layer: str, spec: LayerSpec, source: str = "layer.toml") -> None:
+    """Every function the spec names exists and has the alias; otherwise, when functions already use
+    or are tagged for the layer, at least one of them has the alias, or the rollout would shift nothing.
+    A layer that no function uses yet passes."""
+    lam = client("lambda")
+    named = [(f"targets.functions[{i}]", name) for i, name in enumerate(spec.functions)]
+    named += [(f"rollout.pilots[{i}]", name) for i, name in enumerate(spec.pilots)]
+    for field, name in named:
+        try:
+            lam.get_function_configuration(FunctionName=name)
+        except lam.exceptions.ResourceNotFoundException:
+            raise InvalidLayerSpec(f"{source}: {field}: no Lambda function named {name!r}") from None
+        if not _has_alias(name, spec.alias):
+            raise InvalidLayerSpec(f"{source}: targets.alias: function {name!r} ({field}) has no alias {spec.alias!r}")
+    if named:
+        return
+    candidates = sorted(find_candidates(layer, []))
+    if candidates and not any(_has_alias(name, spec.alias) for name in candidates):
+        shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
+        raise InvalidLayerSpec(
+            f"{source}: targets.alias: none of the {len(candidates)} function(s) that use or are tagged for "
+            f"layer {layer!r} has an alias {spec.alias!r} ({shown}), so the rollout would shift nothing"
+        )
+
+
+def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -> RolloutState:
+    request = state.request
+    check_request(request, settings)
+    requirements_key, config_key = spec_keys(request.layer)
     config = read_bytes(request.bucket, config_key, request.config_version) if request.config_key else None
-    spec = parse_layer_spec(config, settings.spec_defaults, source=config_key)
     body = read_bytes(request.bucket, requirements_key, request.requirements_version)
-    requirements = parse_requirements(body, allow_ranges=spec.allow_ranges, source=requirements_key)
-    check_alarms_exist(spec)
+    checked = check_files(
+        body, config, settings.spec_defaults, requirements_source=requirements_key, config_source=config_key
+    )
+    spec, requirements = checked.spec, checked.requirements
+    check_alarms_exist(spec, config_key)
+    check_targets_exist(request.layer, spec, config_key)
     ensure_not_aborted(settings, request.layer, rollout_id)
 
-    runtime, architecture = spec.runtimes[0], spec.architectures[0]
-    build_key = compute_build_key(requirements, runtime, architecture, spec.profile)
+    runtime, architecture, build_key = checked.runtime, checked.architecture, checked.build_key
     prefix = rollout_prefix(request.layer, rollout_id)
     write_bytes(request.bucket, prefix + "requirements.txt", requirements.normalised_text().encode(), "text/plain")
     write_json(request.bucket, prefix + "spec.json", json.loads(spec.model_dump_json()))
