@@ -11,6 +11,9 @@ Three small, reversible patches of the emulated Lambda service:
 * ``LambdaFunction._invoke_lambda``: the path every other invoker takes (InvokeAsync, event
   source mappings, subscriptions) runs in the same execution environments instead of Docker.
 
+With a fault plan, the synchronous invokes that carry a rollout's layer (Step Functions' tasks)
+may be failed as planned (``integration_faults.py``).
+
 Step Functions' ``lambda:invoke`` calls the server over HTTP, so it goes through the same code.
 """
 
@@ -30,7 +33,7 @@ from moto.awslambda import responses as lambda_responses
 from moto.core.exceptions import JsonRESTError
 from moto.utilities.utils import ARN_PARTITION_REGEX
 
-from layershift.local import metrics
+from layershift.local import integration_faults, metrics
 from layershift.local.lambda_runtime import (
     FunctionSpec,
     InvokeResult,
@@ -229,7 +232,15 @@ def _backend_invoke(
     if invocation_type == "Event":
         invoke_async(target, event)
         return b""
+    fault = None
+    if invocation_type == "RequestResponse":
+        fault = integration_faults.fault_for(_runtime().fault_plan, target.name, event)
+        if fault is not None:
+            integration_faults.raise_for(fault, target.name)
     result = invoke_target(target, event)
+    if fault == "timeout":
+        message = f"Task timed out after {float(target.function.timeout or 3):.2f} seconds"
+        result = InvokeResult(error_payload(message, "Sandbox.Timedout"), True, result.duration_ms, result.logs)
     if result.errored:
         response_headers["X-Amz-Function-Error"] = "Unhandled"
     response_headers["x-amz-log-result"] = tail_logs(result.logs)

@@ -1,0 +1,98 @@
+"""Faults for the state machine's own Lambda integration: the ``lambda:invoke`` of each task.
+
+The fault harness's plan (``fault_hook.py`` describes it) may name the site
+``(<function>, "states", "lambda:invoke")``: the Step Functions task that invokes that function
+for the rollout of a given layer. Step Functions invokes synchronously (``RequestResponse``) with
+the execution state as the payload, which names the layer. The Lambda service then answers, as
+Lambda would:
+
+- ``throttle``: TooManyRequestsException (429), on the task's first attempt only;
+- ``server``: ServiceException (500), on the first attempt only;
+- ``denied``: AccessDeniedException (403), on every attempt;
+- ``timeout``: the function runs, then the invocation is reported timed out (``Sandbox.Timedout``).
+
+Every such invoke is recorded in the plan's record file, like the functions' own AWS calls.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from moto.core.exceptions import JsonRESTError
+
+SERVICE = "states"
+OPERATION = "lambda:invoke"
+TRANSIENT = {"throttle", "server"}
+_lock = threading.Lock()
+_injected: set[tuple[str, str, str]] = set()
+
+
+class ServiceException(JsonRESTError):
+    code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__("ServiceException", message)
+
+
+class AccessDeniedException(JsonRESTError):
+    code = 403
+
+    def __init__(self, message: str) -> None:
+        super().__init__("AccessDeniedException", message)
+
+
+def layer_of(payload: bytes) -> str | None:
+    """The layer a task's payload (the execution state, or a traffic step) belongs to."""
+    try:
+        data = json.loads(payload or b"{}")
+    except ValueError:
+        return None
+    candidates = [data]
+    if isinstance(data, dict):
+        state = data.get("state")
+        candidates += [data.get("request"), state.get("request") if isinstance(state, dict) else None, data.get("step")]
+    for candidate in candidates:
+        if isinstance(candidate, dict) and isinstance(candidate.get("layer"), str):
+            return candidate["layer"]
+    return None
+
+
+def fault_for(plan_path: Path | None, function: str, payload: bytes) -> str | None:
+    """Record this invoke and return the fault to inject, if the plan has one for it now."""
+    if plan_path is None:
+        return None
+    layer = layer_of(payload)
+    if layer is None:
+        return None
+    plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    planned = plan.get("faults", {}).get(layer)
+    fault = None
+    if planned and (planned["function"], planned["service"], planned["operation"]) == (function, SERVICE, OPERATION):
+        key = (layer, function, planned["fault"])
+        with _lock:
+            if planned["fault"] not in TRANSIENT or key not in _injected:
+                fault = planned["fault"]
+                _injected.add(key)
+    line = {"layer": layer, "function": function, "service": SERVICE, "operation": OPERATION, "injected": fault}
+    with open(plan["record"], "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(json.dumps({**line, "time": time.time()}) + "\n")
+    return fault
+
+
+def raise_for(fault: str, function: str) -> Any:
+    """The Lambda service's error for ``fault`` (timeout is handled after the run)."""
+    if fault == "throttle":
+        from layershift.local.lambda_invoke import TooManyRequestsException
+
+        raise TooManyRequestsException("Rate Exceeded. (injected throttle fault)")
+    if fault == "server":
+        raise ServiceException(f"injected server fault invoking {function}")
+    if fault == "denied":
+        raise AccessDeniedException(f"injected: not authorized to invoke {function}")
+    return None
