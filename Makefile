@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 export AWS_DEFAULT_REGION ?= us-east-1
 export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 
-.PHONY: help venv demo test lint unit integration sam-build clean bench
+.PHONY: help venv demo test lint unit integration sam-build clean bench faults
 
 help:
 	@echo "make demo   a real rollout on the local emulated AWS: one promotion, one automatic rollback"
@@ -43,6 +43,10 @@ unit: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Every AWS call site of a rollout under throttling, a 5xx, AccessDenied and a timeout (minutes).
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m faults tests/integration/test_fault_matrix.py
 
 sam-build: $(STAMP)
 	$(BIN)/sam build --template template.yaml

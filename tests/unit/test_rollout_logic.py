@@ -326,3 +326,26 @@ def test_an_abort_stops_the_next_step_and_the_rollback_says_why(env: dict[str, s
     assert state.outcome is not None and state.outcome.error == "RolloutAborted"
     assert "bad feeling" in (state.outcome.cause or "")
     assert boto3.client("lambda").get_alias(FunctionName="good", Name="live")["FunctionVersion"] == "1"
+
+
+def test_a_function_tagged_for_the_layer_is_found_without_listing_every_functions_tags(env: dict[str, str]) -> None:
+    lam = boto3.client("lambda")
+    role = boto3.client("iam").get_role(RoleName="r")["Role"]["Arn"]
+    lam.create_function(
+        FunctionName="tagged-only",
+        Runtime="python3.13",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": _zip()},
+        Tags={"layershift:layer": "shared"},
+    )
+    lam.create_alias(
+        FunctionName="tagged-only",
+        Name="live",
+        FunctionVersion=lam.publish_version(FunctionName="tagged-only")["Version"],
+    )
+    state = plan_rollout(_state(env["new"]), SETTINGS)
+    plan = {t.function_name: t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).targets}  # type: ignore[union-attr]
+    assert plan["tagged-only"].verdict.value == "target"
+    assert plan["tagged-only"].new_layers == [env["new"]]
+    assert "unrelated" not in plan

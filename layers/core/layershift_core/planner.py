@@ -49,22 +49,35 @@ def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
     write_json(bucket, key, plan.model_dump(mode="json"))
 
 
+def tagged_for(layer: str) -> set[str]:
+    """Functions tagged `layershift:layer=<layer>`: one Resource Groups Tagging query, not a
+    ListTags call per function in the account."""
+    names: set[str] = set()
+    paginator = client("resourcegroupstaggingapi").get_paginator("get_resources")
+    for page in paginator.paginate(
+        TagFilters=[{"Key": TARGET_TAG, "Values": [layer]}], ResourceTypeFilters=["lambda:function"]
+    ):
+        names.update(item["ResourceARN"].split(":")[6] for item in page["ResourceTagMappingList"])
+    return names
+
+
 def find_candidates(layer: str, extra: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
     """Functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec,
     each with its tags."""
     lam = client("lambda")
-    found: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+    wanted = tagged_for(layer) | set(extra)
+    configs: dict[str, dict[str, Any]] = {}
     for page in lam.get_paginator("list_functions").paginate():
         for config in page["Functions"]:
-            tags = lam.list_tags(Resource=config["FunctionArn"]).get("Tags", {})
             uses = any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", []))
-            if uses or tags.get(TARGET_TAG) == layer or config["FunctionName"] in extra:
-                found[config["FunctionName"]] = (config, tags)
-    for name in extra:
-        if name not in found:
-            config = lam.get_function_configuration(FunctionName=name)
-            found[name] = (config, lam.list_tags(Resource=config["FunctionArn"]).get("Tags", {}))
-    return found
+            if uses or config["FunctionName"] in wanted:
+                configs[config["FunctionName"]] = config
+    for name in sorted(wanted - set(configs)):
+        configs[name] = lam.get_function_configuration(FunctionName=name)
+    return {
+        name: (config, lam.list_tags(Resource=config["FunctionArn"]).get("Tags", {}))
+        for name, config in configs.items()
+    }
 
 
 def _layer_size(arn: str, cache: dict[str, int]) -> int:
