@@ -46,11 +46,20 @@ def test_every_lambda_task_retries_transient_lambda_errors_with_jitter() -> None
             assert transient[0]["BackoffRate"] > 1
 
 
+def test_every_lambda_task_runs_again_after_a_timeout() -> None:
+    """Every task is idempotent, so a Lambda timeout (the change may have been made) is retried once
+    instead of ending a rollout that may already hold the lock or have moved an alias."""
+    for name, state in STATES.items():
+        if str(state.get("Resource", "")).startswith("arn:aws:states:::lambda:invoke"):
+            timeouts = [r for r in state["Retry"] if r["ErrorEquals"] == ["Sandbox.Timedout"]]
+            assert timeouts and timeouts[0]["MaxAttempts"] >= 1, name
+
+
 def test_caught_domain_errors_exist() -> None:
     for state in STATES.values():
         for rule in state.get("Catch", []) + state.get("Retry", []):
             for error in rule["ErrorEquals"]:
-                assert error.startswith(("States.", "Lambda.", "CodeBuild.")) or error in ERROR_NAMES, error
+                assert error.startswith(("States.", "Lambda.", "CodeBuild.", "Sandbox.")) or error in ERROR_NAMES, error
 
 
 def test_every_path_ends_after_releasing_the_lock_once_taken() -> None:
