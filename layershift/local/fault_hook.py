@@ -21,7 +21,7 @@ import json
 import os
 import time
 
-_STATE = {"layer": None, "plan": None, "plan_mtime": None}
+_STATE = {"layer": None, "plan": None, "plan_mtime": None, "installed": False}
 _ERRORS = {
     # fault -> (HTTP status, error code); Lambda names its throttling error differently
     "throttle": (400, "ThrottlingException"),
@@ -62,8 +62,16 @@ def _find_layer(value, depth=0):
 
 
 def begin(event):
-    """Called by the bootstrap before each invocation, with the event."""
+    """Called by the bootstrap before each invocation, with the event.
+
+    The hook is installed at the first event that belongs to a rollout (a control-plane task),
+    never before: importing botocore ahead of a consumer's handler would import its dependencies
+    (dateutil, six) before the function's own layers could provide them, which Lambda never does.
+    """
     _STATE["layer"] = _find_layer(event)
+    if _STATE["layer"] and not _STATE["installed"]:
+        install()
+        _STATE["installed"] = True
 
 
 def _record(service, operation, injected):

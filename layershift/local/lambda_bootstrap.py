@@ -106,7 +106,6 @@ def _fault_hook():
     spec = importlib.util.spec_from_file_location("layershift_fault_hook", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.install()
     return module
 
 
