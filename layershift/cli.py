@@ -220,25 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(status)
     status.set_defaults(func=cmd_status)
 
-    approve = sub.add_parser("approve", help="let a rollout waiting for approval go on to 100%")
-    approve.add_argument("layer")
-    approve.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
-    _add_target(approve)
-    approve.set_defaults(func=cmd_approve)
-
-    reject = sub.add_parser("reject", help="refuse a rollout waiting for approval: it rolls back")
-    reject.add_argument("layer")
-    reject.add_argument("--reason", default="rejected at the approval", help="recorded with the rollback")
-    reject.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
-    _add_target(reject)
-    reject.set_defaults(func=cmd_reject)
-
-    abort = sub.add_parser("abort", help="stop a running rollout at any point; every alias it touched is restored")
-    abort.add_argument("layer")
-    abort.add_argument("--reason", default="aborted from the command line", help="recorded with the rollback")
-    abort.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
-    _add_target(abort)
-    abort.set_defaults(func=cmd_abort)
+    for name, help_text, reason, func in (
+        ("approve", "let a rollout waiting for approval go on to 100%", None, cmd_approve),
+        ("reject", "refuse a rollout waiting for approval: it rolls back", "rejected at the approval", cmd_reject),
+        (
+            "abort",
+            "stop a running rollout at any point; every alias it touched is restored",
+            "aborted from the command line",
+            cmd_abort,
+        ),
+    ):
+        signal = sub.add_parser(name, help=help_text)
+        signal.add_argument("layer")
+        if reason is not None:
+            signal.add_argument("--reason", default=reason, help="recorded with the rollback")
+        signal.add_argument("--wait", action="store_true", help="follow the rollout until it ends")
+        _add_target(signal)
+        signal.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="a promotion and an automatic rollback on the local emulated AWS")
     demo.add_argument("--keep-running", action="store_true")

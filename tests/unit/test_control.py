@@ -13,20 +13,14 @@ from layershift_core.models import Preflight, ShiftStep, StepState, Wave
 from layershift_core.registry import Registry
 from layershift_core.settings import Settings
 
+from .registry_table import create_registry_table
+
 
 @pytest.fixture
 def settings() -> Iterator[Settings]:
     with mock_aws():
         aws.client.cache_clear()
-        boto3.client("dynamodb").create_table(
-            TableName="registry",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_registry_table("registry")
         topic = boto3.client("sns").create_topic(Name="rollouts")["TopicArn"]
         yield Settings(bucket="artifacts", table="registry", topic_arn=topic)
         aws.client.cache_clear()

@@ -23,6 +23,8 @@ from layershift_core.models import RolloutRequest, RolloutState
 from layershift_core.settings import Settings
 from layershift_core.validation import spec_keys, validate_request
 
+from .registry_table import create_registry_table
+
 SETTINGS = Settings(bucket="artifacts-bucket", table="registry")
 CORPUS = Path(__file__).resolve().parents[1] / "hostile" / "cases.toml"
 CLEAN = b"six==1.16.0\n"
@@ -72,15 +74,7 @@ def world() -> Iterator[None]:
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=SETTINGS.bucket)
         s3.put_bucket_versioning(Bucket=SETTINGS.bucket, VersioningConfiguration={"Status": "Enabled"})
-        boto3.client("dynamodb").create_table(
-            TableName=SETTINGS.table,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_registry_table(SETTINGS.table)
         boto3.client("cloudwatch").put_metric_alarm(
             AlarmName="orders-errors",
             Namespace="AWS/Lambda",

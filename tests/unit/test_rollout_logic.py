@@ -33,6 +33,8 @@ from layershift_core.settings import Settings
 from layershift_core.traffic import promote, roll_back, shift_traffic
 from layershift_core.versions import prepare_versions
 
+from .registry_table import create_registry_table
+
 SETTINGS = Settings(bucket="artifacts-bucket", table="registry")
 
 
@@ -49,15 +51,7 @@ def env() -> Iterator[dict[str, str]]:
     with mock_aws():
         aws.client.cache_clear()
         boto3.client("s3").create_bucket(Bucket=SETTINGS.bucket)
-        boto3.client("dynamodb").create_table(
-            TableName=SETTINGS.table,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_registry_table(SETTINGS.table)
         role = boto3.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         lam = boto3.client("lambda")
         layer = {}

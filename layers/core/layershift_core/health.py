@@ -26,7 +26,6 @@ from .settings import Settings
 
 # How far back before the pre-flight the old version's metrics count as its baseline.
 BASELINE_SECONDS = 3600
-_WAVE_ORDER = {Wave.PILOT: 0, Wave.MAIN: 1}
 
 
 def alarm_states(names: list[str]) -> dict[str, tuple[str, str, float]]:
@@ -81,7 +80,7 @@ def firing_alarms(step_state: StepState) -> str:
 
 def touched_targets(targets: list[TargetPlan], wave: Wave) -> list[TargetPlan]:
     """The targets whose alias routes to the new version during a step of ``wave``."""
-    return [t for t in targets if _WAVE_ORDER[t.wave] <= _WAVE_ORDER[wave]]
+    return [t for t in targets if t.wave.rank <= wave.rank]
 
 
 def _analyse(step_state: StepState, settings: Settings, now: float) -> CohortAnalysis:

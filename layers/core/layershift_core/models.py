@@ -155,6 +155,11 @@ class Wave(StrEnum):
     PILOT = "pilot"
     MAIN = "main"
 
+    @property
+    def rank(self) -> int:
+        """Waves go in this order: pilots first."""
+        return list(Wave).index(self)
+
 
 class ShiftStep(BaseModel):
     """One item of the ShiftTraffic Map: a weight for one wave, held for a bake."""

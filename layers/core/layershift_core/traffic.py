@@ -15,7 +15,7 @@ from .artifacts import read_json
 from .aws import client, error_code, guarded
 from .builder.build import BUILD_FAILURE_JSON
 from .errors import ConcurrentModification, RollbackIncomplete, RolloutAborted
-from .models import Outcome, RolloutPlan, RolloutState, StepState, TargetPlan, Wave
+from .models import Outcome, RolloutPlan, RolloutState, StepState, TargetPlan
 from .observability import logger
 from .planner import load_plan
 from .registry import Registry
@@ -24,7 +24,6 @@ from .settings import Settings
 NO_ROUTING: dict[str, Any] = {"AdditionalVersionWeights": {}}
 PARAMETER_NAME = "/layershift/{layer}/arn"
 FULL = 100
-_WAVE_ORDER = {Wave.PILOT: 0, Wave.MAIN: 1}
 
 
 def _routing(alias: dict[str, Any]) -> dict[str, float]:
@@ -79,7 +78,7 @@ def shift_traffic(step_state: StepState, settings: Settings) -> StepState:
     for target in plan.active:
         if not target.new_version or not target.old_version:
             raise ValueError(f"{target.function_name} has no prepared version")
-        if _WAVE_ORDER[target.wave] < _WAVE_ORDER[step.wave]:
+        if target.wave.rank < step.wave.rank:
             set_alias_weight(target, FULL)
         elif target.wave == step.wave:
             set_alias_weight(target, step.weight)
