@@ -6,12 +6,15 @@
 - The registry agrees with Lambda and SSM.
 - The pushed spec and the built artifact are kept.
 
-Used by the demo and by the tests: one definition of "nothing was left half-done".
+Used by the demo and by the tests: one definition of "nothing was left half-done". The reaper
+finishes what an execution could not (its lock, a stopped rollout) just after it ends, so the
+check allows it a few seconds to settle before it reports.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from layershift_core.models import RolloutPlan, RolloutState
@@ -34,8 +37,17 @@ def _routing(alias: dict[str, Any]) -> dict[str, float]:
     return (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
 
 
-def check_invariants(cp: ControlPlane, execution_arn: str) -> list[str]:
+def check_invariants(cp: ControlPlane, execution_arn: str, settle_seconds: float = 20.0) -> list[str]:
     """Every violated invariant, as a sentence. An empty list means the rollout left things whole."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        problems = _violations(cp, execution_arn)
+        if not problems or time.monotonic() >= deadline:
+            return problems
+        time.sleep(0.5)
+
+
+def _violations(cp: ControlPlane, execution_arn: str) -> list[str]:
     sfn, lam = cp.client("stepfunctions"), cp.client("lambda")
     described = sfn.describe_execution(executionArn=execution_arn)
     if described["status"] == "RUNNING":

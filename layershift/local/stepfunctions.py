@@ -1,4 +1,5 @@
-"""Step Functions tweaks for the local emulated AWS: SendTaskFailure's cause, and scaled waits.
+"""Step Functions tweaks for the local emulated AWS: SendTaskFailure's cause, scaled waits, and
+the "Execution Status Change" event.
 
 The emulator's SendTaskFailure drops the ``cause``; Step Functions records it in the task's
 failure, where the rollout reads why a bake or an approval was ended (an alarm, a reject, an abort).
@@ -8,18 +9,32 @@ The emulated interpreter waits in real time. A scale below 1.0 shortens every Wa
 ``TimeoutSecondsPath`` (the rollout's bake and approval waits) by that factor, so a five-minute
 bake can run in seconds on a laptop or in tests. Retry intervals and fixed ``TimeoutSeconds``
 stay real time.
+
+A stopped execution is ABORTED, as in Step Functions: the emulator lets the failure that the
+stop causes in a waiting task (a Map iteration's task token wait) overwrite the stop, and the
+execution then ends FAILED.
+
+Step Functions sends an "Execution Status Change" event to EventBridge's default bus whenever a
+standard execution ends (the reaper listens for it); the emulator sends none, so one is put here,
+shaped as AWS documents it, when an execution ends for any reason, a stop from the API included.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
 from moto.core.responses import EmptyResult
 from moto.stepfunctions.parser.asl.component.common.timeouts import timeout
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
+from moto.stepfunctions.parser.asl.eval.environment import Environment
+from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
+from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.responses import StepFunctionResponse
 
+LOG = logging.getLogger(__name__)
 _originals: dict[str, Any] = {}
 _state: dict[str, float] = {"scale": 1.0}
 
@@ -46,10 +61,60 @@ def _send_task_failure(self: Any) -> EmptyResult:
     return EmptyResult()
 
 
+def _set_error(self: Any, error: Any) -> None:
+    if isinstance(self._program_state, ProgramStopped):
+        return  # stopped first: the stop is the ending
+    _originals["set_error"](self, error)
+
+
+def _millis(when: Any) -> int | None:
+    return int(when.timestamp() * 1000) if when is not None else None
+
+
+def status_change_event(execution: Any) -> dict[str, Any]:
+    """The EventBridge entry Step Functions puts for an execution's current status."""
+    status = str(getattr(execution.exec_status, "value", execution.exec_status))
+    detail = {
+        "executionArn": execution.exec_arn,
+        "stateMachineArn": execution.state_machine_arn,
+        "name": execution.name,
+        "status": status,
+        "startDate": _millis(execution.start_date),
+        "stopDate": _millis(execution.stop_date),
+        "input": json.dumps(execution.input_data),
+        "output": json.dumps(execution.output) if execution.output is not None else None,
+        "error": execution.error,
+        "cause": execution.cause,
+    }
+    return {
+        "Source": "aws.states",
+        "DetailType": "Step Functions Execution Status Change",
+        "Resources": [execution.exec_arn],
+        "Detail": json.dumps(detail),
+    }
+
+
+def _terminated(self: Any) -> None:
+    _originals["terminated"](self)
+    execution = self.execution
+    try:
+        from moto.events.models import events_backends
+
+        events_backends[execution.account_id][execution.region_name].put_events([status_change_event(execution)])
+    except Exception:
+        LOG.warning("could not put the status change event of %s", execution.exec_arn, exc_info=True)
+
+
 def install(wait_scale: float = 1.0) -> None:
     if wait_scale < 0:
         raise ValueError("wait_scale must not be negative")
     _state["scale"] = float(wait_scale)
+    if "set_error" not in _originals:
+        _originals["set_error"] = Environment.set_error
+        Environment.set_error = _set_error  # type: ignore[method-assign]
+    if "terminated" not in _originals:
+        _originals["terminated"] = BaseExecutionWorkerCommunication.terminated
+        BaseExecutionWorkerCommunication.terminated = _terminated  # type: ignore[method-assign]
     if "send_task_failure" not in _originals:
         _originals["send_task_failure"] = StepFunctionResponse.send_task_failure
         StepFunctionResponse.send_task_failure = _send_task_failure  # type: ignore[method-assign]
@@ -61,6 +126,10 @@ def install(wait_scale: float = 1.0) -> None:
 
 
 def uninstall() -> None:
+    if "set_error" in _originals:
+        Environment.set_error = _originals.pop("set_error")  # type: ignore[method-assign]
+    if "terminated" in _originals:
+        BaseExecutionWorkerCommunication.terminated = _originals.pop("terminated")  # type: ignore[method-assign]
     if "send_task_failure" in _originals:
         StepFunctionResponse.send_task_failure = _originals.pop("send_task_failure")  # type: ignore[method-assign]
     if "wait_interval" in _originals:

@@ -26,6 +26,7 @@ from moto.cloudformation.exceptions import ValidationError
 
 from layershift_core import aws
 from layershift_core.codedeploy import codedeploy_manager
+from layershift_core.errors import CodeDeployCheckFailed
 
 # moto deploys the function and skips the alias, with this warning.
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..Lambda..Alias:UserWarning")
@@ -327,33 +328,27 @@ def test_an_alias_declared_in_another_stack_is_found_by_its_arn(stubbed: Stubber
 
 
 @pytest.mark.parametrize("code", ["AccessDenied", "Throttling"])
-def test_access_denied_or_throttling_gives_none_and_a_warning(
-    stubbed: Stubber, caplog: pytest.LogCaptureFixture, code: str
-) -> None:
+def test_an_alias_that_cannot_be_checked_stops_the_plan(stubbed: Stubber, code: str) -> None:
     stubbed.add_client_error(
         "describe_stack_resources",
         service_error_code=code,
         service_message="not authorized to perform: cloudformation:DescribeStackResources",
         http_status_code=403 if code == "AccessDenied" else 400,
     )
-    assert codedeploy_manager("orders", "live") is None
-    assert any(
-        record.levelname == "WARNING"
-        and getattr(record, "error_code", None) == code
-        and getattr(record, "operation", None) == "DescribeStackResources"
-        and getattr(record, "function_name", None) == "orders"
-        for record in caplog.records
-    )
+    with pytest.raises(CodeDeployCheckFailed) as raised:
+        codedeploy_manager("orders", "live")
+    assert f"alias 'live' of orders: {code} on cloudformation:DescribeStackResources" in str(raised.value)
 
 
-def test_access_denied_on_the_template_gives_none(stubbed: Stubber) -> None:
+def test_access_denied_on_the_template_stops_the_plan(stubbed: Stubber) -> None:
     stubbed.add_response(
         "describe_stack_resources",
         {"StackResources": [_resource("OrdersFunction", "AWS::Lambda::Function", "orders")]},
         {"PhysicalResourceId": "orders"},
     )
     stubbed.add_client_error("get_template", service_error_code="AccessDenied", http_status_code=403)
-    assert codedeploy_manager("orders", "live") is None
+    with pytest.raises(CodeDeployCheckFailed, match="AccessDenied on cloudformation:GetTemplate"):
+        codedeploy_manager("orders", "live")
 
 
 def test_other_errors_are_raised(stubbed: Stubber) -> None:

@@ -33,9 +33,10 @@ FUNCTIONS = {
     "NotifyFunction": "notify",
     "WaitForSignalFunction": "wait_for_signal",
     "OnAlarmFunction": "on_alarm",
+    "ReapRolloutFunction": "reap_rollout",
 }
-# Functions the state machine invokes (EventBridge invokes StartRollout and OnAlarm, not the workflow).
-WORKFLOW_FUNCTIONS = sorted(set(FUNCTIONS) - {"StartRolloutFunction", "OnAlarmFunction"})
+# Functions the state machine invokes (EventBridge invokes StartRollout, OnAlarm and ReapRollout).
+WORKFLOW_FUNCTIONS = sorted(set(FUNCTIONS) - {"StartRolloutFunction", "OnAlarmFunction", "ReapRolloutFunction"})
 CONTRACT_ENVIRONMENT = {
     "LAYERSHIFT_BUCKET",
     "LAYERSHIFT_TABLE",

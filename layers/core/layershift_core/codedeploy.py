@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from .aws import client, error_code
 from .cfn_yaml import load_cloudformation_yaml
+from .errors import CodeDeployCheckFailed
 from .observability import logger
 
 UPDATE_POLICY = "CodeDeployLambdaAliasUpdate"
@@ -55,8 +56,9 @@ def codedeploy_manager(function_name: str, alias: str, alias_arn: str | None = N
     application and deployment group; it reads as a plan's skip reason. `alias_arn` (from GetAlias)
     also finds an alias that a stack other than the function's declares.
 
-    AccessDenied and throttling on the CloudFormation reads give None with a warning in the log, so
-    a missing permission never stops a plan; any other error is raised.
+    AccessDenied, or throttling that outlasts the SDK's retries, on the CloudFormation reads raises
+    CodeDeployCheckFailed: an alias that cannot be checked is never shifted; any other error is
+    raised as it is.
     """
     name = _function_name(function_name)
     try:
@@ -64,16 +66,11 @@ def codedeploy_manager(function_name: str, alias: str, alias_arn: str | None = N
     except ClientError as exc:
         if error_code(exc) not in _UNREADABLE:
             raise
-        logger.warning(
-            "could not tell whether CodeDeploy manages the alias; treating it as not managed",
-            extra={
-                "function_name": name,
-                "alias": alias,
-                "operation": exc.operation_name,
-                "error_code": error_code(exc),
-            },
-        )
-        return None
+        raise CodeDeployCheckFailed(
+            f"could not tell whether CodeDeploy manages alias {alias!r} of {name}: {error_code(exc)} on "
+            f"cloudformation:{exc.operation_name}. layershift never shifts an alias it cannot check; "
+            "give the control plane cloudformation:DescribeStackResources, ListStackResources and GetTemplate"
+        ) from exc
 
 
 def _through_cloudformation(name: str, alias: str, alias_arn: str | None) -> str | None:

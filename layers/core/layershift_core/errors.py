@@ -45,6 +45,10 @@ class ConcurrentModification(LayershiftError):
     """A function or alias changed under us (RevisionId no longer matches)."""
 
 
+class CodeDeployCheckFailed(LayershiftError):
+    """Whether CodeDeploy manages an alias could not be read; the rollout stops before any change."""
+
+
 class RolloutUnhealthy(LayershiftError):
     """A gating alarm or the canary analysis says the new layer version is worse."""
 

@@ -18,9 +18,9 @@ def acquire_layer_lock(state: RolloutState, settings: Settings) -> RolloutState:
 
 
 def release_layer_lock(state: RolloutState, settings: Settings) -> RolloutState:
-    if state.rollout is None:
-        return state
-    held = Registry(settings.table).release_lock(state.rollout.layer, state.rollout.rollout_id)
-    if not held:
-        logger.warning("lock was not held by this rollout", extra={"rollout_id": state.rollout.rollout_id})
+    if state.rollout is not None:
+        held = Registry(settings.table).release_lock(state.rollout.layer, state.rollout.rollout_id)
+        if not held:
+            logger.warning("lock was not held by this rollout", extra={"rollout_id": state.rollout.rollout_id})
+    state.lock_released = True
     return state

@@ -238,6 +238,9 @@ class RolloutState(Model):
     preflight: Preflight | None = None
     error: ErrorInfo | None = None
     outcome: Outcome | None = None
+    # The last two tasks say they did their part; the reaper (reaper.py) does what they could not.
+    notified: bool = False
+    lock_released: bool = False
 
 
 class CanaryVerdict(StrEnum):
@@ -266,6 +269,17 @@ class StepState(Model):
     checks: int = 0
     verdict: CanaryVerdict | None = None
     verdict_detail: str | None = None
+
+
+class ExecutionStatusChange(BaseModel):
+    """The detail of Step Functions' "Execution Status Change" event (EventBridge)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    execution_arn: str = Field(alias="executionArn")
+    name: str
+    status: Literal["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"]
+    output: str | None = None
 
 
 class NotifyRequest(Model):

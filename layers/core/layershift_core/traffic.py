@@ -191,16 +191,10 @@ def _restore(target: TargetPlan) -> str | None:
     return None
 
 
-def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
-    name, cause = build_failure(settings.bucket, state) or error_summary(state)
-    aborted = abort_reason(settings, state.rollout.layer, state.rollout.rollout_id) if state.rollout else None
-    if aborted:
-        name, cause = RolloutAborted.__name__, aborted
+def restore_targets(plan: RolloutPlan | None) -> tuple[list[str], list[str]]:
+    """Put every active target of `plan` back: (restored, what could not be restored and why)."""
     restored: list[str] = []
     unrestored: list[str] = []
-    plan: RolloutPlan | None = None
-    if state.plan is not None:
-        plan = load_plan(settings.bucket, state.plan.plan_key)
     for target in plan.active if plan else []:
         label = f"{target.function_name}:{target.alias}"
         try:
@@ -212,6 +206,23 @@ def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
             unrestored.append(problem)
         else:
             restored.append(f"{label}={target.old_version}")
+    return restored, unrestored
+
+
+def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
+    name, cause = build_failure(settings.bucket, state) or error_summary(state)
+    aborted = abort_reason(settings, state.rollout.layer, state.rollout.rollout_id) if state.rollout else None
+    if aborted:
+        name, cause = RolloutAborted.__name__, aborted
+    if state.rollout is not None:
+        record = Registry(settings.table).rollout(state.rollout.layer, state.rollout.rollout_id) or {}
+        if record.get("status") == "rolled_back":
+            # Rolled back already (a redriven execution, or one the reaper finished): the aliases may
+            # belong to a later rollout by now, so nothing is touched again.
+            state.outcome = Outcome(status="rolled_back", error=name, cause=cause)
+            return state
+    plan = load_plan(settings.bucket, state.plan.plan_key) if state.plan is not None else None
+    restored, unrestored = restore_targets(plan)
     if unrestored:
         _record_end(settings, state, "rollback_incomplete", f"{name}: {cause}")
         raise RollbackIncomplete(
