@@ -112,6 +112,7 @@ def _state(new_arn: str, steps: list[TrafficStep] | None = None) -> RolloutState
         build_environment=[],
     )
     Registry(SETTINGS.table).record_version("shared", 2, new_arn, "k" * 64, "m", "sha", "shared-abc")
+    Registry(SETTINGS.table).acquire_lock("shared", "shared-abc", 3600)  # every forward step checks it holds it
     return RolloutState(
         request=RolloutRequest(
             layer="shared", bucket=SETTINGS.bucket, requirements_key="layers/shared/requirements.txt"
@@ -242,14 +243,17 @@ def test_an_expired_lease_does_not_block_the_layer(env: dict[str, str]) -> None:
     assert registry.lock_holder("shared")["owner"] == "next"  # type: ignore[index]
 
 
-def test_a_function_changed_after_the_plan_is_not_overwritten(env: dict[str, str]) -> None:
+def test_a_function_changed_after_the_plan_is_skipped_not_overwritten(env: dict[str, str]) -> None:
     state = plan_rollout(_state(env["new"]), SETTINGS)
     lam = boto3.client("lambda")
     lam.update_function_configuration(FunctionName="good", Description="changed by its team")
     before = lam.get_function_configuration(FunctionName="good")["Layers"]
-    with pytest.raises(ConcurrentModification, match="good changed since the plan"):
-        prepare_versions(state, SETTINGS)
+    state = prepare_versions(state, SETTINGS)
     assert lam.get_function_configuration(FunctionName="good")["Layers"] == before
+    assert state.plan is not None and (state.plan.target_count, state.plan.skipped_count) == (0, 5)
+    good = next(t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).targets if t.function_name == "good")
+    assert good.verdict.value == "skipped" and good.new_version is None
+    assert "good was changed by someone else since the plan (RevisionId" in (good.reason or "")
 
 
 def test_shift_refuses_an_alias_someone_else_moved(env: dict[str, str]) -> None:

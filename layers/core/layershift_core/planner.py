@@ -12,7 +12,7 @@ from .aborts import ensure_rollout_not_aborted
 from .artifacts import read_json, rollout_prefix, write_json
 from .aws import client
 from .codedeploy import codedeploy_manager
-from .models import LayerVersionRef, PlanSummary, RolloutPlan, RolloutState, TargetPlan, Verdict, Wave
+from .models import LayerSpec, LayerVersionRef, PlanSummary, RolloutPlan, RolloutState, TargetPlan, Verdict, Wave
 from .registry import Registry
 from .schedule import shift_schedule
 from .settings import Settings
@@ -47,6 +47,20 @@ def load_plan(bucket: str, key: str) -> RolloutPlan:
 
 def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
     write_json(bucket, key, plan.model_dump(mode="json"))
+
+
+def plan_summary(plan: RolloutPlan, key: str, spec: LayerSpec) -> PlanSummary:
+    """The plan's counts and traffic schedule, for the execution state; recomputed whenever a
+    target drops out, so the schedule has steps only for waves that still have targets."""
+    active = plan.active
+    return PlanSummary(
+        plan_key=key,
+        target_count=len(active),
+        skipped_count=len(plan.targets) - len(active),
+        pilot_count=sum(1 for t in active if t.wave is Wave.PILOT),
+        steps=spec.steps,
+        shift_steps=shift_schedule(spec, sorted({t.wave for t in active})),
+    )
 
 
 def tagged_for(layer: str) -> set[str]:
@@ -123,11 +137,17 @@ def assess(
         return skip(f"already uses {new_layer.arn}")
     new_layers = replace_layer(current, new_layer.arn)
     if len(new_layers) > MAX_LAYERS:
-        return skip(f"already has {len(current)} layers; Lambda allows {MAX_LAYERS}")
+        return skip(
+            f"already has {len(current)} layers and adding {layer_name_of(new_layer.arn)} would make "
+            f"{len(new_layers)}; Lambda allows {MAX_LAYERS}"
+        )
     others = sum(_layer_size(arn, layer_sizes) for arn in new_layers if arn != new_layer.arn)
     total = int(config.get("CodeSize", 0)) + others + new_layer.unzipped_bytes
     if total > UNZIPPED_LIMIT_BYTES:
-        return skip(f"code and layers would come to {total / 1e6:.1f} MB, over Lambda's 250 MB unzipped limit")
+        return skip(
+            f"code and layers would come to at least {total:,} bytes unzipped, over Lambda's 250 MB limit "
+            f"({UNZIPPED_LIMIT_BYTES:,} bytes)"
+        )
 
     lam = client("lambda")
     try:
@@ -174,19 +194,10 @@ def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
         steps=spec.steps,
         targets=targets,
     )
-    waves = sorted({t.wave for t in plan.active})
-    schedule = shift_schedule(spec, waves)
     key = plan_key(rollout.layer, rollout.rollout_id)
     save_plan(settings.bucket, key, plan)
     registry = Registry(settings.table)
     registry.put_rollout(rollout.layer, rollout.rollout_id, status="planned", plan_key=key)
     registry.set_version_status(rollout.layer, layer_version.version, "rolling_out")
-    state.plan = PlanSummary(
-        plan_key=key,
-        target_count=len(plan.active),
-        skipped_count=len(targets) - len(plan.active),
-        pilot_count=sum(1 for t in plan.active if t.wave is Wave.PILOT),
-        steps=spec.steps,
-        shift_steps=schedule,
-    )
+    state.plan = plan_summary(plan, key, spec)
     return state
