@@ -44,7 +44,7 @@ from moto.awslambda.models import lambda_backends
 from moto.codebuild import models as codebuild_models
 from moto.codebuild import responses as codebuild_responses
 from moto.codebuild.models import codebuild_backends
-from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails, TaskTimedOutEventDetails
 from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
     FailureEvent,
@@ -126,6 +126,7 @@ class BuildSetupError(RuntimeError):
 class _Settings:
     state_dir: Path | None = None
     endpoint_url: str | None = None
+    fault_plan: Path | None = None
 
     def resolved_state_dir(self) -> Path:
         if self.state_dir is not None:
@@ -661,13 +662,35 @@ class StateTaskServiceCodeBuild(StateTaskServiceCallback):
         if not isinstance(overrides, list):
             raise BuildSetupError("EnvironmentVariablesOverride must be a list of {Name, Value, Type}")
         execution_name = env.states.context_object.context_object_data.get("Execution", {}).get("Name", "")
+        project = str(project_name).rsplit("/", 1)[-1]
+        fault = _planned_fault(project, overrides)
+        if fault in _FAULT_ERRORS:
+            status, code = _FAULT_ERRORS[fault]
+            error = {"Error": {"Code": code, "Message": f"injected {fault} fault"}}
+            raise ClientError({**error, "ResponseMetadata": {"HTTPStatusCode": status}}, "StartBuild")
         build = start_local_build(
             resource_runtime_part.account,
             resource_runtime_part.region,
-            str(project_name).rsplit("/", 1)[-1],
+            project,
             overrides,
             initiator=f"states/{execution_name}" if execution_name else "states",
         )
+        if fault == "timeout":  # the build started; the task then timed out, and Step Functions stops it
+            build.stop_requested.set()
+            raise FailureEventException(
+                FailureEvent(
+                    env=env,
+                    error_name=StatesErrorName(typ=StatesErrorNameType.StatesTimeout),
+                    event_type=HistoryEventType.TaskTimedOut,
+                    event_details=EventDetails(
+                        taskTimedOutEventDetails=TaskTimedOutEventDetails(
+                            error=StatesErrorNameType.StatesTimeout.to_name(),
+                            resource=self._get_sfn_resource(),
+                            resourceType=self._get_sfn_resource_type(),
+                        )
+                    ),
+                )
+            )
         env.stack.append(build_output(build))
 
     def _eval_integration_pattern(
@@ -732,6 +755,29 @@ class StateTaskServiceCodeBuild(StateTaskServiceCallback):
         return _sync_resolver
 
 
+# ---------------------------------------------------------------------------------- fault injection
+
+# fault -> the CodeBuild API's answer to StartBuild (status, error code); timeout is handled apart.
+_FAULT_ERRORS: Final = {
+    "throttle": (400, "ThrottlingException"),
+    "server": (500, "InternalFailure"),
+    "denied": (403, "AccessDeniedException"),
+}
+
+
+def _planned_fault(project: str, overrides: list[dict[str, Any]]) -> str | None:
+    """The fault harness's fault for this build task, if its plan has one (integration_faults.py)."""
+    from layershift.local import integration_faults
+
+    output = next((str(v.get("Value")) for v in overrides if v.get("Name") == "LAYERSHIFT_OUTPUT_URI"), "")
+    # s3://<bucket>/artifacts/<layer>/<build key>/
+    parts = output.split("/")
+    layer = parts[4] if len(parts) > 5 and parts[3] == "artifacts" else None
+    return integration_faults.fault_for(
+        _settings.fault_plan, project, b"", operation="codebuild:startBuild.sync", layer=layer
+    )
+
+
 # ---------------------------------------------------------------------------------------- install
 
 
@@ -776,6 +822,7 @@ def install(aws: Any = None) -> None:
         return
     _settings.state_dir = Path(aws.state_dir) if aws is not None else None
     _settings.endpoint_url = aws.endpoint_url if aws is not None else None
+    _settings.fault_plan = getattr(aws, "fault_plan", None)
     _originals["state_task_service_for"] = state_task_service_factory.state_task_service_for
     _originals["validate_source"] = codebuild_responses._validate_required_params_source
     _originals["batch_get_builds"] = codebuild_models.CodeBuildBackend.batch_get_builds

@@ -3,8 +3,9 @@
 ``lambda_bootstrap`` loads this module when ``LAYERSHIFT_FAULT_PLAN`` names a plan file (JSON).
 Every AWS call the function makes through botocore is then recorded in the plan's record file as
 one JSON line: the rollout's layer, the function, the service and the operation. A call that
-matches the plan's fault for that layer gets the fault at the HTTP layer, below botocore's retry
-logic, so the function's own retry configuration meets it as it would meet the real error:
+matches one of the plan's faults for that layer (one site, or a list of sites) gets the fault at
+the HTTP layer, below botocore's retry logic, so the function's own retry configuration meets it
+as it would meet the real error:
 
 - ``throttle``: the service's throttling error, on the first attempt of each matching call only;
 - ``server``: an HTTP 500, on the first attempt only;
@@ -91,15 +92,15 @@ def _record(service, operation, injected):
 
 
 def _fault_for(service, operation, attempt):
-    fault = _plan().get("faults", {}).get(_STATE["layer"] or "")
-    if not fault:
-        return None
+    planned = _plan().get("faults", {}).get(_STATE["layer"] or "") or []
     function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
-    if (fault["function"], fault["service"], fault["operation"]) != (function, service, operation):
-        return None
-    if fault["fault"] in _TRANSIENT and attempt > 1:
-        return None
-    return fault["fault"]
+    for fault in [planned] if isinstance(planned, dict) else planned:
+        if (fault["function"], fault["service"], fault["operation"]) != (function, service, operation):
+            continue
+        if fault["fault"] in _TRANSIENT and attempt > 1:
+            return None
+        return fault["fault"]
+    return None
 
 
 def _cbor_text(text):

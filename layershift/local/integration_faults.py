@@ -2,9 +2,11 @@
 
 The fault harness's plan (``fault_hook.py`` describes it) may name the site
 ``(<function>, "states", "lambda:invoke")``: the Step Functions task that invokes that function
-for the rollout of a given layer. Step Functions invokes synchronously (``RequestResponse``) with
-the execution state as the payload, which names the layer. The Lambda service then answers, as
-Lambda would:
+for the rollout of a given layer; or ``(<project>, "states", "codebuild:startBuild.sync")``, the
+build task (``codebuild.py`` asks here before it starts the build, and answers as CodeBuild's
+StartBuild would). Step Functions invokes Lambda synchronously (``RequestResponse``) with the
+execution state as the payload, which names the layer. The Lambda service then answers, as Lambda
+would:
 
 - ``throttle``: TooManyRequestsException (429), on the task's first attempt only;
 - ``server``: ServiceException (500), on the first attempt only;
@@ -62,23 +64,32 @@ def layer_of(payload: bytes) -> str | None:
     return None
 
 
-def fault_for(plan_path: Path | None, function: str, payload: bytes) -> str | None:
-    """Record this invoke and return the fault to inject, if the plan has one for it now."""
+def planned_faults(plan: dict[str, Any], layer: str) -> list[dict[str, str]]:
+    """The faults planned for a layer's rollout: one, or several at different sites."""
+    planned = plan.get("faults", {}).get(layer) or []
+    return [planned] if isinstance(planned, dict) else list(planned)
+
+
+def fault_for(
+    plan_path: Path | None, function: str, payload: bytes, operation: str = OPERATION, layer: str | None = None
+) -> str | None:
+    """Record this call and return the fault to inject, if the plan has one for it now."""
     if plan_path is None:
         return None
-    layer = layer_of(payload)
+    layer = layer or layer_of(payload)
     if layer is None:
         return None
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    planned = plan.get("faults", {}).get(layer)
     fault = None
-    if planned and (planned["function"], planned["service"], planned["operation"]) == (function, SERVICE, OPERATION):
-        key = (layer, function, planned["fault"])
+    for planned in planned_faults(plan, layer):
+        if (planned["function"], planned["service"], planned["operation"]) != (function, SERVICE, operation):
+            continue
+        key = (layer, function, operation, planned["fault"])
         with _lock:
             if planned["fault"] not in TRANSIENT or key not in _injected:
                 fault = planned["fault"]
                 _injected.add(key)
-    line = {"layer": layer, "function": function, "service": SERVICE, "operation": OPERATION, "injected": fault}
+    line = {"layer": layer, "function": function, "service": SERVICE, "operation": operation, "injected": fault}
     with open(plan["record"], "a", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.write(json.dumps({**line, "time": time.time()}) + "\n")
