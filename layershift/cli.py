@@ -1,4 +1,5 @@
-"""`layershift`: build, validate and push layers; watch, approve, reject or abort rollouts; run the demo."""
+"""`layershift`: build, validate and push layers; watch, approve, reject or abort rollouts; free a dead
+rollout's lock; run the demo."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 from layershift_core.builder import command as build_command
-from layershift_core.errors import NothingWaiting
+from layershift_core.errors import NothingWaiting, UnlockRefused
 
 from . import controlplane
 from .controlplane import ControlPlane, ControlPlaneNotFound
@@ -112,6 +113,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             if sk.startswith("ROLLOUT#"):
                 reason = item.get("reason", {}).get("S", "")
                 print(f"  rollout {sk[8:]}: {item['status']['S']}{'  ' + reason[:160] if reason else ''}")
+                if item["status"]["S"] == "waiting_for_lock" and "waiting_for" in item:
+                    print(f"    waits for the lock that rollout {item['waiting_for']['S']} holds")
                 if "verdict" in item:
                     detail = item.get("verdict_detail", {}).get("S", "")
                     print(f"    last canary verdict at {item.get('weight', {}).get('S', '?')}%: {detail[:200]}")
@@ -157,6 +160,21 @@ def cmd_abort(args: argparse.Namespace) -> int:
         print(f"abort requested for rollout {execution['name']}: it stops and every alias it touched is restored")
     for execution in running:
         _follow_if_asked(args, cp, execution["name"])
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from layershift_core.lock import LIVE_EXECUTION_STATUSES, unlock_layer
+
+    cp = _control_plane(args)
+    with cp.domain_clients():
+        result = unlock_layer(cp.settings(), args.layer, force=args.force, reason=args.reason)
+    print(f"layer {result.layer} was locked by rollout {result.owner} since {result.acquired_at}")
+    status = result.execution_status or "not found (no execution of that name)"
+    print(f"  its execution {result.execution_arn or '(unknown state machine)'}: {status}")
+    print(f"unlocked {result.layer}: the next push, or a rollout waiting for the lock, takes it")
+    if result.forced and result.execution_status in LIVE_EXECUTION_STATUSES:
+        print(f"  (--force) rollout {result.owner} stops at its next step with LockLost and rolls back")
     return 0
 
 
@@ -238,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_target(signal)
         signal.set_defaults(func=func)
 
+    unlock = sub.add_parser(
+        "unlock", help="free a layer's lock left by a rollout whose execution no longer runs (it is checked)"
+    )
+    unlock.add_argument("layer")
+    unlock.add_argument("--force", action="store_true", help="free it even if the holder's execution still runs")
+    unlock.add_argument("--reason", default="unlocked from the command line", help="recorded on the holder's rollout")
+    _add_target(unlock)
+    unlock.set_defaults(func=cmd_unlock)
+
     demo = sub.add_parser("demo", help="a promotion and an automatic rollback on the local emulated AWS")
     demo.add_argument("--keep-running", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -254,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except ControlPlaneNotFound as exc:
         print(f"layershift: {exc}", file=sys.stderr)
         return 2
-    except NothingWaiting as exc:
+    except (NothingWaiting, UnlockRefused) as exc:
         print(f"layershift: {exc}", file=sys.stderr)
         return 1
 

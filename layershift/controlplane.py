@@ -263,6 +263,17 @@ def describe_event(event: dict[str, Any]) -> str | None:
     return None
 
 
+def wait_for_end(cp: ControlPlane, execution_arn: str, poll: float = 0.5, timeout: float = 1800) -> dict[str, Any]:
+    """Wait, quietly, until the execution ends; return describe_execution's answer."""
+    sfn = cp.client("stepfunctions")
+    deadline = time.monotonic() + timeout
+    while (described := sfn.describe_execution(executionArn=execution_arn))["status"] == "RUNNING":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
+        time.sleep(poll)
+    return described
+
+
 def follow(
     cp: ControlPlane, execution_arn: str, emit: Callable[[str], None] = print, poll: float = 0.5, timeout: float = 1800
 ) -> dict[str, Any]:

@@ -65,16 +65,24 @@ def target_input(target: dict[str, Any], event: dict[str, Any]) -> str:
     return json.dumps(event)
 
 
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
 def _client(service: str, region: str) -> Any:
-    # One session per delivery: boto3's default session is not thread-safe.
-    return boto3.session.Session().client(
-        service,
-        region_name=region,
-        endpoint_url=_state["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"max_attempts": 2, "mode": "standard"}),
-    )
+    # Made once, under a lock, from its own session: boto3 sessions are not thread-safe, clients are.
+    with _clients_lock:
+        key = (service, region)
+        if key not in _clients:
+            _clients[key] = boto3.session.Session().client(
+                service,
+                region_name=region,
+                endpoint_url=_state["endpoint_url"],
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+            )
+        return _clients[key]
 
 
 def deliver(target: dict[str, Any], event: dict[str, Any]) -> None:
@@ -119,6 +127,8 @@ def _send_to_targets(self: Any, original_event: dict[str, Any], transform_input:
 
 def install(endpoint_url: str) -> None:
     _state["endpoint_url"] = endpoint_url
+    with _clients_lock:
+        _clients.clear()
     if not _originals:
         _originals["send_to_targets"] = events_models.Rule.send_to_targets
         events_models.Rule.send_to_targets = _send_to_targets  # type: ignore[method-assign]
@@ -131,6 +141,8 @@ def wait_idle(timeout: float = 5.0) -> None:
 
 
 def uninstall() -> None:
+    with _clients_lock:
+        _clients.clear()
     wait_idle()
     if _originals:
         events_models.Rule.send_to_targets = _originals.pop("send_to_targets")  # type: ignore[method-assign]

@@ -14,6 +14,9 @@ A stopped execution is ABORTED, as in Step Functions: the emulator lets the fail
 stop causes in a waiting task (a Map iteration's task token wait) overwrite the stop, and the
 execution then ends FAILED.
 
+The interpreter makes a new boto3 client, from boto3's shared default session, for every Lambda
+task it runs; here one client per service and region serves them all (clients are thread-safe).
+
 Step Functions sends an "Execution Status Change" event to EventBridge's default bus whenever a
 standard execution ends (the reaper listens for it); the emulator sends none, so one is put here,
 shaped as AWS documents it, when an execution ends for any reason, a stop from the API included.
@@ -23,11 +26,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from moto.core.responses import EmptyResult
 from moto.stepfunctions.parser.asl.component.common.timeouts import timeout
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
@@ -59,6 +67,31 @@ def _send_task_failure(self: Any) -> EmptyResult:
         self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
     )
     return EmptyResult()
+
+
+_clients: dict[tuple[str, str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+    key = (region, service, os.environ.get("MOTO_PORT", ""))
+    with _clients_lock:
+        if key not in _clients:
+            session = boto3.session.Session()
+            _clients[key] = session.client(
+                service,
+                region_name=region,
+                endpoint_url=f"http://localhost:{key[2] or 5000}",
+                aws_access_key_id="ak",
+                aws_secret_access_key="sk",
+                config=Config(
+                    parameter_validation=False,
+                    retries={"max_attempts": 0, "total_max_attempts": 1},
+                    connect_timeout=60,
+                    read_timeout=3600,
+                ),
+            )
+        return _clients[key]
 
 
 def _set_error(self: Any, error: Any) -> None:
@@ -109,6 +142,9 @@ def install(wait_scale: float = 1.0) -> None:
     if wait_scale < 0:
         raise ValueError("wait_scale must not be negative")
     _state["scale"] = float(wait_scale)
+    if "boto_client_for" not in _originals:
+        _originals["boto_client_for"] = lambda_eval_utils.boto_client_for
+        lambda_eval_utils.boto_client_for = _boto_client_for
     if "set_error" not in _originals:
         _originals["set_error"] = Environment.set_error
         Environment.set_error = _set_error  # type: ignore[method-assign]
@@ -126,6 +162,10 @@ def install(wait_scale: float = 1.0) -> None:
 
 
 def uninstall() -> None:
+    if "boto_client_for" in _originals:
+        lambda_eval_utils.boto_client_for = _originals.pop("boto_client_for")
+    with _clients_lock:
+        _clients.clear()
     if "set_error" in _originals:
         Environment.set_error = _originals.pop("set_error")  # type: ignore[method-assign]
     if "terminated" in _originals:

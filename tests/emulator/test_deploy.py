@@ -143,6 +143,8 @@ RULE_TARGETS = {
     "RolloutTriggerPermission": "StartRolloutFunction",
     "AlarmStateChangeRule": "OnAlarmFunction",
     "AlarmStateChangePermission": "OnAlarmFunction",
+    "ExecutionEndedRule": "ReapRolloutFunction",
+    "ExecutionEndedPermission": "ReapRolloutFunction",
 }
 
 
@@ -152,6 +154,9 @@ def _check_rule(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     pattern = json.loads(rule["EventPattern"])
     if lid == "RolloutTriggerRule":
         assert pattern["detail"]["bucket"]["name"] == [stack.names["ArtifactBucket"]]
+    elif lid == "ExecutionEndedRule":
+        assert pattern["detail-type"] == ["Step Functions Execution Status Change"]
+        assert pattern["detail"]["stateMachineArn"] == [stack.physical_ids["RolloutStateMachine"]]
     else:
         assert pattern["detail-type"] == ["CloudWatch Alarm State Change"]
     (target,) = events.list_targets_by_rule(Rule=stack.names[lid])["Targets"]

@@ -14,7 +14,7 @@ import pytest
 
 from layershift.controlplane import ControlPlane, from_outputs
 
-from .support import ROOT
+from .support import ROOT, STACK_PARAMETERS
 
 
 @pytest.fixture(scope="session")
@@ -34,5 +34,5 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, fault_plan: Path) ->
 
     state_dir = tmp_path_factory.mktemp("local-aws")
     with LocalAws(ROOT, state_dir=state_dir, fault_plan=fault_plan) as aws:
-        stack = deploy_control_plane(aws, ROOT)
+        stack = deploy_control_plane(aws, ROOT, parameters=STACK_PARAMETERS)
         yield from_outputs(stack.outputs, aws.region, aws.endpoint_url)

@@ -10,11 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layershift.controlplane import ControlPlane, follow, history_events, push, wait_for_execution
+from layershift.controlplane import ControlPlane, describe_event, history_events, push, wait_for_end, wait_for_execution
 from layershift.demo import put_error_alarm
 from layershift.invariants import check_invariants
 
 ROOT = Path(__file__).resolve().parents[2]
+# The session's control plane waits this long for a locked layer (template default: an hour): long
+# enough for a second push to outwait a test rollout, short enough for a test to outwait a stale lock.
+LOCK_WAIT_SECONDS = 60
+STACK_PARAMETERS = {"LockWaitSeconds": str(LOCK_WAIT_SECONDS)}
 
 
 def zip_source(source: str) -> bytes:
@@ -47,9 +51,9 @@ def start_rollout(cp: ControlPlane, layer: str, requirements: str, config: str |
 
 def finish_rollout(cp: ControlPlane, execution_arn: str) -> Rollout:
     """Follow the execution to its end, and check the invariants."""
-    lines: list[str] = []
-    described = follow(cp, execution_arn, emit=lines.append, poll=0.3, timeout=600)
+    described = wait_for_end(cp, execution_arn, poll=0.3, timeout=600)
     history = history_events(cp, execution_arn)
+    lines = [line for line in map(describe_event, history) if line]
     failed = next((e["executionFailedEventDetails"] for e in history if e["type"] == "ExecutionFailed"), {})
     problems = check_invariants(cp, execution_arn)
     assert problems == [], f"invariants violated after {execution_arn}: {problems}"

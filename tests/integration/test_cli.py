@@ -1,5 +1,6 @@
-"""The CLI against the local control plane, as a user runs it: push, status, approve, reject, abort."""
+"""The CLI against the local control plane, as a user runs it: push, status, approve, reject, abort, unlock."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from layershift.cli import main
 from layershift.controlplane import ControlPlane, wait_for_execution
 
-from .support import create_consumer, publish_bootstrap_layer, spec, wait_for_state
+from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, wait_for_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -98,3 +99,56 @@ def test_approve_and_abort_from_the_command_line(
     aborted = capsys.readouterr().out
     assert "abort requested for rollout" in aborted
     assert "execution FAILED: RolloutAborted: aborted by an operator: wrong day" in aborted
+
+
+def test_unlock_frees_a_dead_rollouts_lock_and_refuses_a_running_ones(
+    control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cp = control_plane
+    state = tmp_path / "control-plane.json"
+    cp.save_local(state)
+    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    assert main(["unlock", "cli-unlock", "--local"]) == 1
+    assert "layer 'cli-unlock' is not locked: there is nothing to unlock" in capsys.readouterr().err
+
+    # A rollout that died without releasing its lock (no execution of that name exists).
+    cp.client("dynamodb").put_item(
+        TableName=cp.table,
+        Item={
+            "pk": {"S": "LAYER#cli-unlock"},
+            "sk": {"S": "LOCK"},
+            "owner": {"S": "cli-unlock-crashed"},
+            "acquired_at": {"S": "2026-11-23T00:00:00+00:00"},
+            "expires_at": {"N": str(int(time.time()) + 3600)},
+        },
+    )
+    create_consumer(cp, "cli-unlock-fn", [publish_bootstrap_layer(cp, "cli-unlock")])
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    config = tmp_path / "layer.toml"
+    config.write_text(spec(extra="approval = true"))
+    assert main(["push", str(requirements), "--layer", "cli-unlock", "--config", str(config), "--local"]) == 0
+    execution = capsys.readouterr().out.split("execution: ")[1].strip()
+    name = execution.rsplit(":", 1)[-1]
+    wait_for_execution(cp, execution)
+    wait_for_state(cp, execution, "WaitForLayerLock")  # the push waits for the dead rollout
+
+    assert main(["unlock", "cli-unlock", "--local", "--reason", "its execution is gone"]) == 0
+    unlocked = capsys.readouterr().out
+    assert "layer cli-unlock was locked by rollout cli-unlock-crashed since 2026-11-23T00:00:00+00:00" in unlocked
+    assert "not found (no execution of that name)" in unlocked
+    assert "unlocked cli-unlock" in unlocked
+
+    # The waiting push takes the lock at its next attempt; a running holder's lock is not freed.
+    wait_for_state(cp, execution, "AwaitApproval")
+    assert main(["unlock", "cli-unlock", "--local"]) == 1
+    refused = capsys.readouterr().err
+    assert f"locked by rollout {name} since" in refused and f"still RUNNING: {execution}" in refused
+    assert "`layershift abort cli-unlock`" in refused
+    lock = cp.client("dynamodb").get_item(
+        TableName=cp.table, Key={"pk": {"S": "LAYER#cli-unlock"}, "sk": {"S": "LOCK"}}, ConsistentRead=True
+    )["Item"]
+    assert lock["owner"]["S"] == name
+
+    assert main(["approve", "cli-unlock", "--local"]) == 0
+    assert finish_rollout(cp, execution).status == "SUCCEEDED"

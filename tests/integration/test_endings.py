@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from layershift.controlplane import ControlPlane, abort, follow, history_events
+from layershift.controlplane import ControlPlane, abort, history_events, wait_for_end
 from layershift.invariants import check_invariants
 
 from .support import create_consumer, publish_bootstrap_layer, spec, start_rollout, wait_for_state, wait_until
@@ -101,7 +101,7 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
         arn = start_rollout(cp, layer, "six==1.16.0\n", spec("[{weight = 50, bake_seconds = 600}]"))
         wait_for_state(cp, arn, "BakeAndWatch")
         assert abort(cp, layer, "pager test")
-        described = follow(cp, arn, emit=lambda line: None, poll=0.3, timeout=600)
+        described = wait_for_end(cp, arn, poll=0.3, timeout=600)
     finally:
         _set_fault(fault_plan, layer, None)
 

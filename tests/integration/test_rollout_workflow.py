@@ -10,12 +10,24 @@ import json
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
 from layershift.controlplane import ControlPlane
 
-from .support import create_alarm, create_consumer, publish_bootstrap_layer, run_rollout, spec
+from .support import (
+    LOCK_WAIT_SECONDS,
+    Rollout,
+    create_alarm,
+    create_consumer,
+    finish_rollout,
+    publish_bootstrap_layer,
+    run_rollout,
+    spec,
+    start_rollout,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -192,6 +204,8 @@ def test_functions_that_cannot_take_part_are_skipped_with_a_reason(control_plane
 
 
 def test_a_layer_locked_by_another_rollout_is_refused_and_the_lock_left_alone(control_plane: ControlPlane) -> None:
+    """A lock whose holder never ends (a stale owner, lease not run out): the push waits for it,
+    LockWaitSeconds at most (the session deploys a short one), then is refused and says what to do."""
     cp = control_plane
     ddb = cp.client("dynamodb")
     ddb.put_item(
@@ -207,10 +221,92 @@ def test_a_layer_locked_by_another_rollout_is_refused_and_the_lock_left_alone(co
     rollout = run_rollout(cp, "busy", "six==1.16.0\n", spec())
     assert rollout.status == "FAILED"
     assert rollout.error == "LayerLocked"
-    assert "locked by rollout busy-other-rollout" in (rollout.cause or "")
-    assert "BuildLayer" not in rollout.states_entered()
+    cause = rollout.cause or ""
+    assert "still locked by rollout busy-other-rollout (holding it since 2026-11-23T00:00:00+00:00" in cause
+    assert f"the most LockWaitSeconds ({LOCK_WAIT_SECONDS} s) allows" in cause
+    assert "`layershift abort busy`" in cause and "`layershift unlock busy`" in cause
+    entered = rollout.states_entered()
+    assert entered.count("WaitForLayerLock") >= 2 and entered.count("AcquireLayerLock") >= 3
+    assert "FindReusableBuild" not in entered and "BuildLayer" not in entered
+    attempts = [e["timestamp"] for e in rollout.history if _entered(e) == "AcquireLayerLock"]
+    assert (attempts[-1] - attempts[0]).total_seconds() >= LOCK_WAIT_SECONDS - 1
     lock = ddb.get_item(TableName=cp.table, Key={"pk": {"S": "LAYER#busy"}, "sk": {"S": "LOCK"}})["Item"]
     assert lock["owner"]["S"] == "busy-other-rollout"
     name = rollout.execution_arn.rsplit(":", 1)[-1]
     record = ddb.get_item(TableName=cp.table, Key={"pk": {"S": "LAYER#busy"}, "sk": {"S": f"ROLLOUT#{name}"}})["Item"]
     assert record["status"]["S"] == "rejected"
+
+
+def _entered(event: dict) -> str | None:
+    return (event.get("stateEnteredEventDetails") or {}).get("name")
+
+
+def _exits(rollout: Rollout, state: str) -> list[tuple[datetime, dict]]:
+    """(timestamp, output) of every exit from ``state``."""
+    return [
+        (e["timestamp"], json.loads(e["stateExitedEventDetails"].get("output") or "{}"))
+        for e in rollout.history
+        if (e.get("stateExitedEventDetails") or {}).get("name") == state
+    ]
+
+
+def _lock_owner(cp: ControlPlane, layer: str) -> str | None:
+    item = (
+        cp.client("dynamodb")
+        .get_item(TableName=cp.table, Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": "LOCK"}}, ConsistentRead=True)
+        .get("Item")
+    )
+    return item["owner"]["S"] if item else None
+
+
+def test_a_second_push_waits_for_the_first_and_rolls_out_after_it(control_plane: ControlPlane) -> None:
+    """Two different pushes of one layer in quick succession: the first takes the lock, the second
+    waits, and rolls out once the first has ended; their locked spans never overlap."""
+    cp = control_plane
+    create_consumer(cp, "queue-fn", [publish_bootstrap_layer(cp, "queue")])
+    first_arn = start_rollout(cp, "queue", "six==1.16.0\n", spec())
+    first_name = first_arn.rsplit(":", 1)[-1]
+    # The second push must come after the first took the lock: before that, the first would be
+    # superseded by it (a newer push of the layer) and only the second would roll out.
+    wait_until(lambda: _lock_owner(cp, "queue") == first_name, timeout=120, interval=0.05)
+    second_arn = start_rollout(cp, "queue", "six==1.17.0\n", spec())
+
+    first = finish_rollout(cp, first_arn)
+    second = finish_rollout(cp, second_arn)
+    assert first.status == "SUCCEEDED", first.lines
+    assert second.status == "SUCCEEDED", second.lines
+
+    # The second one waited for the first, by name.
+    attempts = _exits(second, "AcquireLayerLock")
+    assert attempts[0][1]["lock_wait"]["holder"] == first_name
+    assert "WaitForLayerLock" in second.states_entered()
+    assert "lock_wait" not in attempts[-1][1]
+    # Their locked spans never overlap: the second took the lock only after the first let it go.
+    first_locked = _exits(first, "AcquireLayerLock")[-1][0]
+    (first_release,) = [e["timestamp"] for e in first.history if _entered(e) == "ReleaseLayerLock"]
+    second_locked = attempts[-1][0]
+    first_work = [e["timestamp"] for e in first.history if _entered(e) in FORWARD_STATES]
+    second_work = [e["timestamp"] for e in second.history if _entered(e) in FORWARD_STATES]
+    assert first_locked <= min(first_work) and max(first_work) <= first_release
+    assert first_release <= second_locked <= min(second_work)
+
+    # The later push is what runs now.
+    promoted = cp.client("ssm").get_parameter(Name="/layershift/queue/arn")["Parameter"]["Value"]
+    assert promoted.endswith(":3")
+    invoked = cp.client("lambda").invoke(FunctionName="queue-fn", Qualifier="live", Payload=b"{}")
+    assert json.loads(invoked["Payload"].read()) == {"six": "1.17.0"}
+    assert _lock_owner(cp, "queue") is None
+
+
+FORWARD_STATES = frozenset(
+    {
+        "FindReusableBuild",
+        "BuildLayer",
+        "PublishLayerVersion",
+        "PlanRollout",
+        "PrepareFunctionVersions",
+        "SetTrafficWeight",
+        "CheckHealth",
+        "PromoteLayer",
+    }
+)

@@ -21,6 +21,7 @@ def settings() -> Iterator[Settings]:
     with mock_aws():
         aws.client.cache_clear()
         create_registry_table("registry")
+        Registry("registry").acquire_lock("shared", "r1", 3600)  # a waiting rollout holds its layer's lock
         topic = boto3.client("sns").create_topic(Name="rollouts")["TopicArn"]
         yield Settings(bucket="artifacts", table="registry", topic_arn=topic)
         aws.client.cache_clear()

@@ -78,7 +78,7 @@ class _FakeStepFunctions:
     def __init__(self, executions: dict[str, dict[str, Any]]) -> None:
         self.executions = executions
 
-    def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+    def describe_execution(self, executionArn: str) -> dict[str, Any]:
         return self.executions[executionArn]
 
 

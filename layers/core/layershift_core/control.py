@@ -46,7 +46,10 @@ def register_wait(request: WaitRequest, settings: Settings) -> dict[str, Any]:
     would otherwise be noticed only at the next poll.
     """
     step = request.step
-    ensure_not_aborted(settings, step.layer, step.rollout_id)
+    # The lease must outlast an approval wait, however long layer.toml lets it be.
+    approval_timeout = int((step.model_extra or {}).get("approval_timeout_seconds") or 0)
+    lease = approval_timeout + settings.lock_lease_seconds if request.kind == APPROVAL else None
+    ensure_not_aborted(settings, step.layer, step.rollout_id, lease_seconds=lease)
     Registry(settings.table).put_wait(step.layer, step.rollout_id, request.kind, request.token, step.alarms)
     firing = firing_alarms(step)
     if firing:

@@ -18,7 +18,21 @@ class InvalidLayerSpec(LayershiftError):
 
 
 class LayerLocked(LayershiftError):
-    """Another rollout holds this layer's lock."""
+    """Another rollout still holds this layer's lock after this one waited as long as LockWaitSeconds allows."""
+
+
+class Superseded(LayershiftError):
+    """A newer push of the same layer arrived before this rollout took the lock; that one rolls out instead.
+    Nothing is built."""
+
+
+class LockLost(LayershiftError):
+    """A forward step found that this rollout no longer holds its layer's lock: it has ended already (a
+    redriven execution), or its lock was freed or taken by another rollout. The step changes nothing."""
+
+
+class UnlockRefused(LayershiftError):
+    """`layershift unlock` found the layer unlocked, or held by a rollout whose execution still runs."""
 
 
 class BuildFailed(LayershiftError):

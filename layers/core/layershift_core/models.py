@@ -227,11 +227,23 @@ class Outcome(Model):
     unrestored: list[str] = Field(default_factory=list)
 
 
+class LockWait(Model):
+    """AcquireLayerLock found the layer held by another rollout: the workflow waits
+    (WaitForLayerLock) and asks again, until ``lock_wait_seconds`` after ``waiting_since``."""
+
+    holder: str
+    holder_since: str | None = None
+    waiting_since: float = Field(description="epoch seconds of the first attempt that found the layer locked")
+    retry_seconds: int = Field(ge=1, description="the Wait state's SecondsPath")
+    attempts: int = Field(default=1, ge=1)
+
+
 class RolloutState(Model):
     """The execution state: each task fills in its own section."""
 
     request: RolloutRequest
     rollout: ValidatedRollout | None = None
+    lock_wait: LockWait | None = None
     build: BuildDecision | None = None
     layer_version: LayerVersionRef | None = None
     plan: PlanSummary | None = None

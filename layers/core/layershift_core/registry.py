@@ -47,7 +47,9 @@ class Registry:
         self.ddb = client("dynamodb")
 
     # -- the lock ---------------------------------------------------------------------------
-    def acquire_lock(self, layer: str, owner: str, lease_seconds: int) -> None:
+    def try_acquire_lock(self, layer: str, owner: str, lease_seconds: int) -> dict[str, Any] | None:
+        """Take the lock, or renew it when `owner` holds it already. Returns None when `owner` now
+        holds it, else the item of the rollout that does (a lease that has expired is taken over)."""
         now = int(time.time())
         try:
             self.ddb.put_item(
@@ -64,11 +66,41 @@ class Registry:
                 ExpressionAttributeValues={":me": {"S": owner}, ":now": {"N": str(now)}},
             )
         except self.ddb.exceptions.ConditionalCheckFailedException:
-            holder = self.lock_holder(layer) or {}
+            # Released between the write and this read: report the last known holder anyway; the
+            # caller asks again after its wait.
+            return self.lock_holder(layer) or {"owner": "?"}
+        return None
+
+    def acquire_lock(self, layer: str, owner: str, lease_seconds: int) -> None:
+        holder = self.try_acquire_lock(layer, owner, lease_seconds)
+        if holder is not None:
             raise LayerLocked(
                 f"layer {layer!r} is locked by rollout {holder.get('owner', '?')} since "
                 f"{holder.get('acquired_at', '?')}; it is released when that rollout ends"
-            ) from None
+            )
+
+    def renew_lock(self, layer: str, owner: str, lease_seconds: int) -> bool:
+        """Extend the lease of `owner`'s lock, in one conditional write. Returns whether `owner` held it.
+
+        A lease that has run out but that nobody took over is still `owner`'s: taking over and
+        renewing are both conditional writes on the same item, so only one of them can succeed.
+        """
+        try:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": _layer_pk(layer), "sk": {"S": "LOCK"}},
+                UpdateExpression="SET expires_at = :expires, renewed_at = :at",
+                ConditionExpression="#owner = :me",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":me": {"S": owner},
+                    ":expires": {"N": str(int(time.time()) + lease_seconds)},
+                    ":at": {"S": _now_iso()},
+                },
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def release_lock(self, layer: str, owner: str) -> bool:
         """Release the lock if `owner` holds it. Returns whether it was held."""
@@ -172,6 +204,22 @@ class Registry:
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=attr_values,
         )
+
+    def note_on_rollout(self, layer: str, rollout_id: str, **fields: str) -> bool:
+        """Add fields to an existing rollout record (never creates one). Returns whether it existed."""
+        names = {f"#{name}": name for name in fields}
+        try:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}},
+                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in fields),
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={f":{name}": {"S": value} for name, value in fields.items()},
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def rollout(self, layer: str, rollout_id: str) -> dict[str, Any] | None:
         item = self.ddb.get_item(

@@ -29,6 +29,7 @@ class Settings(BaseModel):
     canary_max_extension_seconds: int = 600
     canary_inconclusive: str = "rollback"
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
+    lock_wait_seconds: int = Field(default=3600, ge=0, le=86_400)
     codecommit_repository: str | None = None
     codecommit_branch: str = "main"
 
@@ -70,6 +71,7 @@ _ENV = {
     "canary_max_extension_seconds": "LAYERSHIFT_CANARY_MAX_EXTENSION_SECONDS",
     "canary_inconclusive": "LAYERSHIFT_CANARY_INCONCLUSIVE",
     "lock_lease_seconds": "LAYERSHIFT_LOCK_LEASE_SECONDS",
+    "lock_wait_seconds": "LAYERSHIFT_LOCK_WAIT_SECONDS",
     "codecommit_repository": "LAYERSHIFT_CODECOMMIT_REPOSITORY",
     "codecommit_branch": "LAYERSHIFT_CODECOMMIT_BRANCH",
 }

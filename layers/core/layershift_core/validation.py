@@ -151,7 +151,7 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
     spec, requirements = checked.spec, checked.requirements
     check_alarms_exist(spec, config_key)
     check_targets_exist(request.layer, spec, config_key)
-    ensure_not_aborted(settings, request.layer, rollout_id)
+    ensure_not_aborted(settings, request.layer, rollout_id, holding_lock=False)  # before the lock
 
     runtime, architecture, build_key = checked.runtime, checked.architecture, checked.build_key
     prefix = rollout_prefix(request.layer, rollout_id)
