@@ -91,8 +91,9 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
     cp = control_plane
     layer = "pager"
     old = create_consumer(cp, f"{layer}-fn", [publish_bootstrap_layer(cp, layer)])
-    functions = {f["FunctionName"] for f in cp.client("lambda").list_functions()["Functions"]}
-    roll_back = next(name for name in functions if "RollBack" in name)
+    roll_back = next(
+        f["FunctionName"] for f in cp.client("lambda").list_functions()["Functions"] if "RollBack" in f["FunctionName"]
+    )
     _set_fault(
         fault_plan, layer, {"function": roll_back, "service": "lambda", "operation": "UpdateAlias", "fault": "denied"}
     )
@@ -129,3 +130,61 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
     cp.client("lambda").update_alias(
         FunctionName=f"{layer}-fn", Name="live", FunctionVersion=old, RoutingConfig={"AdditionalVersionWeights": {}}
     )
+
+
+def _task_payload(history: list[dict], function_part: str) -> tuple[str, dict]:
+    """The function and payload of the last task the execution scheduled for a function."""
+    for event in reversed(history):
+        if event["type"] == "TaskScheduled":
+            parameters = json.loads(event["taskScheduledEventDetails"]["parameters"])
+            if function_part in parameters["FunctionName"]:
+                return parameters["FunctionName"], parameters["Payload"]
+    raise AssertionError(f"no task of {function_part} was scheduled")
+
+
+def _entered_input(history: list[dict], state: str) -> dict:
+    entered = [e for e in history if (e.get("stateEnteredEventDetails") or {}).get("name") == state]
+    return json.loads(entered[-1]["stateEnteredEventDetails"]["input"])
+
+
+def test_redriving_an_ended_rollout_changes_nothing_of_the_next_one(control_plane: ControlPlane) -> None:
+    """Redrive reruns the unsuccessful step with the same input (moto has no RedriveExecution, so the
+    steps are invoked here as Step Functions would). The old rollout's lock is gone by then: its
+    steps stop with LockLost, and its rollback leaves the next rollout's aliases alone."""
+    cp = control_plane
+    sfn, lam = cp.client("stepfunctions"), cp.client("lambda")
+    old = create_consumer(cp, "redrive-fn", [publish_bootstrap_layer(cp, "redrive")])
+    first = start_rollout(cp, "redrive", "six==1.16.0\n", spec("[{weight = 50, bake_seconds = 600}]"))
+    wait_for_state(cp, first, "BakeAndWatch")
+    sfn.stop_execution(executionArn=first, cause="stopped from the console")
+    wait_until(lambda: sfn.describe_execution(executionArn=first)["status"] == "ABORTED")
+    assert check_invariants(cp, first) == []
+    history = history_events(cp, first)
+
+    second = start_rollout(cp, "redrive", "six==1.16.0\n", spec("[{weight = 50, bake_seconds = 600}]", extra="# 2"))
+    wait_for_state(cp, second, "BakeAndWatch")
+    wait_until(lambda: bool((_alias(cp, "redrive-fn").get("RoutingConfig") or {}).get("AdditionalVersionWeights")))
+    split = _alias(cp, "redrive-fn")
+
+    # The step the first execution was in, and the one before it, run again with their inputs.
+    for part in ("WaitForSignal", "ShiftTraffic"):
+        function, payload = _task_payload(history, part)
+        answer = lam.invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+        error = json.loads(answer["Payload"].read())
+        assert answer.get("FunctionError") and error["errorType"] == "LockLost", error
+        assert "no longer holds the lock" in error["errorMessage"]
+    # Its rollback, as the redriven execution would reach it.
+    state = {**_entered_input(history, "ShiftTraffic"), "error": {"Error": "LockLost", "Cause": "redriven"}}
+    roll_back = next(f["FunctionName"] for f in lam.list_functions()["Functions"] if "RollBack" in f["FunctionName"])
+    answer = lam.invoke(FunctionName=roll_back, Payload=json.dumps(state).encode())
+    assert not answer.get("FunctionError"), answer["Payload"].read()
+    after = _alias(cp, "redrive-fn")
+    assert (after["FunctionVersion"], after.get("RoutingConfig")) == (
+        split["FunctionVersion"],
+        split.get("RoutingConfig"),
+    )
+
+    assert abort(cp, "redrive", "end of the redrive test")
+    wait_for_end(cp, second, poll=0.3, timeout=300)
+    assert check_invariants(cp, second) == []
+    assert _alias(cp, "redrive-fn")["FunctionVersion"] == old

@@ -30,7 +30,7 @@ TRANSIENT = {"throttle", "server"}
 SUCCEEDED_AFTER_RETRY = "succeeded after retry"
 ROLLED_BACK = "rolled back cleanly"
 FAILED_BEFORE_CHANGE = "failed before any change"
-PARALLEL_RUNS = 6  # runs mostly wait; the local AWS's one process is the limit
+PARALLEL_RUNS = 12  # runs mostly wait (bakes, retry intervals); the local AWS is one process
 _plan_lock = threading.Lock()
 
 
@@ -119,7 +119,11 @@ def _classify(fault: str, described: dict, history: list[dict]) -> tuple[str, st
     if described["status"] == "SUCCEEDED":
         if fault in TRANSIENT:
             return SUCCEEDED_AFTER_RETRY, ""
-        if any("Sandbox.Timedout" in json.dumps(event) for event in history if event["type"].endswith("Failed")):
+        if any(
+            "Sandbox.Timedout" in json.dumps(event, default=str)
+            for event in history
+            if event["type"].endswith("Failed")
+        ):
             # the task timed out after its call took effect; its retry found the change made and went on
             return SUCCEEDED_AFTER_RETRY, "the task's retry found its change made"
         output = json.loads(described.get("output") or "{}")
@@ -180,7 +184,9 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
     return rows
 
 
-def test_every_call_site_under_every_fault_keeps_the_invariants(control_plane: ControlPlane, fault_plan: Path) -> None:
+def test_every_call_site_under_every_fault_keeps_the_invariants(
+    control_plane: ControlPlane, fault_plan: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cp = control_plane
     functions = {f["FunctionName"] for f in cp.client("lambda").list_functions()["Functions"]}
     names = {name: name.split("-")[1] if name.count("-") >= 2 else name for name in functions}
@@ -246,16 +252,20 @@ def test_every_call_site_under_every_fault_keeps_the_invariants(control_plane: C
     runs = len({row.run for row in rows})  # the warm-up builds of the lanes and baselines not counted
 
     width = max(len(row.site.label(names)) for row in rows)
-    print(f"\n{'call site':<{width}}  {'fault':<8}  outcome")
+    table = [f"{'call site':<{width}}  {'fault':<8}  outcome"]
     for row in rows:
         detail = f"  ({row.detail})" if row.detail else ""
-        print(f"{row.site.label(names):<{width}}  {row.fault:<8}  {row.outcome}{detail}")
+        table.append(f"{row.site.label(names):<{width}}  {row.fault:<8}  {row.outcome}{detail}")
     counts = Counter(row.outcome for row in rows)
-    violations = counts["INVARIANT VIOLATED"]
-    print(
-        f"{runs} fault runs, {violations} invariant violations; {len(rows)} (call site, fault) cells: "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    summary = (
+        f"{runs} fault runs, {counts['INVARIANT VIOLATED']} invariant violations; {len(rows)} (call site, fault) "
+        "cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     )
+    report = fault_plan.parent / "fault-matrix.txt"
+    report.write_text("\n".join([*table, summary]) + "\n")
+    print("\n".join(table))
+    with capsys.disabled():
+        print(f"\n{summary}\n(the table: {report})")
     allowed = {SUCCEEDED_AFTER_RETRY, ROLLED_BACK, FAILED_BEFORE_CHANGE}
     bad = [
         f"{row.site.label(names)} {row.fault}: {row.outcome} {row.detail}" for row in rows if row.outcome not in allowed
