@@ -32,7 +32,7 @@ from botocore.config import Config
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.server import ThreadedMotoServer
 
-from layershift.local import alarms, eventbridge, lambda_invoke, metrics, stepfunctions
+from layershift.local import alarms, dispatch, eventbridge, lambda_invoke, metrics, stepfunctions
 from layershift.local.lambda_runtime import MAX_WORKERS_PER_VERSION, LambdaRuntime
 
 LOG = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class LocalAws:
             max_workers_per_version=self.max_workers_per_version,
             fault_plan=self.fault_plan,
         )
+        self._install(dispatch.install, dispatch.uninstall)
         self._install(metrics.install, metrics.uninstall)
         self._install(lambda: lambda_invoke.install(self.runtime), lambda_invoke.uninstall)  # type: ignore[arg-type]
         self._install(alarms.install, alarms.uninstall)

@@ -14,6 +14,10 @@ A stopped execution is ABORTED, as in Step Functions: the emulator lets the fail
 stop causes in a waiting task (a Map iteration's task token wait) overwrite the stop, and the
 execution then ends FAILED.
 
+The interpreter parses the state machine's definition again for every execution, with an ANTLR
+parser that takes about half a second of CPU for rollout.asl.json; here each definition is parsed
+once, and every execution gets its own deep copy of the parsed program.
+
 The interpreter makes a new boto3 client, from boto3's shared default session, for every Lambda
 task it runs; here one client per service and region serves them all (clients are thread-safe).
 
@@ -24,6 +28,7 @@ shaped as AWS documents it, when an execution ends for any reason, a stop from t
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -39,7 +44,9 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 from moto.stepfunctions.responses import StepFunctionResponse
 
 LOG = logging.getLogger(__name__)
@@ -67,6 +74,19 @@ def _send_task_failure(self: Any) -> EmptyResult:
         self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
     )
     return EmptyResult()
+
+
+_programs: dict[str, Any] = {}
+_programs_lock = threading.Lock()
+
+
+def _evaluation_entrypoint(self: Any) -> Any:
+    definition = self._evaluation_details.state_machine_details.definition
+    with _programs_lock:
+        if definition not in _programs:
+            _programs[definition] = AmazonStateLanguageParser.parse(definition)[0]
+        program = _programs[definition]
+    return copy.deepcopy(program)
 
 
 _clients: dict[tuple[str, str, str], Any] = {}
@@ -142,6 +162,9 @@ def install(wait_scale: float = 1.0) -> None:
     if wait_scale < 0:
         raise ValueError("wait_scale must not be negative")
     _state["scale"] = float(wait_scale)
+    if "entrypoint" not in _originals:
+        _originals["entrypoint"] = ExecutionWorker._get_evaluation_entrypoint
+        ExecutionWorker._get_evaluation_entrypoint = _evaluation_entrypoint  # type: ignore[method-assign]
     if "boto_client_for" not in _originals:
         _originals["boto_client_for"] = lambda_eval_utils.boto_client_for
         lambda_eval_utils.boto_client_for = _boto_client_for
@@ -162,10 +185,14 @@ def install(wait_scale: float = 1.0) -> None:
 
 
 def uninstall() -> None:
+    if "entrypoint" in _originals:
+        ExecutionWorker._get_evaluation_entrypoint = _originals.pop("entrypoint")  # type: ignore[method-assign]
     if "boto_client_for" in _originals:
         lambda_eval_utils.boto_client_for = _originals.pop("boto_client_for")
     with _clients_lock:
         _clients.clear()
+    with _programs_lock:
+        _programs.clear()
     if "set_error" in _originals:
         Environment.set_error = _originals.pop("set_error")  # type: ignore[method-assign]
     if "terminated" in _originals:

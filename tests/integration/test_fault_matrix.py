@@ -30,6 +30,8 @@ TRANSIENT = {"throttle", "server"}
 SUCCEEDED_AFTER_RETRY = "succeeded after retry"
 ROLLED_BACK = "rolled back cleanly"
 FAILED_BEFORE_CHANGE = "failed before any change"
+BAKE_REGISTRATION = "WaitForSignal"
+BAKE_WAITING_SECONDS = 30
 PARALLEL_RUNS = 12  # runs mostly wait (bakes, retry intervals); the local AWS is one process
 _plan_lock = threading.Lock()
 
@@ -51,6 +53,7 @@ class Row:
     outcome: str
     detail: str = ""
     run: str = ""
+    seconds: float = 0.0
 
 
 def _calls(plan: Path) -> list[dict]:
@@ -98,16 +101,14 @@ def _consumer_at_start(cp: ControlPlane, layer: str) -> None:
     )
 
 
-def _rollout(cp: ControlPlane, layer: str, run: int = 0) -> tuple[dict, list[dict], list[str]]:
+def _rollout(cp: ControlPlane, layer: str, run: int = 0, bake_seconds: int = 4) -> tuple[dict, list[dict], list[str]]:
     """One rollout of `layer` onto its consumer: the ending, the history and the invariant problems.
 
     Run 0 of a layer builds it; later runs push the same requirements with a different layer.toml,
     so they reuse that build and skip BuildLayer and PublishLayerVersion.
     """
     _consumer_at_start(cp, layer)
-    # The bake outlasts a failing wait registration (a killed worker's restart included), so a fault
-    # there ends the bake instead of racing its timer.
-    config = spec("[{weight = 50, bake_seconds = 4}]", extra=f"# run {run}")
+    config = spec(f"[{{weight = 50, bake_seconds = {bake_seconds}}}]", extra=f"# run {run}")
     arn = start_rollout(cp, layer, "six==1.16.0\n", config)
     described = wait_for_end(cp, arn, poll=0.3, timeout=600)
     return described, history_events(cp, arn), check_invariants(cp, arn)
@@ -165,10 +166,14 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
         [{"function": s.function, "service": s.service, "operation": s.operation, "fault": fault} for s in sites],
     )
     started = time.time()
+    # A fault in the bake's own wait registration must end the bake, not race its timer: that bake
+    # outlasts the registration's retries (killed workers restarting included).
+    bake = BAKE_WAITING_SECONDS if any(BAKE_REGISTRATION in site.function for site in sites) else 4
     try:
-        described, history, problems = _rollout(cp, layer, run)
+        described, history, problems = _rollout(cp, layer, run, bake)
     finally:
         _set_fault(plan, layer, None)
+    elapsed = time.time() - started
     injected = _injected_sites(plan, layer, started)
     grouped = f"one run, {len(sites)} sites at once" if len(sites) > 1 else ""
     label = f"{layer}#{run}"
@@ -180,7 +185,9 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
             rows.append(Row(site, fault, "fault not reached", run=label))
         else:
             outcome, detail = _classify(fault, described, history)
-            rows.append(Row(site, fault, outcome, "; ".join(part for part in (detail, grouped) if part), label))
+            rows.append(
+                Row(site, fault, outcome, "; ".join(part for part in (detail, grouped) if part), label, elapsed)
+            )
     return rows
 
 
@@ -228,22 +235,32 @@ def test_every_call_site_under_every_fault_keeps_the_invariants(
                 kept += alone(row.site, fault)
         return kept
 
-    def lane(work: list[tuple[Site, str]]) -> list[Row]:
+    queue: list[tuple[Site, str]] = []
+
+    def lane() -> list[Row]:
         """One permanent fault per rollout, one after another on one layer that is built once."""
         layer = new_layer()
         described, _, problems = _rollout(cp, layer)
         assert described["status"] == "SUCCEEDED" and problems == [], problems
         rows: list[Row] = []
-        for run, (site, fault) in enumerate(work, start=1):
+        for run in range(1, 100_000):
+            with name_lock:
+                if not queue:
+                    return rows
+                site, fault = queue.pop(0)
             rows += _run(cp, fault_plan, layer, [site], fault, run)
         return rows
 
     # Permanent faults end the rollout's forward path where they strike: one rollout per site and fault.
+    # The slowest (the bake registration's, with their long bake) go first.
     permanent = [(site, fault) for site in sites for fault in FAULTS if fault not in TRANSIENT]
-    on_lanes = [item for item in permanent if item[0] not in built_only]
+    queue += sorted(
+        (item for item in permanent if item[0] not in built_only),
+        key=lambda item: BAKE_REGISTRATION not in item[0].function,
+    )
     jobs = [lambda fault=fault: transient(fault) for fault in sorted(TRANSIENT)]
     jobs += [lambda item=item: alone(*item) for item in permanent if item[0] in built_only]
-    jobs += [lambda work=on_lanes[index::PARALLEL_RUNS]: lane(work) for index in range(PARALLEL_RUNS)]
+    jobs += [lane] * PARALLEL_RUNS
     rows: list[Row] = []
     with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
         for result in pool.map(lambda job: job(), jobs):
@@ -252,10 +269,10 @@ def test_every_call_site_under_every_fault_keeps_the_invariants(
     runs = len({row.run for row in rows})  # the warm-up builds of the lanes and baselines not counted
 
     width = max(len(row.site.label(names)) for row in rows)
-    table = [f"{'call site':<{width}}  {'fault':<8}  outcome"]
+    table = [f"{'call site':<{width}}  {'fault':<8}  {'run':>6}  outcome"]
     for row in rows:
         detail = f"  ({row.detail})" if row.detail else ""
-        table.append(f"{row.site.label(names):<{width}}  {row.fault:<8}  {row.outcome}{detail}")
+        table.append(f"{row.site.label(names):<{width}}  {row.fault:<8}  {row.seconds:5.1f}s  {row.outcome}{detail}")
     counts = Counter(row.outcome for row in rows)
     summary = (
         f"{runs} fault runs, {counts['INVARIANT VIOLATED']} invariant violations; {len(rows)} (call site, fault) "
