@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -164,3 +165,19 @@ def spec(
         f"[rollout]\nsteps = {steps}\npoll_seconds = {poll_seconds}\nalarms = {alarms}\n{extra}\n"
         f"[analysis]\n{analysis}\n"
     )
+
+
+_fault_plan_lock = threading.Lock()
+
+
+def set_fault(plan: Path, layer: str, faults: dict[str, str] | list[dict[str, str]] | None) -> None:
+    """Plan the fault harness's faults for `layer`'s rollouts (None: none), rewriting the plan atomically."""
+    with _fault_plan_lock:
+        data = json.loads(plan.read_text())
+        if faults is None:
+            data["faults"].pop(layer, None)
+        else:
+            data["faults"][layer] = faults
+        staging = plan.with_suffix(f".{threading.get_ident()}.staging")
+        staging.write_text(json.dumps(data))
+        staging.replace(plan)

@@ -16,7 +16,15 @@ import pytest
 from layershift.controlplane import ControlPlane, abort, history_events, wait_for_end
 from layershift.invariants import check_invariants
 
-from .support import create_consumer, publish_bootstrap_layer, spec, start_rollout, wait_for_state, wait_until
+from .support import (
+    create_consumer,
+    publish_bootstrap_layer,
+    set_fault,
+    spec,
+    start_rollout,
+    wait_for_state,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -55,17 +63,6 @@ def _alias(cp: ControlPlane, function: str) -> dict:
     return cp.client("lambda").get_alias(FunctionName=function, Name="live")
 
 
-def _set_fault(plan: Path, layer: str, fault: dict | None) -> None:
-    data = json.loads(plan.read_text())
-    if fault is None:
-        data["faults"].pop(layer, None)
-    else:
-        data["faults"][layer] = fault
-    staging = plan.with_suffix(".staging")
-    staging.write_text(json.dumps(data))
-    staging.replace(plan)
-
-
 def test_a_console_stop_mid_bake_leaves_no_split_alias_and_no_lock(control_plane: ControlPlane, inbox: Inbox) -> None:
     cp = control_plane
     old = create_consumer(cp, "stopped-fn", [publish_bootstrap_layer(cp, "stopped")])
@@ -94,7 +91,7 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
     roll_back = next(
         f["FunctionName"] for f in cp.client("lambda").list_functions()["Functions"] if "RollBack" in f["FunctionName"]
     )
-    _set_fault(
+    set_fault(
         fault_plan, layer, {"function": roll_back, "service": "lambda", "operation": "UpdateAlias", "fault": "denied"}
     )
     try:
@@ -104,7 +101,7 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
         assert abort(cp, layer, "pager test")
         described = wait_for_end(cp, arn, poll=0.3, timeout=600)
     finally:
-        _set_fault(fault_plan, layer, None)
+        set_fault(fault_plan, layer, None)
 
     assert described["status"] == "FAILED"
     history = history_events(cp, arn)

@@ -21,7 +21,7 @@ import pytest
 from layershift.controlplane import ControlPlane, history_events, wait_for_end
 from layershift.invariants import check_invariants
 
-from .support import create_consumer, publish_bootstrap_layer, spec, start_rollout
+from .support import create_consumer, publish_bootstrap_layer, set_fault, spec, start_rollout
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, pytest.mark.faults]
 
@@ -33,7 +33,6 @@ FAILED_BEFORE_CHANGE = "failed before any change"
 BAKE_REGISTRATION = "WaitForSignal"
 BAKE_WAITING_SECONDS = 30
 PARALLEL_RUNS = 12  # runs mostly wait (bakes, retry intervals); the local AWS is one process
-_plan_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -61,18 +60,6 @@ def _calls(plan: Path) -> list[dict]:
     if not record.exists():
         return []
     return [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
-
-
-def _set_fault(plan: Path, layer: str, faults: list[dict] | None) -> None:
-    with _plan_lock:
-        data = json.loads(plan.read_text())
-        if faults is None:
-            data["faults"].pop(layer, None)
-        else:
-            data["faults"][layer] = faults
-        staging = plan.with_suffix(".tmp")
-        staging.write_text(json.dumps(data))
-        staging.replace(plan)
 
 
 @dataclass
@@ -160,7 +147,7 @@ def _recorded_sites(plan: Path, layer: str, since: float = 0.0) -> set[Site]:
 
 def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str, run: int = 0) -> list[Row]:
     """One rollout with `fault` at every site in `sites`: a row per site."""
-    _set_fault(
+    set_fault(
         plan,
         layer,
         [{"function": s.function, "service": s.service, "operation": s.operation, "fault": fault} for s in sites],
@@ -172,7 +159,7 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
     try:
         described, history, problems = _rollout(cp, layer, run, bake)
     finally:
-        _set_fault(plan, layer, None)
+        set_fault(plan, layer, None)
     elapsed = time.time() - started
     injected = _injected_sites(plan, layer, started)
     grouped = f"one run, {len(sites)} sites at once" if len(sites) > 1 else ""

@@ -31,6 +31,7 @@ from layershift_core.settings import Settings
 from layershift_core.traffic import promote, shift_traffic
 from layershift_core.versions import prepare_versions
 
+from .notification_inbox import create_topic_with_inbox
 from .registry_table import create_registry_table
 from .test_codedeploy import FUNCTION, MANAGED_ALIAS, _by_physical_id
 from .test_rollout_logic import SETTINGS, _state, _zip
@@ -67,13 +68,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         aws.client.cache_clear()
         boto3.client("s3").create_bucket(Bucket=SETTINGS.bucket)
         create_registry_table(SETTINGS.table)
-        topic = boto3.client("sns").create_topic(Name="layershift")["TopicArn"]
-        sqs = boto3.client("sqs")
-        queue_url = sqs.create_queue(QueueName="inbox")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        boto3.client("sns").subscribe(
-            TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
-        )
+        topic, queue_url = create_topic_with_inbox("layershift")
         role = boto3.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         lam = boto3.client("lambda")
         arns = {}

@@ -392,7 +392,9 @@ def test_a_redriven_rollout_touches_no_alias_after_its_lock_went_to_another(env:
 @pytest.fixture
 def state_machine(env: None) -> str:
     sfn = boto3.client("stepfunctions")
-    definition = {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}
+    # Runs until stopped, whether moto only records executions or runs them (as it does once the
+    # integration tests' local AWS has asked it to).
+    definition = {"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 3600, "End": True}}}
     role = "arn:aws:iam::123456789012:role/sfn"
     return sfn.create_state_machine(name="rollout", definition=json.dumps(definition), roleArn=role)["stateMachineArn"]
 
@@ -425,6 +427,9 @@ def test_unlock_frees_the_lock_of_an_ended_or_unknown_holder(state_machine: str)
     sfn = boto3.client("stepfunctions")
     arn = sfn.start_execution(stateMachineArn=state_machine, name="dead", input="{}")["executionArn"]
     sfn.stop_execution(executionArn=arn)
+    deadline = time.monotonic() + 10
+    while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
     registry = Registry(settings.table)
     registry.put_rollout("shared", "dead", status="shifting")
     registry.acquire_lock("shared", "dead", 3600)

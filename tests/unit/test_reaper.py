@@ -20,6 +20,7 @@ from layershift_core.planner import plan_key, save_plan
 from layershift_core.registry import Registry
 from layershift_core.settings import Settings
 
+from .notification_inbox import create_topic_with_inbox
 from .registry_table import create_registry_table
 
 LAYER = "shared"
@@ -89,13 +90,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         settings = Settings(bucket="artifacts", table="registry")
         boto3.client("s3").create_bucket(Bucket=settings.bucket)
         create_registry_table(settings.table)
-        topic = boto3.client("sns").create_topic(Name="notifications")["TopicArn"]
-        sqs = boto3.client("sqs")
-        queue_url = sqs.create_queue(QueueName="inbox")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        boto3.client("sns").subscribe(
-            TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
-        )
+        topic, queue_url = create_topic_with_inbox("notifications")
         settings = settings.model_copy(update={"topic_arn": topic})
 
         lam = boto3.client("lambda")
