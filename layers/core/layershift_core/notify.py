@@ -27,8 +27,11 @@ SUBJECTS = {
 }
 
 
-def _plan(bucket: str, state: RolloutState) -> RolloutPlan | None:
-    return load_plan(bucket, state.plan.plan_key) if state.plan is not None else None
+def _plan(bucket: str, state: RolloutState, event: str) -> RolloutPlan | None:
+    """The plan, read only when the message needs it: skipped functions, or aliases to fix."""
+    if state.plan is None or not (state.plan.skipped_count or event == "rollback_incomplete"):
+        return None
+    return load_plan(bucket, state.plan.plan_key)
 
 
 def skipped_targets(plan: RolloutPlan | None) -> list[dict[str, str | None]]:
@@ -110,7 +113,7 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
             reason=f"{state.outcome.error}: {state.outcome.cause}",
         )
     layer = state.request.layer
-    plan = _plan(settings.bucket, state)
+    plan = _plan(settings.bucket, state, request.event)
     body = {
         "event": request.event,
         "layer": layer,
