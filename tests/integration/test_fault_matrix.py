@@ -88,14 +88,16 @@ def _consumer_at_start(cp: ControlPlane, layer: str) -> None:
     )
 
 
-def _rollout(cp: ControlPlane, layer: str, run: int = 0, bake_seconds: int = 4) -> tuple[dict, list[dict], list[str]]:
+def _rollout(
+    cp: ControlPlane, layer: str, run: int = 0, bake_seconds: int = 4, poll_seconds: int = 1
+) -> tuple[dict, list[dict], list[str]]:
     """One rollout of `layer` onto its consumer: the ending, the history and the invariant problems.
 
     Run 0 of a layer builds it; later runs push the same requirements with a different layer.toml,
     so they reuse that build and skip BuildLayer and PublishLayerVersion.
     """
     _consumer_at_start(cp, layer)
-    config = spec(f"[{{weight = 50, bake_seconds = {bake_seconds}}}]", extra=f"# run {run}")
+    config = spec(f"[{{weight = 50, bake_seconds = {bake_seconds}}}]", extra=f"# run {run}", poll_seconds=poll_seconds)
     arn = start_rollout(cp, layer, "six==1.16.0\n", config)
     described = wait_for_end(cp, arn, poll=0.3, timeout=600)
     return described, history_events(cp, arn), check_invariants(cp, arn)
@@ -107,11 +109,7 @@ def _classify(fault: str, described: dict, history: list[dict]) -> tuple[str, st
     if described["status"] == "SUCCEEDED":
         if fault in TRANSIENT:
             return SUCCEEDED_AFTER_RETRY, ""
-        if any(
-            "Sandbox.Timedout" in json.dumps(event, default=str)
-            for event in history
-            if event["type"].endswith("Failed")
-        ):
+        if _timed_out_tasks_retried(history):
             # the task timed out after its call took effect; its retry found the change made and went on
             return SUCCEEDED_AFTER_RETRY, "the task's retry found its change made"
         output = json.loads(described.get("output") or "{}")
@@ -127,6 +125,23 @@ def _classify(fault: str, described: dict, history: list[dict]) -> tuple[str, st
     if "RollBack" in entered and changed:
         return ROLLED_BACK, error
     return FAILED_BEFORE_CHANGE, error
+
+
+def _timed_out_tasks_retried(history: list[dict]) -> bool:
+    """Whether some task timed out (Sandbox.Timedout) and every such task's next attempt succeeded.
+
+    A next attempt that ends any other way does not count, nor a state left by its Catch: a bake's
+    wait that ends by its own timer (TaskTimedOut, caught) would otherwise pass for a retry that
+    worked."""
+    timed_out = pending = False
+    for event in history:
+        if event["type"] == "TaskFailed" and "Sandbox.Timedout" in json.dumps(event, default=str):
+            timed_out = pending = True
+        elif pending and event["type"] == "TaskSucceeded":
+            pending = False
+        elif pending and (event["type"] in ("TaskFailed", "TaskTimedOut") or event["type"].endswith("StateExited")):
+            return False  # the next attempt failed or timed out, or the state was left without one
+    return timed_out and not pending
 
 
 def _injected_sites(plan: Path, layer: str, since: float) -> set[Site]:
@@ -153,11 +168,12 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
         [{"function": s.function, "service": s.service, "operation": s.operation, "fault": fault} for s in sites],
     )
     started = time.time()
-    # A fault in the bake's own wait registration must end the bake, not race its timer: that bake
-    # outlasts the registration's retries (killed workers restarting included).
+    # A fault in the bake's own wait registration must end the bake, not race its timer. Each wait
+    # lasts one poll interval, and an attempt that outlasts it (a killed worker restarting) ends as
+    # the poll's timeout, not as the fault; so these bakes poll once, for longer than any attempt.
     bake = BAKE_WAITING_SECONDS if any(BAKE_REGISTRATION in site.function for site in sites) else 4
     try:
-        described, history, problems = _rollout(cp, layer, run, bake)
+        described, history, problems = _rollout(cp, layer, run, bake, poll_seconds=bake if bake > 4 else 1)
     finally:
         set_fault(plan, layer, None)
     elapsed = time.time() - started
