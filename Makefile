@@ -41,8 +41,12 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
+# The suite mostly waits (bakes, retry intervals, Lambda workers): three pytest-xdist workers
+# overlap those waits. Each worker runs its own local AWS.
+TEST_WORKERS ?= 3
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # Every AWS call site of a rollout under throttling, a 5xx, AccessDenied and a timeout (minutes).
 faults: $(STAMP)

@@ -21,3 +21,30 @@ def _no_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
 def _private_build_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Layer builds cache into a folder of the test's own, never the user's ~/.cache."""
     monkeypatch.setenv("LAYERSHIFT_BUILD_CACHE", str(tmp_path_factory.mktemp("build-cache")))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fault matrix, the longest test by far, runs first: under pytest-xdist (`make test`) it
+    starts at once and the other tests fill the time beside it."""
+    items.sort(key=lambda item: item.get_closest_marker("faults") is None)
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pragma: no cover - xdist is a dev dependency; without it tests run serially
+    LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+
+    class TierScheduling(LoadScopeScheduling):
+        """Every test is a unit of work of its own, except the emulator tier: its tests start local
+        AWS instances of their own, one at a time per process, so they run as one unit on one
+        worker. xdist hands out the biggest unit first, so that worker runs them before any
+        integration test starts the session's shared local AWS there."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/emulator" if nodeid.startswith("tests/emulator/") else nodeid
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadScopeScheduling:
+        return TierScheduling(config, log)
