@@ -23,6 +23,16 @@ def _private_build_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyte
     monkeypatch.setenv("LAYERSHIFT_BUILD_CACHE", str(tmp_path_factory.mktemp("build-cache")))
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The summary lines tests record (`record_property("summary", ...)`): the hostile corpus's and
+    the fault matrix's. A property reaches the report from an xdist worker too, where output does not."""
+    reports = [report for key in ("passed", "failed") for report in terminalreporter.stats.get(key, [])]
+    for report in reports:
+        for name, value in getattr(report, "user_properties", []):
+            if name == "summary" and report.when == "call":
+                terminalreporter.write_line(str(value))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The fault matrix, the longest test by far, runs first: under pytest-xdist (`make test`) it

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +196,7 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
 
 
 def test_every_call_site_under_every_fault_keeps_the_invariants(
-    control_plane: ControlPlane, fault_plan: Path, capsys: pytest.CaptureFixture[str]
+    control_plane: ControlPlane, fault_plan: Path, record_property: Callable[[str, object], None]
 ) -> None:
     cp = control_plane
     functions = {f["FunctionName"] for f in cp.client("lambda").list_functions()["Functions"]}
@@ -284,8 +285,7 @@ def test_every_call_site_under_every_fault_keeps_the_invariants(
     report = fault_plan.parent / "fault-matrix.txt"
     report.write_text("\n".join([*table, summary]) + "\n")
     print("\n".join(table))
-    with capsys.disabled():
-        print(f"\n{summary}\n(the table: {report})")
+    record_property("summary", f"{summary}\n(the table: {report})")
     allowed = {SUCCEEDED_AFTER_RETRY, ROLLED_BACK, FAILED_BEFORE_CHANGE}
     bad = [
         f"{row.site.label(names)} {row.fault}: {row.outcome} {row.detail}" for row in rows if row.outcome not in allowed

@@ -7,7 +7,7 @@ import io
 import re
 import tomllib
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -160,7 +160,9 @@ def _outcome(case: Case, index: int) -> tuple[str, str | None]:
     return request.layer, f"message lacks {missing}: {message}" if missing else None
 
 
-def test_every_hostile_input_is_rejected_before_build(world: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_hostile_input_is_rejected_before_build(
+    world: None, record_property: Callable[[str, object], None]
+) -> None:
     outcomes = [(case, *_outcome(case, index)) for index, case in enumerate(CASES)]
     written = _written_layers()
     problems = [
@@ -168,8 +170,7 @@ def test_every_hostile_input_is_rejected_before_build(world: None, capsys: pytes
         for case, layer, problem in outcomes
         if problem or layer in written
     ]
-    with capsys.disabled():
-        print(f"\n{len(CASES)} hostile inputs, {len(CASES) - len(problems)} rejected before build")
+    record_property("summary", f"{len(CASES)} hostile inputs, {len(CASES) - len(problems)} rejected before build")
     assert not problems, "\n".join(problems)
     assert len(CASES) >= 60
     assert {case.kind for case in CASES} == {"requirements", "layer.toml", "layer name", "s3 key"}
