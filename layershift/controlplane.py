@@ -220,6 +220,13 @@ def describe_event(event: dict[str, Any]) -> str | None:
                 f"{s['weight']}% for {s['bake_seconds']}s" for s in rollout.get("spec", {}).get("steps", [])
             )
             return f"valid: build key {rollout.get('build_key', '?')[:12]}, steps [{steps}] then 100%"
+        if name == "AcquireLayerLock" and output.get("lock_wait") and "error" not in output:  # not a caught error
+            wait = output["lock_wait"]
+            since = f" since {wait['holder_since']}" if wait.get("holder_since") else ""
+            return (
+                f"waiting for the layer lock: rollout {wait.get('holder')} holds it{since}; "
+                f"asking again in {wait.get('retry_seconds')}s (attempt {wait.get('attempts', 1)})"
+            )
         if name == "FindReusableBuild" and output.get("build", {}).get("reused"):
             return f"reusing published {output['layer_version']['arn']} (same build key)"
         if name == "BuildLayer":

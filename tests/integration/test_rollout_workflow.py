@@ -227,6 +227,14 @@ def test_a_layer_locked_by_another_rollout_is_refused_and_the_lock_left_alone(co
     assert "`layershift abort busy`" in cause and "`layershift unlock busy`" in cause
     entered = rollout.states_entered()
     assert entered.count("WaitForLayerLock") >= 2 and entered.count("AcquireLayerLock") >= 3
+    # `push --wait` and the demo say whom the push waits for
+    waiting = [line for line in rollout.lines if line.startswith("waiting for the layer lock")]
+    assert len(waiting) == entered.count("WaitForLayerLock")
+    assert waiting[0].startswith(
+        "waiting for the layer lock: rollout busy-other-rollout holds it since 2026-11-23T00:00:00+00:00; "
+        "asking again in "
+    )
+    assert waiting[0].endswith("(attempt 1)") and waiting[1].endswith("(attempt 2)")
     assert "FindReusableBuild" not in entered and "BuildLayer" not in entered
     attempts = [e["timestamp"] for e in rollout.history if _entered(e) == "AcquireLayerLock"]
     assert (attempts[-1] - attempts[0]).total_seconds() >= LOCK_WAIT_SECONDS - 1
