@@ -90,7 +90,7 @@ def _consumer_at_start(cp: ControlPlane, layer: str) -> None:
 
 
 def _rollout(
-    cp: ControlPlane, layer: str, run: int = 0, bake_seconds: int = 4, poll_seconds: int = 1
+    cp: ControlPlane, layer: str, run: int = 0, bake_seconds: int = 2, poll_seconds: int = 1
 ) -> tuple[dict, list[dict], list[str]]:
     """One rollout of `layer` onto its consumer: the ending, the history and the invariant problems.
 
@@ -100,7 +100,7 @@ def _rollout(
     _consumer_at_start(cp, layer)
     config = spec(f"[{{weight = 50, bake_seconds = {bake_seconds}}}]", extra=f"# run {run}", poll_seconds=poll_seconds)
     arn = start_rollout(cp, layer, "six==1.16.0\n", config)
-    described = wait_for_end(cp, arn, poll=0.3, timeout=600)
+    described = wait_for_end(cp, arn, poll=1.0, timeout=600)
     return described, history_events(cp, arn), check_invariants(cp, arn)
 
 
@@ -172,9 +172,10 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
     # A fault in the bake's own wait registration must end the bake, not race its timer. Each wait
     # lasts one poll interval, and an attempt that outlasts it (a killed worker restarting) ends as
     # the poll's timeout, not as the fault; so these bakes poll once, for longer than any attempt.
-    bake = BAKE_WAITING_SECONDS if any(BAKE_REGISTRATION in site.function for site in sites) else 4
+    registration = any(BAKE_REGISTRATION in site.function for site in sites)
+    bake, poll = (BAKE_WAITING_SECONDS, BAKE_WAITING_SECONDS) if registration else (2, 1)
     try:
-        described, history, problems = _rollout(cp, layer, run, bake, poll_seconds=bake if bake > 4 else 1)
+        described, history, problems = _rollout(cp, layer, run, bake, poll_seconds=poll)
     finally:
         set_fault(plan, layer, None)
     elapsed = time.time() - started
