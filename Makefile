@@ -48,7 +48,8 @@ TEST_WORKERS ?= 3
 test: lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
-# Every AWS call site of a rollout under throttling, a 5xx, AccessDenied and a timeout (minutes).
+# The fault matrix alone: every AWS call site of a rollout under throttling, a 5xx, AccessDenied
+# and a timeout (about 4 minutes; make test runs it too).
 faults: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m faults tests/integration/test_fault_matrix.py
 
