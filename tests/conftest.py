@@ -33,7 +33,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 terminalreporter.write_line(str(value))
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The fault matrix, the longest test by far, runs first: under pytest-xdist (`make test`) it
     starts at once and the other tests fill the time beside it."""
