@@ -124,6 +124,9 @@ def create_consumer(
         Code={"ZipFile": zip_source(source)},
         Layers=layers,
         Tags={"layershift:managed": "true"} if tags is None else tags,
+        # Lambda's default is 3 s; on two cores shared by three test workers, scheduling alone
+        # can stretch a trivial invocation past that.
+        Timeout=15,
     )
     if alias is None:
         return None

@@ -52,10 +52,25 @@ def _routing(alias: dict) -> dict:
     return (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
 
 
+class Traffic(Counter[tuple[str, str, bool]]):
+    """Invocation counts by (function, executed version, failed), with the failures' payloads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[tuple[str, str], list[str]] = {}
+
+    def failed(self, function: str, version: str | None) -> int:
+        return self[(function, str(version), True)]
+
+    def why(self, function: str, version: str | None) -> str:
+        payloads = self.failures.get((function, str(version)), [])
+        return f"{len(payloads)} failed invocations of {function}:{version}, the first: {payloads[:3]}"
+
+
 @contextmanager
-def traffic(cp: ControlPlane, *functions: str, pause: float = 0.02) -> Iterator[Counter[tuple[str, str, bool]]]:
-    """Invoke each function's `live` alias in a loop; counts (function, executed version, failed)."""
-    counts: Counter[tuple[str, str, bool]] = Counter()
+def traffic(cp: ControlPlane, *functions: str, pause: float = 0.02) -> Iterator[Traffic]:
+    """Invoke each function's `live` alias in a loop, counting what ran and what failed."""
+    counts = Traffic()
     stop = threading.Event()
 
     def drive() -> None:
@@ -63,7 +78,10 @@ def traffic(cp: ControlPlane, *functions: str, pause: float = 0.02) -> Iterator[
         while not stop.is_set():
             for name in functions:
                 answer = lam.invoke(FunctionName=name, Qualifier="live", Payload=b"{}")
-                counts[(name, answer["ExecutedVersion"], "FunctionError" in answer)] += 1
+                version, failed = answer["ExecutedVersion"], "FunctionError" in answer
+                counts[(name, version, failed)] += 1
+                if failed:
+                    counts.failures.setdefault((name, version), []).append(answer["Payload"].read().decode()[:300])
             stop.wait(pause)
 
     driver = threading.Thread(target=drive, daemon=True)
@@ -101,7 +119,7 @@ def test_new_version_errors_roll_back_at_the_first_check(control_plane: ControlP
     assert "canary-bad-fn" in (rollout.cause or "")
     assert rollout.states_entered().count("CheckHealth") == 1, "the verdict came later than the first check"
     assert elapsed < 120
-    assert counts[("canary-bad-fn", old, True)] == 0
+    assert counts.failed("canary-bad-fn", old) == 0, counts.why("canary-bad-fn", old)
     assert _alias(cp, "canary-bad-fn")["FunctionVersion"] == old
 
 
@@ -130,9 +148,9 @@ def test_old_version_errors_never_block_the_fix(control_plane: ControlPlane) -> 
 
     assert rollout.status == "SUCCEEDED", (rollout.error, rollout.cause)
     assert any("already in ALARM" in line and "canary-fix-fn-errors" in line for line in rollout.lines)
-    assert counts[("canary-fix-fn", old, True)] > 0, "the old version should have kept failing"
+    assert counts.failed("canary-fix-fn", old) > 0, "the old version should have kept failing"
     new = _alias(cp, "canary-fix-fn")["FunctionVersion"]
-    assert new != old and counts[("canary-fix-fn", new, True)] == 0
+    assert new != old and counts.failed("canary-fix-fn", new) == 0, counts.why("canary-fix-fn", new)
     assert _checks(rollout)[-1]["verdict"] == "healthy"
 
 
