@@ -12,12 +12,22 @@ working directory. It speaks JSON lines with its parent:
 
 The handler's own stdout is moved to stderr before any user code runs, so a ``print`` cannot
 corrupt the protocol; stderr is the function's log.
+
+With ``LAYERSHIFT_FORK_FD`` set, the process is a template: it runs the init phase once, says
+ready, and then, instead of taking invokes, forks a fresh execution environment for each request
+on that Unix socket (a datagram ``{"log_stream_name": ...}`` carrying the child's stdin, stdout
+and stderr), answers ``{"forked": pid}``, and reports ``{"exited": pid, "status": code}`` when a
+child ends. A request ``{"kill": pid}`` kills one of its children. Each child starts where init
+ended, like a Lambda SnapStart restore, and then speaks the protocol above from the ready line on.
 """
 
 import importlib
 import importlib.util
 import json
 import os
+import select
+import signal
+import socket
 import sys
 import time
 import traceback
@@ -120,6 +130,11 @@ def main():
     if init_error is not None:
         _log(f"[ERROR] {init_error['errorType']}: {init_error['errorMessage']}")
     _send({"type": "ready"})
+    fork_fd = os.environ.pop("LAYERSHIFT_FORK_FD", None)
+    if fork_fd is not None:
+        # only a forked child returns
+        function_config["log_stream_name"] = _serve_forks(socket.socket(fileno=int(fork_fd)))
+        _send({"type": "ready"})
 
     for line in sys.stdin:
         if not line.strip():
@@ -141,6 +156,90 @@ def main():
         )
         reply["duration_ms"] = duration_ms
         _send(reply)
+
+
+def _serve_forks(control):
+    """The template's loop: fork children on request, report their ends. Returns in a child only,
+    with the child's log stream name, once the child has its own stdio."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    prctl = _prctl()
+    children = set()
+    while True:
+        readable, _, _ = select.select([control, wake_read], [], [])
+        if wake_read in readable:
+            os.read(wake_read, 4096)
+            _reap(children, control)
+        if control not in readable:
+            continue
+        message, fds, _, _ = socket.recv_fds(control, 65536, 3)
+        if not message:  # the parent closed its end: children first, then this template
+            for pid in children:
+                os.kill(pid, signal.SIGKILL)
+            os._exit(0)
+        request = json.loads(message)
+        if "kill" in request:
+            if request["kill"] in children:
+                os.kill(request["kill"], signal.SIGKILL)
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        template = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in (wake_read, wake_write, control.detach()):
+                os.close(fd)
+            _become_child(*fds)
+            _die_with(template, prctl)
+            os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = request["log_stream_name"]
+            return request["log_stream_name"]
+        for fd in fds:
+            os.close(fd)
+        children.add(pid)
+        control.send(json.dumps({"forked": pid}).encode())
+
+
+def _reap(children, control):
+    while children:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            return
+        children.discard(pid)
+        control.send(json.dumps({"exited": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def _become_child(stdin_fd, stdout_fd, stderr_fd):
+    """Take the stdio the parent sent; the handler's stdout stays pointed at the log."""
+    global _PROTOCOL
+    os.dup2(stdin_fd, 0)
+    os.dup2(stderr_fd, 2)
+    os.dup2(stderr_fd, 1)
+    for fd in (stdin_fd, stderr_fd):
+        os.close(fd)
+    _PROTOCOL.close()
+    _PROTOCOL = os.fdopen(stdout_fd, "w", buffering=1, encoding="utf-8")
+    sys.stdin = os.fdopen(0, "r", encoding="utf-8", closefd=False)
+
+
+def _prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+def _die_with(template, prctl):
+    """A child must not outlive its template (Linux; elsewhere the closed stdin ends it)."""
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != template:
+        os._exit(1)
 
 
 def _failure(request_id, exc):

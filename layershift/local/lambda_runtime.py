@@ -10,6 +10,7 @@ Lambda service into the state directory, keyed by sha256.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -20,6 +21,8 @@ import os
 import queue
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +31,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from layershift_core.builder.platforms import find_interpreter
 
@@ -49,6 +52,8 @@ RUNTIME_PACKAGES = (
 
 MAX_WORKERS_PER_VERSION = 4
 INIT_LIMIT_SECONDS = 10.0
+FORK_LIMIT_SECONDS = 10.0
+EXIT_LIMIT_SECONDS = 5.0
 LOG_TAIL_BYTES = 4096
 
 
@@ -85,6 +90,10 @@ class FunctionSpec:
 
 class EnvironmentUnavailable(Exception):
     """Raised when the local Lambda service cannot run an execution environment."""
+
+
+class InitFailed(Exception):
+    """The init phase of a new execution environment failed (it timed out or the runtime exited)."""
 
 
 def error_payload(message: str, error_type: str) -> bytes:
@@ -129,25 +138,44 @@ class InterpreterFinder:
 
 
 class Worker:
-    """One execution environment: a bootstrap subprocess with its protocol and log readers."""
+    """One execution environment: a bootstrap process, its protocol and its log readers.
+
+    ``process`` is a ``subprocess.Popen`` or a ``ForkedProcess``; the streams are its stdin,
+    stdout (the protocol) and stderr (the log), as text.
+    """
 
     def __init__(
         self,
+        spec: FunctionSpec,
+        process: subprocess.Popen[str] | ForkedProcess,
+        streams: tuple[IO[str], IO[str], IO[str]],
+        log_sink: LogSink,
+    ) -> None:
+        self.spec = spec
+        self.process = process
+        self._stdin, stdout, stderr = streams
+        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._log_sink = log_sink
+        self._log_lines: list[str] = []
+        self._log_done: dict[str, threading.Event] = {}
+        self._log_lock = threading.Lock()
+        name = spec.function_name
+        threading.Thread(target=self._read_replies, args=(stdout,), daemon=True, name=f"lambda-out-{name}").start()
+        threading.Thread(target=self._read_logs, args=(stderr,), daemon=True, name=f"lambda-log-{name}").start()
+
+    @classmethod
+    def start(
+        cls,
         spec: FunctionSpec,
         argv: list[str],
         env: dict[str, str],
         cwd: Path,
         init_message: dict[str, Any],
         log_sink: LogSink,
-    ) -> None:
-        self.spec = spec
-        self.log_stream_name = init_message["function"]["log_stream_name"]
-        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._log_sink = log_sink
-        self._log_lines: list[str] = []
-        self._log_done: dict[str, threading.Event] = {}
-        self._log_lock = threading.Lock()
-        self.process = subprocess.Popen(
+        pass_fds: tuple[int, ...] = (),
+    ) -> Worker:
+        """Start a bootstrap process and send it the init message."""
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -158,28 +186,27 @@ class Worker:
             encoding="utf-8",
             errors="backslashreplace",
             bufsize=1,
+            pass_fds=pass_fds,
         )
-        threading.Thread(target=self._read_replies, daemon=True, name=f"lambda-out-{spec.function_name}").start()
-        threading.Thread(target=self._read_logs, daemon=True, name=f"lambda-log-{spec.function_name}").start()
-        self._write(init_message)
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        worker = cls(spec, process, (process.stdin, process.stdout, process.stderr), log_sink)
+        worker._write(init_message)
+        return worker
 
     def _write(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
-        self.process.stdin.flush()
+        self._stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
+        self._stdin.flush()
 
-    def _read_replies(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+    def _read_replies(self, stdout: IO[str]) -> None:
+        for line in stdout:
             try:
                 self._replies.put(json.loads(line))
             except ValueError:
                 LOG.warning("unreadable reply from %s: %r", self.spec.function_name, line[:200])
         self._replies.put(None)
 
-    def _read_logs(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
+    def _read_logs(self, stderr: IO[str]) -> None:
+        for line in stderr:
             self._log_sink.write(self.spec.function_name, line)
             with self._log_lock:
                 self._log_lines.append(line)
@@ -197,7 +224,7 @@ class Worker:
         except queue.Empty:
             return f"Init phase did not finish within {timeout:.0f} seconds"
         if reply is None:
-            return f"Runtime exited with error: exit status {self.process.wait()}"
+            return f"Runtime exited with error: exit status {self._exit_status()}"
         return None
 
     def invoke(self, event: bytes, request_id: str, invoked_arn: str, timeout: float) -> InvokeResult:
@@ -242,9 +269,14 @@ class Worker:
             self.kill()  # Lambda does not reuse an execution environment after a timeout
         return InvokeResult(json.dumps(error).encode("utf-8"), True, duration, logs, error.get("errorType"))
 
+    def _exit_status(self) -> str:
+        try:
+            return str(self.process.wait(timeout=EXIT_LIMIT_SECONDS))
+        except subprocess.TimeoutExpired:
+            return "unknown"
+
     def _exited(self, request_id: str, started: float) -> InvokeResult:
-        code = self.process.wait()
-        message = f"RequestId: {request_id} Error: Runtime exited with error: exit status {code}"
+        message = f"RequestId: {request_id} Error: Runtime exited with error: exit status {self._exit_status()}"
         return InvokeResult(
             error_payload(message, "Runtime.ExitError"),
             True,
@@ -271,15 +303,150 @@ class Worker:
         if self.process.poll() is None:
             self.process.kill()
         try:
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=EXIT_LIMIT_SECONDS)
         except subprocess.TimeoutExpired:
             LOG.warning("worker of %s did not exit", self.spec.function_name)
-        for stream in (self.process.stdin,):
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+
+
+class ForkedProcess:
+    """A template's child, with the part of ``Popen``'s interface that ``Worker`` uses."""
+
+    def __init__(self, pid: int, template: Template) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._template = template
+        self._ended = threading.Event()
+
+    def ended(self, returncode: int) -> None:
+        self.returncode = returncode
+        self._ended.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self._template.kill_child(self.pid)
+
+
+class Template:
+    """A bootstrap process that ran a function version's init phase once and forks fresh
+    execution environments from there (``lambda_bootstrap``'s template mode).
+
+    Starting an environment then costs a fork instead of an interpreter start and the handler's
+    imports, which dominate the local Lambda service's CPU (the control plane's handlers import
+    Powertools, pydantic and boto3). Each child is a fresh environment: its own process, stdio,
+    log stream and module state, as of the end of init.
+    """
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        init_message: dict[str, Any],
+        log_sink: LogSink,
+    ) -> None:
+        self.spec = spec
+        self._log_sink = log_sink
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            env = {**env, "LAYERSHIFT_FORK_FD": str(theirs.fileno())}
+            self._init = Worker.start(spec, argv, env, cwd, init_message, log_sink, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._control = ours
+        self._children: dict[int, ForkedProcess] = {}
+        self._forked: queue.Queue[ForkedProcess | None] = queue.Queue()
+        self._fork_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._gone = False
+        threading.Thread(target=self._read_control, daemon=True, name=f"lambda-fork-{spec.function_name}").start()
+
+    def wait_ready(self, timeout: float) -> str | None:
+        return self._init.wait_ready(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return not self._gone and self._init.alive
+
+    def fork(self, log_stream_name: str) -> Worker:
+        """A new execution environment, forked from the end of init."""
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        try:
+            with self._fork_lock:
+                request = json.dumps({"log_stream_name": log_stream_name}).encode()
+                socket.send_fds(self._control, [request], [stdin_r, stdout_w, stderr_w])
+                process = self._forked.get(timeout=FORK_LIMIT_SECONDS)
+        except (OSError, queue.Empty) as exc:
+            for fd in (stdin_w, stdout_r, stderr_r):
+                os.close(fd)
+            raise OSError(f"the execution environment's template did not fork: {exc or 'no answer'}") from exc
+        finally:
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
+        if process is None:
+            for fd in (stdin_w, stdout_r, stderr_r):
+                os.close(fd)
+            raise OSError("the execution environment's template has exited")
+        streams = (  # the worker owns them from here
+            open(stdin_w, "w", encoding="utf-8", buffering=1),  # noqa: SIM115
+            open(stdout_r, encoding="utf-8", errors="backslashreplace"),  # noqa: SIM115
+            open(stderr_r, encoding="utf-8", errors="backslashreplace"),  # noqa: SIM115
+        )
+        return Worker(self.spec, process, streams, self._log_sink)
+
+    def _read_control(self) -> None:
+        while True:
             try:
-                if stream is not None:
-                    stream.close()
+                message = self._control.recv(65536)
             except OSError:
-                pass
+                message = b""
+            if not message:
+                break
+            reply = json.loads(message)
+            if "forked" in reply:
+                process = ForkedProcess(reply["forked"], self)
+                with self._lock:
+                    self._children[process.pid] = process
+                self._forked.put(process)
+            elif "exited" in reply:
+                with self._lock:
+                    ended = self._children.pop(reply["exited"], None)
+                if ended is not None:
+                    ended.ended(reply["status"])
+        # The template is gone, and its children with it (they die with their parent).
+        with self._lock:
+            self._gone = True
+            orphans, self._children = list(self._children.values()), {}
+        self._forked.put(None)
+        for process in orphans:
+            process.ended(-signal.SIGKILL)
+        self._control.close()
+
+    def kill_child(self, pid: int) -> None:
+        with contextlib.suppress(OSError):
+            self._control.send(json.dumps({"kill": pid}).encode())
+
+    def kill(self) -> None:
+        """End the template; its children end with it."""
+        with contextlib.suppress(OSError):
+            self._control.shutdown(socket.SHUT_RDWR)
+        self._init.kill()
 
 
 class LogSink:
@@ -303,6 +470,8 @@ class _Pool:
     spec: FunctionSpec
     idle: list[Worker] = field(default_factory=list)
     total: int = 0
+    template: Template | None = None
+    starting: threading.Lock = field(default_factory=threading.Lock)
 
 
 class LambdaRuntime:
@@ -430,25 +599,43 @@ class LambdaRuntime:
 
     # -- pool ----------------------------------------------------------------------------------
 
-    def _start_worker(self, spec: FunctionSpec, code: bytes, layers: list[bytes]) -> Worker:
-        task_root = self.extract("code", code)
-        layer_dirs = [self.extract("layers", data) for data in layers]
+    def _start_worker(self, pool: _Pool, code: bytes, layers: list[bytes]) -> Worker:
+        """A new execution environment, forked from the pool's template (which runs init first)."""
+        spec = pool.spec
+        with pool.starting:
+            template = pool.template
+            if template is None or not template.alive:
+                if template is not None:
+                    template.kill()
+                task_root = self.extract("code", code)
+                layer_dirs = [self.extract("layers", data) for data in layers]
+                log_stream = self._log_stream(spec)
+                init = {
+                    "handler": spec.handler,
+                    "sys_path": self._sys_path(spec, task_root, layer_dirs),
+                    "function": {
+                        "name": spec.function_name,
+                        "version": spec.version,
+                        "invoked_arn": spec.function_arn,
+                        "memory_size": spec.memory_size,
+                        "log_group_name": f"/aws/lambda/{spec.function_name}",
+                        "log_stream_name": log_stream,
+                    },
+                }
+                argv = [self.interpreters.find(spec.runtime), "-I", "-S", str(BOOTSTRAP)]
+                env = self._environment(spec, task_root, log_stream)
+                template = pool.template = Template(spec, argv, env, task_root, init, self.logs)
+                problem = template.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
+                if problem is not None:
+                    template.kill()
+                    pool.template = None
+                    raise InitFailed(problem)
+            return template.fork(self._log_stream(spec))
+
+    @staticmethod
+    def _log_stream(spec: FunctionSpec) -> str:
         now = time.gmtime()
-        log_stream = f"{now.tm_year}/{now.tm_mon:02d}/{now.tm_mday:02d}/[{spec.version}]{uuid.uuid4().hex}"
-        init = {
-            "handler": spec.handler,
-            "sys_path": self._sys_path(spec, task_root, layer_dirs),
-            "function": {
-                "name": spec.function_name,
-                "version": spec.version,
-                "invoked_arn": spec.function_arn,
-                "memory_size": spec.memory_size,
-                "log_group_name": f"/aws/lambda/{spec.function_name}",
-                "log_stream_name": log_stream,
-            },
-        }
-        argv = [self.interpreters.find(spec.runtime), "-I", "-S", str(BOOTSTRAP)]
-        return Worker(spec, argv, self._environment(spec, task_root, log_stream), task_root, init, self.logs)
+        return f"{now.tm_year}/{now.tm_mon:02d}/{now.tm_mday:02d}/[{spec.version}]{uuid.uuid4().hex}"
 
     def _acquire(self, spec: FunctionSpec) -> tuple[Worker | None, _Pool]:
         with self._cond:
@@ -459,8 +646,7 @@ class LambdaRuntime:
                 if pool is None or pool.spec != spec:
                     # New code or configuration for this version ($LATEST changes): retire the old pool.
                     if pool is not None:
-                        for worker in pool.idle:
-                            worker.kill()
+                        self._retire(pool)
                     pool = self._pools[spec.pool_key] = _Pool(spec)
                 while pool.idle:
                     worker = pool.idle.pop()
@@ -472,6 +658,16 @@ class LambdaRuntime:
                     return None, pool
                 self._cond.wait(timeout=1.0)
 
+    def _retire(self, pool: _Pool) -> None:
+        """Stop a pool's idle environments; its template goes with its last environment."""
+        for worker in pool.idle:
+            self._workers.discard(worker)
+            worker.kill()
+        pool.total -= len(pool.idle)
+        pool.idle = []
+        if pool.total == 0 and pool.template is not None:
+            pool.template.kill()
+
     def _release(self, pool: _Pool, worker: Worker | None) -> None:
         with self._cond:
             current = self._pools.get(pool.spec.pool_key) is pool and not self._closed
@@ -482,6 +678,8 @@ class LambdaRuntime:
                 if worker is not None:
                     self._workers.discard(worker)
                     worker.kill()
+                if not current:
+                    self._retire(pool)
             self._cond.notify_all()
 
     def invoke(
@@ -500,15 +698,18 @@ class LambdaRuntime:
             if worker is None:
                 started = time.monotonic()
                 try:
-                    worker = self._start_worker(spec, code, layers)
+                    worker = self._start_worker(pool, code, layers)
                     with self._cond:
                         self._workers.add(worker)
+                    problem = worker.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
+                except InitFailed as exc:
+                    problem = str(exc)
                 except (OSError, zipfile.BadZipFile) as exc:
                     message = f"RequestId: {request_id} Error: could not start the execution environment: {exc}"
                     return InvokeResult(error_payload(message, "Runtime.Unknown"), True, 0.0, "", "Runtime.Unknown")
-                problem = worker.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
                 if problem is not None:
-                    worker.kill()
+                    if worker is not None:
+                        worker.kill()
                     message = f"RequestId: {request_id} Error: {problem}"
                     return InvokeResult(
                         error_payload(message, "Runtime.ExitError"),
@@ -522,14 +723,17 @@ class LambdaRuntime:
             self._release(pool, worker)
 
     def close(self) -> None:
-        """Stop every worker."""
+        """Stop every worker and template."""
         with self._cond:
             self._closed = True
+            templates = [pool.template for pool in self._pools.values() if pool.template is not None]
             self._pools = {}
             workers, self._workers = list(self._workers), set()
             self._cond.notify_all()
         for worker in workers:
             worker.kill()
+        for template in templates:
+            template.kill()
 
 
 def tail_logs(logs: str) -> str:

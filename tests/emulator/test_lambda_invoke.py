@@ -108,6 +108,46 @@ def test_timeout_kills_the_environment_and_the_next_invoke_starts_fresh(aws, mak
     assert 0 < remaining <= 1000
 
 
+def test_each_new_environment_starts_where_init_ended(aws, make_function):
+    """Environments are forked from one that ran init: each still has its own process, log
+    stream, randomness and module state, and starts from the state init left."""
+    lam = aws.client("lambda")
+    name = make_function(
+        handler_zip("""
+        import os, random
+        CALLS = 0
+        def handler(event, context):
+            global CALLS
+            CALLS += 1
+            if event.get("exit"):
+                os._exit(event["exit"])
+            return {"calls": CALLS, "pid": os.getpid(), "random": random.random(),
+                    "stream": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"], "context_stream": context.log_stream_name}
+    """)
+    )
+    first = invoke(lam, FunctionName=name)[1]
+    assert invoke(lam, FunctionName=name)[1]["calls"] == 2
+    response, body = invoke(lam, {"exit": 3}, FunctionName=name)
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Runtime.ExitError"
+    assert "exit status 3" in body["errorMessage"]
+    fresh = invoke(lam, FunctionName=name)[1]
+    assert fresh["calls"] == 1
+    assert fresh["pid"] != first["pid"]
+    assert fresh["random"] != first["random"]
+    assert fresh["stream"] == fresh["context_stream"] != first["stream"]
+
+
+def test_a_runtime_that_exits_during_init_says_so_every_time(aws, make_function):
+    lam = aws.client("lambda")
+    name = make_function(handler_zip("import os\nos._exit(4)\ndef handler(e, c):\n    return 1\n"))
+    for _ in range(2):
+        response, body = invoke(lam, FunctionName=name)
+        assert response["FunctionError"] == "Unhandled"
+        assert body["errorType"] == "Runtime.ExitError"
+        assert "exit status 4" in body["errorMessage"]
+
+
 def test_environment_is_isolated_and_prints_do_not_break_the_protocol(aws, make_function):
     os.environ["LAYERSHIFT_HOST_ONLY"] = "leak"
     try:
