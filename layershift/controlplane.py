@@ -188,6 +188,37 @@ def history_events(cp: ControlPlane, execution_arn: str) -> list[dict[str, Any]]
     return events
 
 
+class HistoryTail:
+    """An execution's history as it grows: ``new_events`` fetches only the events after the last
+    one it returned, newest first in small pages, so following a long rollout stays cheap."""
+
+    PAGE = 50
+
+    def __init__(self, cp: ControlPlane, execution_arn: str) -> None:
+        self._sfn = cp.client("stepfunctions")
+        self._arn = execution_arn
+        self.last_id = 0
+
+    def new_events(self) -> list[dict[str, Any]]:
+        fresh: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"executionArn": self._arn, "reverseOrder": True, "maxResults": self.PAGE}
+        while True:
+            page = self._sfn.get_execution_history(**kwargs)
+            for event in page["events"]:
+                if event["id"] <= self.last_id:
+                    break
+                fresh.append(event)
+            else:
+                if page.get("nextToken"):
+                    kwargs["nextToken"] = page["nextToken"]
+                    continue
+            break
+        fresh.reverse()
+        if fresh:
+            self.last_id = fresh[-1]["id"]
+        return fresh
+
+
 def _output(event: dict[str, Any], key: str) -> dict[str, Any]:
     details = event.get(key) or {}
     try:
@@ -286,16 +317,14 @@ def follow(
 ) -> dict[str, Any]:
     """Print the execution's progress until it ends; return describe_execution's answer."""
     sfn = cp.client("stepfunctions")
-    seen = 0
+    history = HistoryTail(cp, execution_arn)
     deadline = time.monotonic() + timeout
     while True:
         described = sfn.describe_execution(executionArn=execution_arn)
-        events = history_events(cp, execution_arn)
-        for event in events[seen:]:
+        for event in history.new_events():
             line = describe_event(event)
             if line:
                 emit(line)
-        seen = len(events)
         if described["status"] != "RUNNING":
             return described
         if time.monotonic() > deadline:

@@ -21,6 +21,12 @@ once, and every execution gets its own deep copy of the parsed program.
 The interpreter makes a new boto3 client, from boto3's shared default session, for every Lambda
 task it runs; here one client per service and region serves them all (clients are thread-safe).
 
+GetExecutionHistory pages as Step Functions does (``maxResults``, default 100, at most 1000;
+``nextToken``; ``reverseOrder``; ``includeExecutionData``); the emulator returns every event in
+one answer, through a generic serializer that costs about as much per event as a Lambda task, so
+a follower that polls a long history spends most of the local AWS's CPU there. Here a page is
+serialized with ``json``.
+
 Step Functions sends an "Execution Status Change" event to EventBridge's default bus whenever a
 standard execution ends (the reaper listens for it); the emulator sends none, so one is put here,
 shaped as AWS documents it, when an execution ends for any reason, a stop from the API included.
@@ -28,7 +34,10 @@ shaped as AWS documents it, when an execution ends for any reason, a stop from t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
+import datetime
 import json
 import logging
 import os
@@ -38,7 +47,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from moto.core.exceptions import JsonRESTError
 from moto.core.responses import EmptyResult
+from moto.stepfunctions.exceptions import InvalidToken
 from moto.stepfunctions.parser.asl.component.common.timeouts import timeout
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
@@ -74,6 +85,54 @@ def _send_task_failure(self: Any) -> EmptyResult:
         self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
     )
     return EmptyResult()
+
+
+HISTORY_PAGE_DEFAULT = 100
+HISTORY_PAGE_MAX = 1000
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()  # the JSON protocol's timestamps: epoch seconds
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _without_data(event: dict[str, Any]) -> dict[str, Any]:
+    stripped = {}
+    for key, value in event.items():
+        if key.endswith("EventDetails") and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in ("input", "inputDetails", "output", "outputDetails")}
+        stripped[key] = value
+    return stripped
+
+
+def _get_execution_history(self: Any) -> str:
+    arn = self._get_param("executionArn")
+    limit = int(self._get_param("maxResults") or 0) or HISTORY_PAGE_DEFAULT
+    if not 0 < limit <= HISTORY_PAGE_MAX:
+        raise JsonRESTError("ValidationException", f"maxResults must be between 0 and {HISTORY_PAGE_MAX}")
+    reverse = bool(self._get_param("reverseOrder"))
+    token = self._get_param("nextToken")
+    offset = 0
+    if token:
+        try:
+            position = json.loads(base64.urlsafe_b64decode(token))
+            offset = int(position["offset"])
+            if position["arn"] != arn or position["reverse"] != reverse or offset < 0:
+                raise ValueError
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise InvalidToken("the token does not belong to this history") from None
+    events = list(self.stepfunction_backend.get_execution_history(arn)["events"])
+    if reverse:
+        events.reverse()
+    page = events[offset : offset + limit]
+    if self._get_param("includeExecutionData") is False:
+        page = [_without_data(event) for event in page]
+    body: dict[str, Any] = {"events": page}
+    if offset + limit < len(events):
+        position = {"arn": arn, "reverse": reverse, "offset": offset + limit}
+        body["nextToken"] = base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
+    return json.dumps(body, default=_json_value)
 
 
 _programs: dict[str, Any] = {}
@@ -177,6 +236,9 @@ def install(wait_scale: float = 1.0) -> None:
     if "send_task_failure" not in _originals:
         _originals["send_task_failure"] = StepFunctionResponse.send_task_failure
         StepFunctionResponse.send_task_failure = _send_task_failure  # type: ignore[method-assign]
+    if "get_execution_history" not in _originals:
+        _originals["get_execution_history"] = StepFunctionResponse.get_execution_history
+        StepFunctionResponse.get_execution_history = _get_execution_history  # type: ignore[method-assign,assignment]
     if wait_scale != 1.0 and "wait_interval" not in _originals:
         _originals["wait_interval"] = wait_function.WaitFunction._wait_interval
         _originals["timeout_seconds_path"] = timeout.TimeoutSecondsPath._eval_seconds
@@ -199,6 +261,8 @@ def uninstall() -> None:
         BaseExecutionWorkerCommunication.terminated = _originals.pop("terminated")  # type: ignore[method-assign]
     if "send_task_failure" in _originals:
         StepFunctionResponse.send_task_failure = _originals.pop("send_task_failure")  # type: ignore[method-assign]
+    if "get_execution_history" in _originals:
+        StepFunctionResponse.get_execution_history = _originals.pop("get_execution_history")  # type: ignore[method-assign]
     if "wait_interval" in _originals:
         wait_function.WaitFunction._wait_interval = _originals.pop("wait_interval")  # type: ignore[method-assign]
         timeout.TimeoutSecondsPath._eval_seconds = _originals.pop("timeout_seconds_path")  # type: ignore[method-assign]

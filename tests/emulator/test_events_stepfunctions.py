@@ -6,6 +6,9 @@ import json
 import time
 import uuid
 
+import pytest
+from botocore.exceptions import ClientError
+
 from .support import handler_zip, versioned_handler, wait_for
 
 RECORDER = """
@@ -204,3 +207,40 @@ def test_task_timeouts_from_a_path_are_scaled_like_waits(aws, role_arn, make_fun
     assert described["status"] == "SUCCEEDED"
     assert json.loads(described["output"])["woke"]["Error"] == "States.Timeout"
     assert time.monotonic() - begun < 30
+
+
+def test_execution_history_pages_as_step_functions_does(aws, role_arn):
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    from layershift.local import stepfunctions
+
+    states = {f"Step{i}": {"Type": "Pass", "Result": {"i": i}, "Next": f"Step{i + 1}"} for i in range(30)}
+    states["Step30"] = {"Type": "Succeed"}
+    described, everything = _run(aws, role_arn, {"StartAt": "Step0", "States": states}, {"big": "x" * 100})
+    arn = described["executionArn"]
+    sfn = aws.client("stepfunctions")
+    assert 60 < len(everything) < 100, "one answer holds the first 100 events"
+    assert [e["id"] for e in everything] == list(range(1, len(everything) + 1))
+
+    # the same events the emulator's own serializer gives, in pages
+    fast = StepFunctionResponse.get_execution_history
+    StepFunctionResponse.get_execution_history = stepfunctions._originals["get_execution_history"]
+    try:
+        assert sfn.get_execution_history(executionArn=arn)["events"] == everything
+    finally:
+        StepFunctionResponse.get_execution_history = fast
+
+    pages = list(
+        sfn.get_paginator("get_execution_history").paginate(executionArn=arn, PaginationConfig={"PageSize": 25})
+    )
+    assert [len(p["events"]) for p in pages] == [25, 25, len(everything) - 50]
+    assert [e for p in pages for e in p["events"]] == everything
+    newest = sfn.get_execution_history(executionArn=arn, reverseOrder=True, maxResults=5)
+    assert newest["events"] == everything[::-1][:5]
+    with pytest.raises(ClientError) as refused:  # a token is good for its own history and order only
+        sfn.get_execution_history(executionArn=arn, maxResults=5, nextToken=newest["nextToken"])
+    assert refused.value.response["Error"]["Code"] == "InvalidToken"
+    bare = sfn.get_execution_history(executionArn=arn, includeExecutionData=False)["events"]
+    assert "input" in everything[0]["executionStartedEventDetails"]
+    assert "input" not in bare[0]["executionStartedEventDetails"]
+    assert bare[0]["executionStartedEventDetails"]["roleArn"] == role_arn

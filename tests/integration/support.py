@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layershift.controlplane import ControlPlane, describe_event, history_events, push, wait_for_end, wait_for_execution
+from layershift.controlplane import (
+    ControlPlane,
+    HistoryTail,
+    describe_event,
+    history_events,
+    push,
+    wait_for_end,
+    wait_for_execution,
+)
 from layershift.demo import put_error_alarm
 from layershift.invariants import check_invariants
 
@@ -77,13 +85,10 @@ def run_rollout(cp: ControlPlane, layer: str, requirements: str, config: str | N
 def wait_for_state(cp: ControlPlane, execution_arn: str, state: str, timeout: float = 300) -> None:
     """Wait until the execution has entered ``state`` (or ended)."""
     sfn = cp.client("stepfunctions")
+    history = HistoryTail(cp, execution_arn)
 
     def entered() -> bool:
-        names = [
-            e["stateEnteredEventDetails"]["name"]
-            for e in history_events(cp, execution_arn)
-            if "stateEnteredEventDetails" in e
-        ]
+        names = [e["stateEnteredEventDetails"]["name"] for e in history.new_events() if "stateEnteredEventDetails" in e]
         return state in names or sfn.describe_execution(executionArn=execution_arn)["status"] != "RUNNING"
 
     wait_until(entered, timeout=timeout, interval=0.05)

@@ -56,11 +56,24 @@ class Row:
     seconds: float = 0.0
 
 
+_read: dict[Path, tuple[int, list[dict]]] = {}  # record file -> (bytes parsed, the calls in them)
+_read_lock = threading.Lock()
+
+
 def _calls(plan: Path) -> list[dict]:
+    """Every call recorded so far; the record only grows, so only its new lines are parsed."""
     record = Path(json.loads(plan.read_text())["record"])
     if not record.exists():
         return []
-    return [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    with _read_lock:
+        offset, calls = _read.get(record, (0, []))
+        with record.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        calls = calls + [json.loads(line) for line in complete.splitlines() if line.strip()]
+        _read[record] = (offset + len(complete), calls)
+        return calls
 
 
 @dataclass
