@@ -192,7 +192,8 @@ class HistoryTail:
     """An execution's history as it grows: ``new_events`` fetches only the events after the last
     one it returned, newest first in small pages, so following a long rollout stays cheap."""
 
-    PAGE = 50
+    FIRST_PAGE = 100  # Step Functions' default page
+    NEXT_PAGE = 10  # a poll usually finds a few new events
 
     def __init__(self, cp: ControlPlane, execution_arn: str) -> None:
         self._sfn = cp.client("stepfunctions")
@@ -201,7 +202,8 @@ class HistoryTail:
 
     def new_events(self) -> list[dict[str, Any]]:
         fresh: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"executionArn": self._arn, "reverseOrder": True, "maxResults": self.PAGE}
+        page_size = self.NEXT_PAGE if self.last_id else self.FIRST_PAGE
+        kwargs: dict[str, Any] = {"executionArn": self._arn, "reverseOrder": True, "maxResults": page_size}
         while True:
             page = self._sfn.get_execution_history(**kwargs)
             for event in page["events"]:

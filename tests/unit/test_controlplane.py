@@ -55,3 +55,42 @@ def test_template_outputs_are_the_ones_the_cli_reads() -> None:
 
 def test_samconfig_names_the_default_stack() -> None:
     assert stack_name_from_samconfig(ROOT / "samconfig.toml") == "layershift"
+
+
+class _GrowingHistory:
+    """GetExecutionHistory as Step Functions pages it, newest first, over a history that grows."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.calls: list[int] = []  # the page sizes asked for
+
+    def add(self, count: int) -> None:
+        start = len(self.events) + 1
+        self.events += [{"id": i, "type": "PassStateEntered"} for i in range(start, start + count)]
+
+    def get_execution_history(self, executionArn: str, reverseOrder: bool, maxResults: int, nextToken: str = "0"):
+        assert reverseOrder
+        self.calls.append(maxResults)
+        newest = self.events[::-1]
+        offset = int(nextToken)
+        page = {"events": newest[offset : offset + maxResults]}
+        if offset + maxResults < len(newest):
+            page["nextToken"] = str(offset + maxResults)
+        return page
+
+
+def test_a_history_tail_returns_each_event_once_in_order() -> None:
+    from layershift.controlplane import ControlPlane, HistoryTail
+
+    history = _GrowingHistory()
+    cp = ControlPlane(bucket="b", table="t", state_machine_arn="arn", topic_arn="topic", region="us-east-1")
+    cp._clients["stepfunctions"] = history
+    tail = HistoryTail(cp, "arn:execution")
+    seen: list[int] = []
+    first_polls = 0
+    for count in (0, 130, 3, 0, 25, 1):
+        history.add(count)
+        seen += [event["id"] for event in tail.new_events()]
+        first_polls = first_polls or (len(history.calls) if seen else 0)
+    assert seen == list(range(1, 160))
+    assert set(history.calls[first_polls:]) == {HistoryTail.NEXT_PAGE}, "once caught up, polls ask for small pages"
