@@ -179,16 +179,36 @@ def _reason_data(
     }
 
 
+def _recent_by_metric(data: list[Any], alarms: list[Any], now: datetime) -> dict[tuple[str, str], list[Any]]:
+    """The datapoints any alarm's window can reach, by (namespace, metric name): the metric data
+    holds every datapoint since the start, and each alarm would otherwise scan all of it."""
+    spans = [
+        int(alarm.period) * (int(alarm.evaluation_periods) + 1)
+        for alarm in alarms
+        if alarm.period and alarm.evaluation_periods
+    ]
+    found: dict[tuple[str, str], list[Any]] = {}
+    if not spans:
+        return found
+    cutoff = now - timedelta(seconds=max(spans))
+    for md in data:
+        if md.timestamp.replace(tzinfo=None) >= cutoff:
+            found.setdefault((md.namespace, md.name), []).append(md)
+    return found
+
+
 def evaluate_all_alarms_once(now: datetime | None = None) -> list[tuple[str, str]]:
     """Evaluate every metric alarm in every account and region; return (name, new state) changes."""
     changes: list[tuple[str, str]] = []
+    now = now or utcnow()
     with _evaluation_lock:
         for account_backends in list(cw_models.cloudwatch_backends.values()):
             for backend in list(account_backends.values()):
-                data = list(backend.metric_data)
-                for alarm in list(backend.alarms.values()):
+                alarms = list(backend.alarms.values())
+                recent = _recent_by_metric(list(backend.metric_data), alarms, now)
+                for alarm in alarms:
                     try:
-                        outcome = evaluate(alarm, data, now)
+                        outcome = evaluate(alarm, recent.get((alarm.namespace, alarm.metric_name), []), now)
                     except (ValueError, TypeError):
                         LOG.warning("cannot evaluate alarm %s", alarm.name, exc_info=True)
                         continue

@@ -91,7 +91,7 @@ def wait_for_state(cp: ControlPlane, execution_arn: str, state: str, timeout: fl
         names = [e["stateEnteredEventDetails"]["name"] for e in history.new_events() if "stateEnteredEventDetails" in e]
         return state in names or sfn.describe_execution(executionArn=execution_arn)["status"] != "RUNNING"
 
-    wait_until(entered, timeout=timeout, interval=0.05)
+    wait_until(entered, timeout=timeout, interval=0.1)
 
 
 CONSUMER = "import six\n\ndef handler(event, context):\n    return {'six': six.__version__}\n"
