@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -86,6 +86,16 @@ class FunctionSpec:
     @property
     def pool_key(self) -> tuple[str, str]:
         return (self.function_arn, self.version)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a bootstrap process: its command, environment, directory and init message."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    init_message: dict[str, Any]
 
 
 class EnvironmentUnavailable(Exception):
@@ -164,24 +174,15 @@ class Worker:
         threading.Thread(target=self._read_logs, args=(stderr,), daemon=True, name=f"lambda-log-{name}").start()
 
     @classmethod
-    def start(
-        cls,
-        spec: FunctionSpec,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: Path,
-        init_message: dict[str, Any],
-        log_sink: LogSink,
-        pass_fds: tuple[int, ...] = (),
-    ) -> Worker:
+    def start(cls, spec: FunctionSpec, launch: Launch, log_sink: LogSink, pass_fds: tuple[int, ...] = ()) -> Worker:
         """Start a bootstrap process and send it the init message."""
         process = subprocess.Popen(
-            argv,
+            launch.argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
-            cwd=str(cwd),
+            env=launch.env,
+            cwd=str(launch.cwd),
             text=True,
             encoding="utf-8",
             errors="backslashreplace",
@@ -190,7 +191,7 @@ class Worker:
         )
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         worker = cls(spec, process, (process.stdin, process.stdout, process.stderr), log_sink)
-        worker._write(init_message)
+        worker._write(launch.init_message)
         return worker
 
     def _write(self, message: dict[str, Any]) -> None:
@@ -342,26 +343,19 @@ class Template:
     execution environments from there (``lambda_bootstrap``'s template mode).
 
     Starting an environment then costs a fork instead of an interpreter start and the handler's
-    imports, which dominate the local Lambda service's CPU (the control plane's handlers import
-    Powertools, pydantic and boto3). Each child is a fresh environment: its own process, stdio,
-    log stream and module state, as of the end of init.
+    imports, which are most of a control-plane handler's cold start (Powertools, pydantic and
+    boto3). Each child is a fresh environment: its own process, stdio, log stream and module
+    state, as of the end of init.
     """
 
-    def __init__(
-        self,
-        spec: FunctionSpec,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: Path,
-        init_message: dict[str, Any],
-        log_sink: LogSink,
-    ) -> None:
+    def __init__(self, spec: FunctionSpec, launch: Launch, log_sink: LogSink) -> None:
         self.spec = spec
         self._log_sink = log_sink
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            env = {**env, "LAYERSHIFT_FORK_FD": str(theirs.fileno())}
-            self._init = Worker.start(spec, argv, env, cwd, init_message, log_sink, pass_fds=(theirs.fileno(),))
+            env = {**launch.env, "LAYERSHIFT_FORK_FD": str(theirs.fileno())}
+            launch = replace(launch, env=env)
+            self._init = Worker.start(spec, launch, log_sink, pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()
             raise
@@ -622,9 +616,13 @@ class LambdaRuntime:
                         "log_stream_name": log_stream,
                     },
                 }
-                argv = [self.interpreters.find(spec.runtime), "-I", "-S", str(BOOTSTRAP)]
-                env = self._environment(spec, task_root, log_stream)
-                template = pool.template = Template(spec, argv, env, task_root, init, self.logs)
+                launch = Launch(
+                    argv=[self.interpreters.find(spec.runtime), "-I", "-S", str(BOOTSTRAP)],
+                    env=self._environment(spec, task_root, log_stream),
+                    cwd=task_root,
+                    init_message=init,
+                )
+                template = pool.template = Template(spec, launch, self.logs)
                 problem = template.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
                 if problem is not None:
                     template.kill()
