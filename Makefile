@@ -41,15 +41,15 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-# The suite mostly waits (bakes, retry intervals, Lambda workers): three pytest-xdist workers
-# overlap those waits. Each worker runs its own local AWS.
+# Three pytest-xdist workers overlap the suite's waits (bakes, retry intervals, timeouts) and keep
+# both cores busy. Each worker runs its own local AWS.
 TEST_WORKERS ?= 3
 
 test: lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The fault matrix alone: every AWS call site of a rollout under throttling, a 5xx, AccessDenied
-# and a timeout (about 4 minutes; make test runs it too).
+# and a timeout (about 3.5 minutes; make test runs it too).
 faults: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m faults tests/integration/test_fault_matrix.py
 
