@@ -138,6 +138,30 @@ def test_each_new_environment_starts_where_init_ended(aws, make_function):
     assert fresh["stream"] == fresh["context_stream"] != first["stream"]
 
 
+def _ended(pid: int) -> bool:
+    """Whether a process is gone (here an orphan's zombie may wait for an init that never reaps)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_environments_end_with_their_template_and_the_next_invoke_starts_afresh(aws, make_function):
+    import signal
+
+    lam = aws.client("lambda")
+    name = make_function(handler_zip("import os\ndef handler(e, c):\n    return [os.getpid(), os.getppid()]\n"))
+    pid, template = invoke(lam, FunctionName=name)[1]
+    os.kill(template, signal.SIGKILL)
+    from .support import wait_for
+
+    wait_for(lambda: _ended(pid), timeout=10)  # the warm environment went with its template
+    fresh_pid, fresh_template = invoke(lam, FunctionName=name)[1]
+    assert fresh_template != template and fresh_pid != pid
+
+
 def test_a_runtime_that_exits_during_init_says_so_every_time(aws, make_function):
     lam = aws.client("lambda")
     name = make_function(handler_zip("import os\nos._exit(4)\ndef handler(e, c):\n    return 1\n"))
