@@ -1,10 +1,11 @@
-"""Local Lambda execution environments: one warm worker subprocess per function version.
+"""Local Lambda execution environments: a pool of warm worker processes per function version.
 
-Each worker runs ``lambda_bootstrap.py`` under ``python -I -S`` with a Lambda-like ``sys.path``
-(task root, the layers, then a runtime directory holding only what Lambda's Python runtime
-ships) and a Lambda-like environment (the function's variables plus the local endpoint and
-dummy credentials; nothing else from the host). Code and layers are unzipped from the emulated
-Lambda service into the state directory, keyed by sha256.
+A version's first cold start runs ``lambda_bootstrap.py`` under ``python -I -S`` as a template,
+with a Lambda-like ``sys.path`` (task root, the layers, then a runtime directory holding only what
+Lambda's Python runtime ships) and a Lambda-like environment (the function's variables plus the
+local endpoint and dummy credentials; nothing else from the host). The template runs init once;
+every execution environment of the version is a process forked from it. Code and layers are
+unzipped from the emulated Lambda service into the state directory, keyed by sha256.
 """
 
 from __future__ import annotations
