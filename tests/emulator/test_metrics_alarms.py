@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 from layershift.local.alarms import evaluate_all_alarms_once
@@ -155,6 +156,16 @@ def test_alarm_on_alias_errors_goes_to_alarm_and_back(aws, two_versions):
     assert ("live-errors", "OK") in evaluate_all_alarms_once(now=later)
 
 
+def _early_in_a_period(seconds_left: float = 5.0) -> None:
+    """Sleep until at least ``seconds_left`` remain in the current 10- and 60-second periods, so
+    the steps that follow land in the periods the test reasons about."""
+    while True:
+        now = time.time()
+        if 10 - now % 10 >= seconds_left and 60 - now % 60 >= seconds_left:
+            return
+        time.sleep(10 - now % 10 + 0.05)
+
+
 def test_missing_data_treatment_and_m_of_n(aws, two_versions):
     lam = aws.client("lambda")
     _alarm(
@@ -184,6 +195,7 @@ def test_missing_data_treatment_and_m_of_n(aws, two_versions):
     evaluate_all_alarms_once()
     assert _state(aws, "missing-breaches")["StateValue"] == "ALARM"
 
+    _early_in_a_period()  # both errors below must fall in one 10-second period
     lam.invoke(FunctionName=two_versions, Qualifier="live", Payload=b'{"raise": "ValueError"}')
     evaluate_all_alarms_once()
     # a period still being filled counts only once it breaches; complete, it counts either way
