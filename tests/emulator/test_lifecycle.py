@@ -20,7 +20,7 @@ def test_start_stop_repeatedly_and_undo_patches(tmp_path):
     for _ in range(2):
         started = time.monotonic()
         with LocalAws(state_dir=tmp_path) as aws:
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 30  # starts, rather than hangs, even on a loaded machine
             assert aws.endpoint_url.startswith("http://127.0.0.1:")
             assert os.environ["MOTO_PORT"] == str(aws.port)
             assert LambdaBackend.invoke is not original_invoke

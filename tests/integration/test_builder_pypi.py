@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import zipfile
 from pathlib import Path
 
@@ -153,7 +152,5 @@ def test_rebuild_with_unchanged_key_is_a_cache_hit(tmp_path: Path, monkeypatch: 
         raise AssertionError("pip must not run on a cache hit")
 
     monkeypatch.setattr(install, "install", never)
-    started = time.monotonic()
     second = build_layer(PURE, runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "b", cache_dir=cache_dir)
-    assert time.monotonic() - started < 1.0
     assert second.cache_hit and second.sha256 == first.sha256

@@ -12,7 +12,6 @@ import os
 import re
 import stat
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -811,9 +810,7 @@ def test_unchanged_build_key_is_a_cache_hit_without_pip(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(install, "install", never)
     lines: list[str] = []
-    started = time.monotonic()
     second = build_layer("# same pins\nalpha==1.0\n", out_dir=tmp_path / "b", echo=lines.append, **kwargs)
-    assert time.monotonic() - started < 1.0
     assert second.cache_hit
     assert second.sha256 == first.sha256
     assert (tmp_path / "b" / "layer.zip").read_bytes() == (tmp_path / "a" / "layer.zip").read_bytes()
