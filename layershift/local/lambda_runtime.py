@@ -107,6 +107,11 @@ class InitFailed(Exception):
     """The init phase of a new execution environment failed (it timed out or the runtime exited)."""
 
 
+def _init_limit(spec: FunctionSpec) -> float:
+    """How long a new execution environment may take to say ready."""
+    return max(INIT_LIMIT_SECONDS, spec.timeout)
+
+
 def error_payload(message: str, error_type: str) -> bytes:
     return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
 
@@ -596,40 +601,43 @@ class LambdaRuntime:
 
     def _start_worker(self, pool: _Pool, code: bytes, layers: list[bytes]) -> Worker:
         """A new execution environment, forked from the pool's template (which runs init first)."""
-        spec = pool.spec
         with pool.starting:
-            template = pool.template
-            if template is None or not template.alive:
-                if template is not None:
-                    template.kill()
-                task_root = self.extract("code", code)
-                layer_dirs = [self.extract("layers", data) for data in layers]
-                log_stream = self._log_stream(spec)
-                init = {
-                    "handler": spec.handler,
-                    "sys_path": self._sys_path(spec, task_root, layer_dirs),
-                    "function": {
-                        "name": spec.function_name,
-                        "version": spec.version,
-                        "invoked_arn": spec.function_arn,
-                        "memory_size": spec.memory_size,
-                        "log_group_name": f"/aws/lambda/{spec.function_name}",
-                        "log_stream_name": log_stream,
-                    },
-                }
-                launch = Launch(
-                    argv=[self.interpreters.find(spec.runtime), "-I", "-S", str(BOOTSTRAP)],
-                    env=self._environment(spec, task_root, log_stream),
-                    cwd=task_root,
-                    init_message=init,
-                )
-                template = pool.template = Template(spec, launch, self.logs)
-                problem = template.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
-                if problem is not None:
-                    template.kill()
+            if pool.template is None or not pool.template.alive:
+                if pool.template is not None:  # it died: start another
+                    pool.template.kill()
                     pool.template = None
-                    raise InitFailed(problem)
-            return template.fork(self._log_stream(spec))
+                pool.template = self._start_template(pool.spec, code, layers)
+            return pool.template.fork(self._log_stream(pool.spec))
+
+    def _start_template(self, spec: FunctionSpec, code: bytes, layers: list[bytes]) -> Template:
+        """A template that has run ``spec``'s init phase; raises InitFailed when init does not finish."""
+        task_root = self.extract("code", code)
+        layer_dirs = [self.extract("layers", data) for data in layers]
+        log_stream = self._log_stream(spec)
+        init = {
+            "handler": spec.handler,
+            "sys_path": self._sys_path(spec, task_root, layer_dirs),
+            "function": {
+                "name": spec.function_name,
+                "version": spec.version,
+                "invoked_arn": spec.function_arn,
+                "memory_size": spec.memory_size,
+                "log_group_name": f"/aws/lambda/{spec.function_name}",
+                "log_stream_name": log_stream,
+            },
+        }
+        launch = Launch(
+            argv=[self.interpreters.find(spec.runtime), "-I", "-S", str(BOOTSTRAP)],
+            env=self._environment(spec, task_root, log_stream),
+            cwd=task_root,
+            init_message=init,
+        )
+        template = Template(spec, launch, self.logs)
+        problem = template.wait_ready(_init_limit(spec))
+        if problem is not None:
+            template.kill()
+            raise InitFailed(problem)
+        return template
 
     @staticmethod
     def _log_stream(spec: FunctionSpec) -> str:
@@ -700,7 +708,7 @@ class LambdaRuntime:
                     worker = self._start_worker(pool, code, layers)
                     with self._cond:
                         self._workers.add(worker)
-                    problem = worker.wait_ready(max(INIT_LIMIT_SECONDS, spec.timeout))
+                    problem = worker.wait_ready(_init_limit(spec))
                 except InitFailed as exc:
                     problem = str(exc)
                 except (OSError, zipfile.BadZipFile) as exc:
