@@ -32,7 +32,7 @@ from botocore.config import Config
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.server import ThreadedMotoServer
 
-from layershift.local import alarms, dispatch, eventbridge, lambda_invoke, metrics, stepfunctions
+from layershift.local import alarms, dispatch, distributed_map, eventbridge, lambda_invoke, metrics, stepfunctions
 from layershift.local.lambda_runtime import MAX_WORKERS_PER_VERSION, LambdaRuntime
 
 LOG = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class LocalAws:
         self._install(alarms.install, alarms.uninstall)
         self._install(lambda: eventbridge.install(self.endpoint_url), eventbridge.uninstall)
         self._install(lambda: stepfunctions.install(self.wait_scale), stepfunctions.uninstall)
+        self._install(distributed_map.install, distributed_map.uninstall)
         for name in OPTIONAL_ADAPTERS:
             if importlib.util.find_spec(f"layershift.local.{name}") is None:
                 continue

@@ -55,10 +55,11 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
-from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 from moto.stepfunctions.responses import StepFunctionResponse
+
+from layershift.local import distributed_map
 
 LOG = logging.getLogger(__name__)
 _originals: dict[str, Any] = {}
@@ -143,7 +144,7 @@ def _evaluation_entrypoint(self: Any) -> Any:
     definition = self._evaluation_details.state_machine_details.definition
     with _programs_lock:
         if definition not in _programs:
-            _programs[definition] = AmazonStateLanguageParser.parse(definition)[0]
+            _programs[definition] = distributed_map.parse(definition)
         program = _programs[definition]
     return copy.deepcopy(program)
 
