@@ -192,14 +192,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_local(args: argparse.Namespace) -> int:
     from .local.deploy import deploy_control_plane
+    from .local.lambda_limits import AwsLimits
     from .local.server import LocalAws
 
     root = _project_root()
-    with LocalAws(state_dir=root / ".layershift" / "local") as aws:
+    limits = AwsLimits(settle_seconds=args.settle_seconds) if args.aws_limits else None
+    with LocalAws(state_dir=root / ".layershift" / "local", aws_limits=limits) as aws:
         stack = deploy_control_plane(aws, root)
         cp = controlplane.from_outputs(stack.outputs, aws.region, aws.endpoint_url)
         cp.save_local(root / controlplane.LOCAL_STATE_FILE)
         print(f"local control plane on {aws.endpoint_url}; bucket {cp.bucket}")
+        if limits is not None:
+            print(
+                f"AWS limits: {limits.control_rate:g} control-plane requests/s, "
+                f"GetFunction {limits.get_function_rate:g}/s, {limits.settle_seconds:g} s for an update to settle"
+            )
         print("push with: layershift push requirements.txt --layer NAME --local --wait   (Ctrl-C stops)")
         try:
             while True:
@@ -270,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     local = sub.add_parser("local", help="run the local emulated AWS with the control plane deployed")
+    local.add_argument(
+        "--aws-limits",
+        action="store_true",
+        help="model Lambda's shared 15 requests/s control-plane rate, GetFunction's 100/s, and update settle times",
+    )
+    local.add_argument(
+        "--settle-seconds", type=float, default=2.0, help="with --aws-limits: how long an update stays InProgress"
+    )
     local.set_defaults(func=cmd_local)
     return parser
 

@@ -9,7 +9,10 @@ depends on with small adapters, each with an ``install``/``uninstall`` pair:
 * metric alarms are evaluated from their definitions (``alarms``);
 * EventBridge rules deliver to Lambda and Step Functions targets (``eventbridge``);
 * Step Functions executes state machines for real, with optionally scaled Wait states
-  (``stepfunctions``), and runs ``codebuild:startBuild.sync`` (``codebuild``, when present).
+  (``stepfunctions``), runs Distributed Map states as Map Runs of child executions
+  (``distributed_map``), and runs ``codebuild:startBuild.sync`` (``codebuild``, when present);
+* optionally, Lambda's control-plane rate limits and the settle time of a function update
+  (``lambda_limits``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,16 @@ from botocore.config import Config
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.server import ThreadedMotoServer
 
-from layershift.local import alarms, dispatch, distributed_map, eventbridge, lambda_invoke, metrics, stepfunctions
+from layershift.local import (
+    alarms,
+    dispatch,
+    distributed_map,
+    eventbridge,
+    lambda_invoke,
+    lambda_limits,
+    metrics,
+    stepfunctions,
+)
 from layershift.local.lambda_runtime import MAX_WORKERS_PER_VERSION, LambdaRuntime
 
 LOG = logging.getLogger(__name__)
@@ -56,7 +68,9 @@ class LocalAws:
     Wait states (1.0 is real time). ``alarm_interval`` is how often metric alarms are evaluated
     in the background (None: only through ``alarms.evaluate_all_alarms_once()``). ``fault_plan``
     names the fault harness's plan, which every function's fault hook follows
-    (``fault_hook.py``). Only one
+    (``fault_hook.py``). ``aws_limits`` models Lambda's control-plane rate, GetFunction's bucket and
+    the settle time of an update (``lambda_limits.py``); ``set_aws_limits`` changes them while running.
+    Only one
     instance runs at a time in a process, because the emulated services are process-wide.
     """
 
@@ -71,6 +85,7 @@ class LocalAws:
         max_workers_per_version: int = MAX_WORKERS_PER_VERSION,
         reset: bool = True,
         fault_plan: str | os.PathLike[str] | None = None,
+        aws_limits: lambda_limits.AwsLimits | None = None,
     ) -> None:
         base = Path(root) if root is not None else Path.cwd()
         self.state_dir = Path(state_dir) if state_dir is not None else base / ".layershift" / "local"
@@ -80,6 +95,7 @@ class LocalAws:
         self.reset = reset
         self.max_workers_per_version = max_workers_per_version
         self.fault_plan = Path(fault_plan) if fault_plan is not None else None
+        self.aws_limits = aws_limits
         self.endpoint_url = ""
         self.port = 0
         self.runtime: LambdaRuntime | None = None
@@ -143,8 +159,18 @@ class LocalAws:
             adapter = importlib.import_module(f"layershift.local.{name}")
             takes_aws = bool(inspect.signature(adapter.install).parameters)
             self._install(partial(adapter.install, self) if takes_aws else adapter.install, adapter.uninstall)
+        # Last, so its wrappers of the Lambda service see every other adapter's behaviour.
+        self._install(lambda: lambda_limits.install(self.aws_limits), lambda_limits.uninstall)
         if self._evaluator is not None:
             self._evaluator.start()
+
+    def set_aws_limits(self, limits: lambda_limits.AwsLimits | None) -> None:
+        """Model ``limits`` from now on (with full buckets), or none."""
+        self.aws_limits = limits
+        if limits is None:
+            lambda_limits.disable()
+        else:
+            lambda_limits.enable(limits)
 
     def _install(self, install: Any, uninstall: Any) -> None:
         install()
