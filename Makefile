@@ -35,7 +35,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/statelint statemachines/*.asl.json
+	$(BIN)/python -m layershift.asl_lint statemachines/*.asl.json
 	$(BIN)/sam validate --lint --template template.yaml
 
 unit: $(STAMP)

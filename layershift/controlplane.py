@@ -238,10 +238,11 @@ def describe_event(event: dict[str, Any]) -> str | None:
             "ValidateRequest": "validating requirements.txt and layer.toml",
             "BuildLayer": "building the layer in CodeBuild",
             "PublishLayerVersion": "publishing the layer version",
-            "PlanRollout": "planning the targets",
-            "PrepareFunctionVersions": "preparing function versions with the new layer",
+            "AssessCandidates": "assessing the candidates (a Map Run)",
+            "PrepareFunctionVersions": "preparing function versions with the new layer (a Map Run)",
             "AwaitApproval": "WAITING FOR APPROVAL before 100%: layershift approve|reject <layer>",
-            "RollBack": "ROLLING BACK",
+            "PromoteAliases": "promoting every alias to 100% (a Map Run)",
+            "RestoreAliases": "ROLLING BACK: restoring every target (the restore state machine's Map Run)",
         }.get(name)
     if kind in ("TaskStateExited", "MapStateExited"):
         details = event["stateExitedEventDetails"]
@@ -267,8 +268,12 @@ def describe_event(event: dict[str, Any]) -> str | None:
             return f"build {build.get('status', '?')} ({build.get('id', '')})"
         if name == "PublishLayerVersion":
             return f"published {output.get('layer_version', {}).get('arn')}"
-        if name == "PlanRollout":
+        if name == "FindCandidates":
+            return f"candidates: {(output.get('candidates') or {}).get('count', 0)} function(s)"
+        if name in ("PlanRollout", "RecordPreparedVersions"):
             plan = output.get("plan", {})
+            if name == "RecordPreparedVersions":
+                return f"prepared: {plan.get('target_count', 0)} target(s), {plan.get('skipped_count', 0)} skipped"
             line = f"plan: {plan.get('target_count', 0)} target(s)"
             if plan.get("pilot_count"):
                 line += f" ({plan['pilot_count']} pilot(s) first)"
@@ -277,18 +282,20 @@ def describe_event(event: dict[str, Any]) -> str | None:
             if firing:
                 line += f"; pre-flight: already in ALARM (gate again only after a state change): {', '.join(firing)}"
             return line
-        if name == "SetTrafficWeight":
-            step = output.get("step", {})
+        if name == "StartBake":
+            step = (output.get("bake") or {}).get("step", {})
             return f"traffic step: {step.get('wave', 'main')} wave at {step.get('weight')}% on the new version"
         if name == "CheckHealth":
-            verdict = output.get("verdict") or "healthy"
-            detail = output.get("verdict_detail") or "no gating alarm fired"
-            return f"  check {output.get('checks')}: {verdict}: {detail}"
+            bake = output.get("bake") or {}
+            verdict = bake.get("verdict") or "healthy"
+            detail = bake.get("verdict_detail") or "no gating alarm fired"
+            return f"  check {bake.get('checks')}: {verdict}: {detail}"
         if name == "PromoteLayer":
             return "PROMOTED: every target alias is 100% on the new version"
         if name == "RollBack":
-            outcome = output.get("outcome", {})
-            return f"rolled back {', '.join(outcome.get('restored', [])) or '(nothing was shifted)'}"
+            summary = (output.get("restore") or {}).get("summary") or {}
+            restored = summary.get("restored", 0)
+            return f"rolled back: {restored} target(s) restored" if restored else "rolled back (nothing was shifted)"
     if kind in ("TaskFailed", "LambdaFunctionFailed"):
         details = event.get("taskFailedEventDetails") or event.get("lambdaFunctionFailedEventDetails") or {}
         cause = details.get("cause", "")

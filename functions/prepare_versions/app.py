@@ -1,11 +1,12 @@
-"""PrepareFunctionVersions: publish a version of each target with the new layer."""
+"""PrepareVersions: one child batch of PrepareFunctionVersions: publish a version of each target with the new layer."""
 
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from layershift_core.models import RolloutState
+from layershift_core.fanout import BatchEvent
+from layershift_core.metering import metered
 from layershift_core.observability import logger, metrics, tracer
 from layershift_core.settings import load_settings
 from layershift_core.versions import prepare_versions
@@ -14,6 +15,8 @@ from layershift_core.versions import prepare_versions
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_parser(model=RolloutState)
-def handler(event: RolloutState, context: LambdaContext) -> dict[str, Any]:
-    return prepare_versions(event, load_settings()).model_dump(mode="json", exclude_none=True)
+@metered
+@event_parser(model=BatchEvent)
+def handler(event: BatchEvent, context: LambdaContext) -> dict[str, Any]:
+    seconds_left = context.get_remaining_time_in_millis() / 1000
+    return prepare_versions(event, load_settings(), seconds_left).model_dump(mode="json")

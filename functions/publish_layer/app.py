@@ -5,6 +5,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from layershift_core.metering import metered
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer
 from layershift_core.publish import publish_layer
@@ -14,6 +15,7 @@ from layershift_core.settings import load_settings
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@metered
 @event_parser(model=RolloutState)
 def handler(event: RolloutState, context: LambdaContext) -> dict[str, Any]:
     return publish_layer(event, load_settings()).model_dump(mode="json", exclude_none=True)

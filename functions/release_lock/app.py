@@ -6,6 +6,7 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from layershift_core.lock import release_layer_lock
+from layershift_core.metering import metered
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer
 from layershift_core.settings import load_settings
@@ -14,6 +15,7 @@ from layershift_core.settings import load_settings
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@metered
 @event_parser(model=RolloutState)
 def handler(event: RolloutState, context: LambdaContext) -> dict[str, Any]:
     return release_layer_lock(event, load_settings()).model_dump(mode="json", exclude_none=True)

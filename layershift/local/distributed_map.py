@@ -8,13 +8,15 @@ as Step Functions does:
   their own, and ``ListExecutions(mapRunArn=...)`` knows nothing of them;
 * ``ToleratedFailurePercentage`` and ``ToleratedFailureCount`` are ignored: a failed iteration
   never fails the Map state, and its output is ``null``;
-* the ``ResultWriter`` manifest lists no result files.
+* the ``ResultWriter`` manifest lists no result files, and its Parameters are evaluated against the
+  Map's result instead of the state's input.
 
 Here a Map Run is what Step Functions documents:
 
 * the items come from the ``ItemReader`` (``s3:getObject`` of a JSON array, through the
   interpreter's own reader) or from ``ItemsPath``, each passed through ``ItemSelector``, then
-  grouped by ``ItemBatcher`` (``MaxItemsPerBatch``, ``MaxInputBytesPerBatch``, ``BatchInput``)
+  grouped by ``ItemBatcher`` (``MaxItemsPerBatch``, ``MaxInputBytesPerBatch``, either as a number or a ``...Path``,
+  and ``BatchInput``)
   into ``{"BatchInput": ..., "Items": [...]}``;
 * each item (or batch) is the input of a child execution of the ``ItemProcessor`` as a state
   machine of its own, ``<parent>/<Label>``, with an ARN, a history and a status;
@@ -38,8 +40,8 @@ The parent's history holds only the Map state's own events (MapStateEntered, Map
 MapRunStarted, MapRunSucceeded or MapRunFailed, ...), whatever the number of items.
 
 Not emulated: ``ItemReader`` forms other than a JSON array in S3 (CSV, manifests, listing
-objects), ``ResultWriter.WriterConfig``, ``MaxItemsPerBatchPath``-style paths of the batcher,
-Express children's at-most-once semantics (children run as Standard executions), redrive.
+objects), ``ResultWriter.WriterConfig``, Express children's at-most-once semantics (children run as
+Standard executions), redrive.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.dist
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval import (
     resource_eval_s3,
 )
+from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.result_writer_decl import ResultWriter
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.state_map import StateMap
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
@@ -96,7 +99,13 @@ _TOLERANCE_FIELDS = (
     "ToleratedFailurePercentage",
     "ToleratedFailurePercentagePath",
 )
-_BATCHER_FIELDS = {"MaxItemsPerBatch", "MaxInputBytesPerBatch", "BatchInput"}
+_BATCHER_FIELDS = {
+    "MaxItemsPerBatch",
+    "MaxItemsPerBatchPath",
+    "MaxInputBytesPerBatch",
+    "MaxInputBytesPerBatchPath",
+    "BatchInput",
+}
 
 _originals: dict[str, Any] = {}
 
@@ -113,15 +122,14 @@ class MapSpec:
     """What the parser drops or cannot keep of one Distributed Map state, from its JSON."""
 
     child_definition: str
-    max_items_per_batch: int | None = None
-    max_input_bytes_per_batch: int | None = None
-    batch_input: Any = None  # a payload template, evaluated by the interpreter (see _batch_input_program)
+    batcher: Any = None  # ItemBatcher's limits (numbers or paths), evaluated with the interpreter's JSONPath
+    batch_input: Any = None  # a payload template, evaluated the same way (see _template_program)
     tolerates_count: bool = False
     tolerates_percentage: bool = False
 
     @property
     def batches(self) -> bool:
-        return self.max_items_per_batch is not None or self.max_input_bytes_per_batch is not None
+        return self.batcher is not None
 
 
 @dataclass
@@ -163,9 +171,11 @@ def _batcher(name: str, batcher: Any) -> dict[str, Any]:
         value = batcher.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise DistributedMapError(f"state {name}: ItemBatcher.{key} must be a positive integer, not {value!r}")
+        if value is not None and f"{key}Path" in batcher:
+            raise DistributedMapError(f"state {name}: ItemBatcher sets both {key} and {key}Path")
     if batcher.get("MaxInputBytesPerBatch", 0) > MAX_INPUT_BYTES_PER_BATCH:
         raise DistributedMapError(f"state {name}: ItemBatcher.MaxInputBytesPerBatch is at most 256 KiB")
-    if "MaxItemsPerBatch" not in batcher and "MaxInputBytesPerBatch" not in batcher:
+    if not set(batcher) & (_BATCHER_FIELDS - {"BatchInput"}):
         raise DistributedMapError(f"state {name}: ItemBatcher needs MaxItemsPerBatch or MaxInputBytesPerBatch")
     return batcher
 
@@ -201,10 +211,14 @@ def prepare_definition(definition: str) -> _Prepared:
         processor = {k: v for k, v in state["ItemProcessor"].items() if k != "ProcessorConfig"}
         if "QueryLanguage" in document and "QueryLanguage" not in processor:
             processor["QueryLanguage"] = document["QueryLanguage"]
+        limits = {key: value for key, value in batcher.items() if key != "BatchInput"}
         maps[name] = MapSpec(
             child_definition=json.dumps(processor, sort_keys=True),
-            max_items_per_batch=batcher.get("MaxItemsPerBatch"),
-            max_input_bytes_per_batch=batcher.get("MaxInputBytesPerBatch"),
+            batcher={
+                (key.removesuffix("Path") + ".$" if key.endswith("Path") else key): value
+                for key, value in limits.items()
+            }
+            or None,
             batch_input=batcher.get("BatchInput"),
             tolerates_count=any(key in state for key in _TOLERANCE_FIELDS[:2]),
             tolerates_percentage=any(key in state for key in _TOLERANCE_FIELDS[2:]),
@@ -226,20 +240,21 @@ def _state_maps(program: Any) -> Iterator[StateMap]:
             yield from _state_maps(branch)
 
 
-_batch_inputs: dict[str, Any] = {}
-_batch_inputs_lock = threading.Lock()
+_templates: dict[str, Any] = {}
+_templates_lock = threading.Lock()
 
 
-def _batch_input_program(template: Any) -> Any:
-    """BatchInput is a payload template like Parameters: a one-state program evaluates it with the
-    interpreter's own JSONPath, context object and intrinsic functions."""
+def _template_program(template: Any) -> Any:
+    """BatchInput is a payload template like Parameters (and ItemBatcher's ``...Path`` fields are
+    paths): a one-state program evaluates it with the interpreter's own JSONPath, context object
+    and intrinsic functions."""
     text = json.dumps(
-        {"StartAt": "BatchInput", "States": {"BatchInput": {"Type": "Pass", "Parameters": template, "End": True}}}
+        {"StartAt": "Template", "States": {"Template": {"Type": "Pass", "Parameters": template, "End": True}}}
     )
-    with _batch_inputs_lock:
-        if text not in _batch_inputs:
-            _batch_inputs[text] = AmazonStateLanguageParser.parse(text)[0].states.states["BatchInput"].parameters
-        return _batch_inputs[text]
+    with _templates_lock:
+        if text not in _templates:
+            _templates[text] = AmazonStateLanguageParser.parse(text)[0].states.states["Template"].parameters
+        return _templates[text]
 
 
 def parse(definition: str) -> Any:
@@ -385,8 +400,8 @@ def _selected_items(env: Environment, eval_input: Any, items: list[Any]) -> list
     return selected
 
 
-def _evaluate_batch_input(env: Environment, template: Any) -> Any:
-    parameters = _batch_input_program(template)
+def _evaluate(env: Environment, template: Any) -> Any:
+    parameters = _template_program(template)
     frame = env.open_frame()
     try:
         frame.states.reset(input_value=env.states.get_input())
@@ -397,12 +412,25 @@ def _evaluate_batch_input(env: Environment, template: Any) -> Any:
         env.close_frame(frame)
 
 
-def _batches(spec: MapSpec, items: list[Any], batch_input: Any) -> list[tuple[int, Any]]:
+def _limit(limits: dict[str, Any], key: str, name: str) -> int | None:
+    value = limits.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _failure(StatesErrorNameType.StatesRuntime, f"ItemBatcher.{name} is {value!r}, not a positive integer")
+    return value
+
+
+def _batches(env: Environment, spec: MapSpec, items: list[Any], batch_input: Any) -> list[tuple[int, Any]]:
     """(item count, child input) per child: the items one by one, or grouped as ItemBatcher says."""
     if not spec.batches:
         return [(1, item) for item in items]
-    limit_items = spec.max_items_per_batch or len(items) or 1
-    limit_bytes = spec.max_input_bytes_per_batch or MAX_INPUT_BYTES_PER_BATCH
+    limits = _evaluate(env, spec.batcher)
+    limit_items = _limit(limits, "MaxItemsPerBatch", "MaxItemsPerBatch") or len(items) or 1
+    limit_bytes = min(
+        _limit(limits, "MaxInputBytesPerBatch", "MaxInputBytesPerBatch") or MAX_INPUT_BYTES_PER_BATCH,
+        MAX_INPUT_BYTES_PER_BATCH,
+    )
     base = {"BatchInput": batch_input} if batch_input is not None else {}
     batches: list[tuple[int, Any]] = []
     current: list[Any] = []
@@ -613,9 +641,9 @@ def _eval_body(self: DistributedIterationComponent, env: Environment) -> None:
         if not isinstance(items, list):
             raise _failure(StatesErrorNameType.StatesItemReaderFailed, "the items are not a JSON array")
         items = _selected_items(env, eval_input, items)
-        batch_input = _evaluate_batch_input(env, spec.batch_input) if spec.batch_input is not None else None
+        batch_input = _evaluate(env, spec.batch_input) if spec.batch_input is not None else None
         run = _RunState(
-            children=[_Child(i, n, value) for i, (n, value) in enumerate(_batches(spec, items, batch_input))],
+            children=[_Child(i, n, value) for i, (n, value) in enumerate(_batches(env, spec, items, batch_input))],
             total_items=len(items),
         )
         record._layershift_run = run  # type: ignore[attr-defined]  # for the ResultWriter
@@ -669,6 +697,19 @@ def _error_type(error: str) -> StatesErrorNameType:
 # ------------------------------------------------------------------------------------ the ResultWriter
 
 
+def _result_writer_eval(self: Any, env: Environment) -> None:
+    """ResultWriter's Parameters are evaluated against the state's input, as Step Functions does (the
+    interpreter evaluates them against the Map's result)."""
+    results = env.stack.pop()
+    env.stack.append(env.states.get_input())
+    self.parargs.eval(env=env)
+    parameters = env.stack.pop()
+    env.stack.pop()
+    env.stack.append(results)
+    env.stack.append(parameters)
+    self.resource_eval.eval_resource(env=env)
+
+
 def _put_results(env: Environment, resource_runtime_part: Any, state_credentials: Any) -> None:
     parameters = env.stack.pop()
     env.stack.pop()  # the Map's result: replaced by the details of what was written
@@ -709,6 +750,7 @@ def _put_results(env: Environment, resource_runtime_part: Any, state_credentials
 _PATCHES: dict[str, tuple[Any, str, Any]] = {
     "eval_body": (DistributedIterationComponent, "_eval_body", _eval_body),
     "put_object": (resource_eval_s3.ResourceEvalS3, "_handle_put_object", staticmethod(_put_results)),
+    "result_writer": (ResultWriter, "_eval_body", _result_writer_eval),
     "describe_execution": (StepFunctionBackend, "describe_execution", _describe_execution),
     "stop_execution": (StepFunctionBackend, "stop_execution", _stop_execution),
     "list_executions": (StepFunctionResponse, "list_executions", _list_executions),
@@ -733,5 +775,5 @@ def uninstall() -> None:
         if name in _originals:
             setattr(owner, attribute, _originals.pop(name))
     _children.clear()
-    with _batch_inputs_lock:
-        _batch_inputs.clear()
+    with _templates_lock:
+        _templates.clear()

@@ -51,12 +51,12 @@ def _definition(function_arn: str, bucket: str, **overrides: Any) -> str:
             "ReaderConfig": {"InputType": "JSON"},
             "Parameters": {"Bucket": bucket, "Key.$": "$.items_key"},
         },
-        "ItemBatcher": {"MaxItemsPerBatch": 3, "BatchInput": {"tag.$": "$.tag", "sleep.$": "$.sleep"}},
+        "ItemBatcher": {"MaxItemsPerBatchPath": "$.batch", "BatchInput": {"tag.$": "$.tag", "sleep.$": "$.sleep"}},
         "MaxConcurrency": 2,
         "ItemProcessor": processor,
         "ResultWriter": {
             "Resource": "arn:aws:states:::s3:putObject",
-            "Parameters": {"Bucket": bucket, "Prefix": "out"},
+            "Parameters": {"Bucket": bucket, "Prefix.$": "$.tag"},
         },
         "ResultPath": "$.map",
         "Next": "Done",
@@ -94,7 +94,7 @@ def _run(aws, world, items: list[dict], timeout: float = 90, **overrides: Any) -
         roleArn=ROLE,
     )["stateMachineArn"]
     arn = sfn.start_execution(
-        stateMachineArn=machine, name=uuid.uuid4().hex, input=json.dumps({"items_key": key, "tag": "t1", "sleep": 0.3})
+        stateMachineArn=machine, name=uuid.uuid4().hex, input=json.dumps({"items_key": key, "tag": "t1", "sleep": 0.3, "batch": 3})
     )["executionArn"]
     described = wait_for(
         lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d, timeout=timeout
@@ -120,7 +120,8 @@ def test_a_map_run_batches_items_into_child_executions_and_writes_their_results(
     manifest = _read(aws, result["ResultWriterDetails"]["Bucket"], result["ResultWriterDetails"]["Key"])
     map_run_arn = result["MapRunArn"]
     assert manifest["MapRunArn"] == map_run_arn and ":mapRun:" in map_run_arn and "/Batches:" in map_run_arn
-    assert result["ResultWriterDetails"]["Key"].startswith("out/") and manifest["ResultFiles"]["FAILED"] == []
+    # the ResultWriter's Parameters are evaluated against the state's input
+    assert result["ResultWriterDetails"]["Key"].startswith("t1/") and manifest["ResultFiles"]["FAILED"] == []
     (succeeded_file,) = manifest["ResultFiles"]["SUCCEEDED"]
     records = _read(aws, world["bucket"], succeeded_file["Key"])
     # 10 items in batches of at most 3, each with the BatchInput evaluated against the state's input
@@ -202,7 +203,7 @@ def test_stopping_the_parent_aborts_its_children(aws, world):
     machine = sfn.create_state_machine(
         name=f"map-{uuid.uuid4().hex[:8]}", definition=_definition(world["function"], world["bucket"]), roleArn=ROLE
     )["stateMachineArn"]
-    slow = {"items_key": "slow.json", "tag": "t", "sleep": 20}
+    slow = {"items_key": "slow.json", "tag": "t", "sleep": 20, "batch": 3}
     arn = sfn.start_execution(stateMachineArn=machine, name=uuid.uuid4().hex, input=json.dumps(slow))["executionArn"]
     run_arn = wait_for(lambda: (runs := sfn.list_map_runs(executionArn=arn)["mapRuns"]) and runs[0]["mapRunArn"])
     wait_for(lambda: sfn.list_executions(mapRunArn=run_arn)["executions"], timeout=30)
@@ -222,6 +223,6 @@ def test_stopping_the_parent_aborts_its_children(aws, world):
 def test_a_definition_the_adapter_cannot_run_is_refused(aws):
     sfn = aws.client("stepfunctions")
     definition = json.loads(_definition("arn:aws:lambda:us-east-1:123456789012:function:x", "b"))
-    definition["States"]["Fan"]["ItemBatcher"] = {"MaxItemsPerBatchPath": "$.n"}
-    with pytest.raises(sfn.exceptions.InvalidDefinition, match="MaxItemsPerBatchPath"):
+    definition["States"]["Fan"]["ItemBatcher"] = {"MaxItemsPerBatch": 3, "MaxItemsPerBatchPath": "$.n"}
+    with pytest.raises(sfn.exceptions.InvalidDefinition, match="both MaxItemsPerBatch and MaxItemsPerBatchPath"):
         sfn.create_state_machine(name=f"bad-{uuid.uuid4().hex[:6]}", definition=json.dumps(definition), roleArn=ROLE)

@@ -79,37 +79,6 @@ class FunctionAnalysis(BaseModel):
     reasons: list[str]
 
 
-class CohortAnalysis(BaseModel):
-    """The verdict on every function the step touched: failing if any fails."""
-
-    verdict: CanaryVerdict
-    functions: list[FunctionAnalysis] = Field(default_factory=list)
-    reasons: list[str] = Field(default_factory=list, description="about the cohort as a whole")
-
-    def summary(self) -> str:
-        """One line for the Step Functions console and the SNS message: the verdict and its numbers."""
-        if self.reasons:
-            return f"{self.verdict}: {'; '.join(self.reasons)}"
-        if self.verdict is CanaryVerdict.HEALTHY:
-            return f"{self.verdict}: {_totals(self.functions)}"
-        named = [f for f in self.functions if f.verdict is self.verdict]
-        details = [f"{f.function_name}: {'; '.join(f.reasons)}" for f in named[:_SUMMARY_FUNCTIONS]]
-        if len(named) > _SUMMARY_FUNCTIONS:
-            details.append(f"and {len(named) - _SUMMARY_FUNCTIONS} more")
-        return f"{self.verdict}: {len(named)} of {len(self.functions)} functions; " + "; ".join(details)
-
-
-def _totals(functions: list[FunctionAnalysis]) -> str:
-    new_calls = sum(f.new.invocations for f in functions)
-    new_errors = sum(f.new.errors for f in functions)
-    old_calls = sum(f.old.invocations for f in functions)
-    old_errors = sum(f.old.errors for f in functions)
-    return (
-        f"{len(functions)} functions, new versions {_percent(new_errors, new_calls)} errors "
-        f"({new_errors}/{new_calls}) vs old versions {_percent(old_errors, old_calls)} ({old_errors}/{old_calls})"
-    )
-
-
 def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole if whole else 0.0:.1f}%"
 
@@ -325,45 +294,158 @@ def judge(old: VersionStats, new: VersionStats, thresholds: CanaryAnalysis) -> t
     return CanaryVerdict.HEALTHY, [check.reason for check in checks]
 
 
-# --- the cohort ---
+# --- the cohort: batches, the pool, the verdict ---
 
 
-def _cohort_verdict(verdicts: list[CanaryVerdict]) -> CanaryVerdict:
-    """Any failing function fails the cohort; otherwise any inconclusive one leaves it inconclusive."""
-    for verdict in (CanaryVerdict.FAILING, CanaryVerdict.INCONCLUSIVE):
-        if verdict in verdicts:
-            return verdict
-    return CanaryVerdict.HEALTHY
+class Pool(BaseModel):
+    """Functions with too little new-version traffic for a verdict of their own, judged as one group:
+    their new versions' calls against their old versions' calls."""
+
+    functions: int = 0
+    old: VersionStats = Field(default_factory=VersionStats)
+    new: VersionStats = Field(default_factory=VersionStats)
+
+    def add(self, old: VersionStats, new: VersionStats) -> None:
+        self.functions += 1
+        self.old = _sum(self.old, old)
+        self.new = _sum(self.new, new)
+
+    def merge(self, other: Pool) -> None:
+        self.functions += other.functions
+        self.old = _sum(self.old, other.old)
+        self.new = _sum(self.new, other.new)
+
+
+def _sum(one: VersionStats, other: VersionStats) -> VersionStats:
+    """Counts add up; a percentile does not, so a sum has none."""
+    return VersionStats(
+        invocations=one.invocations + other.invocations,
+        errors=one.errors + other.errors,
+        throttles=one.throttles + other.throttles,
+    )
+
+
+class BatchAnalysis(BaseModel):
+    """One batch of the cohort at one check: a few hundred bytes, whatever the batch's size."""
+
+    functions: int = 0
+    failing_count: int = 0
+    failing: list[FunctionAnalysis] = Field(default_factory=list, description="the first few, with their numbers")
+    pool: Pool = Field(default_factory=Pool)
+    old: VersionStats = Field(default_factory=VersionStats, description="every function's old version, summed")
+    new: VersionStats = Field(default_factory=VersionStats, description="every function's new version, summed")
+    verdicts: dict[str, CanaryVerdict] = Field(default_factory=dict, description="each function's own verdict")
+
+
+def analyse_batch(
+    targets: list[TargetPlan], thresholds: CanaryAnalysis, old_window: Window, new_window: Window
+) -> BatchAnalysis:
+    """Every target's new version over ``new_window`` against its old version over ``old_window``.
+
+    All of them are read together, one GetMetricData call per window and 500 queries (4 per
+    version). A function with too little new-version traffic joins the pool instead of a verdict."""
+    pairs = [_pair(f"f{index}", target, old_window, new_window) for index, target in enumerate(targets)]
+    stats = _fetch([one for pair in pairs for one in pair])
+    batch = BatchAnalysis(functions=len(targets))
+    for target, (old_series, new_series) in zip(targets, pairs, strict=True):
+        old, new = stats[old_series.key], stats[new_series.key]
+        batch.old, batch.new = _sum(batch.old, old), _sum(batch.new, new)
+        verdict, reasons = judge(old, new, thresholds)
+        batch.verdicts[target.function_name] = verdict
+        if verdict is CanaryVerdict.INCONCLUSIVE:
+            batch.pool.add(old, new)
+        elif verdict is CanaryVerdict.FAILING:
+            batch.failing_count += 1
+            if len(batch.failing) < _SUMMARY_FUNCTIONS:
+                batch.failing.append(
+                    FunctionAnalysis(
+                        function_name=target.function_name,
+                        alias=target.alias,
+                        old_version=old_series.version,
+                        new_version=new_series.version,
+                        old=old,
+                        new=new,
+                        verdict=verdict,
+                        reasons=reasons,
+                    )
+                )
+    return batch
+
+
+class CohortAnalysis(BaseModel):
+    """The verdict on every function a step touched.
+
+    Failing when any function fails on its own numbers, or when the pool does; inconclusive only when
+    the pool of functions with too little traffic of their own has too little traffic as a whole."""
+
+    verdict: CanaryVerdict
+    functions: int = 0
+    failing_count: int = 0
+    failing: list[FunctionAnalysis] = Field(default_factory=list)
+    pool: Pool = Field(default_factory=Pool)
+    pool_verdict: CanaryVerdict | None = None
+    pool_reasons: list[str] = Field(default_factory=list)
+    old: VersionStats = Field(default_factory=VersionStats)
+    new: VersionStats = Field(default_factory=VersionStats)
+    reasons: list[str] = Field(default_factory=list, description="about the cohort as a whole")
+
+    def summary(self) -> str:
+        """One line for the Step Functions console and the SNS message: the verdict and its numbers."""
+        if self.reasons:
+            return f"{self.verdict}: {'; '.join(self.reasons)}"
+        if self.failing_count:
+            details = [f"{f.function_name}: {'; '.join(f.reasons)}" for f in self.failing[:_SUMMARY_FUNCTIONS]]
+            if self.failing_count > len(details):
+                details.append(f"and {self.failing_count - len(details)} more")
+            return f"failing: {self.failing_count} of {self.functions} functions; " + "; ".join(details)
+        pooled = (
+            f"{self.pool.functions} of {self.functions} functions have too little traffic for a verdict of their own"
+        )
+        if self.pool_verdict is CanaryVerdict.FAILING:
+            return f"failing: {pooled}, and as a pool: {'; '.join(self.pool_reasons)}"
+        if self.pool_verdict is CanaryVerdict.INCONCLUSIVE:
+            return f"inconclusive: {pooled}, and so does their pool: {'; '.join(self.pool_reasons)}"
+        totals = (
+            f"healthy: {self.functions} functions, new versions {_percent(self.new.errors, self.new.invocations)} "
+            f"errors ({self.new.errors}/{self.new.invocations}) vs old versions "
+            f"{_percent(self.old.errors, self.old.invocations)} ({self.old.errors}/{self.old.invocations})"
+        )
+        return totals + (f"; {self.pool.functions} judged as a pool" if self.pool.functions else "")
+
+
+def _pool_reasons(reasons: list[str]) -> list[str]:
+    return [reason.removeprefix("too little traffic: ") for reason in reasons]
+
+
+def combine(batches: list[BatchAnalysis], thresholds: CanaryAnalysis) -> CohortAnalysis:
+    """The cohort's verdict from its batches' analyses."""
+    cohort = CohortAnalysis(verdict=CanaryVerdict.HEALTHY)
+    for batch in batches:
+        cohort.functions += batch.functions
+        cohort.failing_count += batch.failing_count
+        cohort.failing.extend(batch.failing[: max(0, _SUMMARY_FUNCTIONS - len(cohort.failing))])
+        cohort.pool.merge(batch.pool)
+        cohort.old, cohort.new = _sum(cohort.old, batch.old), _sum(cohort.new, batch.new)
+    if cohort.pool.functions:
+        cohort.pool_verdict, reasons = judge(cohort.pool.old, cohort.pool.new, thresholds)
+        cohort.pool_reasons = _pool_reasons(reasons)
+    if cohort.failing_count or cohort.pool_verdict is CanaryVerdict.FAILING:
+        cohort.verdict = CanaryVerdict.FAILING
+    elif cohort.pool_verdict is CanaryVerdict.INCONCLUSIVE:
+        cohort.verdict = CanaryVerdict.INCONCLUSIVE
+    logger.info("canary analysis", extra={"verdict": cohort.verdict.value, "summary": cohort.summary()})
+    return cohort
+
+
+def turned_off() -> CohortAnalysis:
+    return CohortAnalysis(verdict=CanaryVerdict.HEALTHY, reasons=["canary analysis turned off"])
 
 
 def analyse_cohort(
     targets: list[TargetPlan], thresholds: CanaryAnalysis, old_window: Window, new_window: Window
 ) -> CohortAnalysis:
-    """Every target's new version over ``new_window`` against its old version over ``old_window``.
-
-    ``targets`` are the functions whose alias routes to the new version, each with its old and new
-    version. All of them are read together, one GetMetricData call per window and 500 queries (4
-    per version), so a check of a large cohort stays far below CloudWatch's request quota.
-    """
+    """The whole cohort in one batch (a cohort small enough for one invocation; the workflow reads
+    its metrics batch by batch in child executions and ``combine``s them)."""
     if not thresholds.enabled:
-        return CohortAnalysis(verdict=CanaryVerdict.HEALTHY, reasons=["canary analysis turned off"])
-    pairs = [_pair(f"f{index}", target, old_window, new_window) for index, target in enumerate(targets)]
-    stats = _fetch([one for pair in pairs for one in pair])
-    functions = []
-    for target, (old, new) in zip(targets, pairs, strict=True):
-        verdict, reasons = judge(stats[old.key], stats[new.key], thresholds)
-        functions.append(
-            FunctionAnalysis(
-                function_name=target.function_name,
-                alias=target.alias,
-                old_version=old.version,
-                new_version=new.version,
-                old=stats[old.key],
-                new=stats[new.key],
-                verdict=verdict,
-                reasons=reasons,
-            )
-        )
-    cohort = CohortAnalysis(verdict=_cohort_verdict([f.verdict for f in functions]), functions=functions)
-    logger.info("canary analysis", extra={"verdict": cohort.verdict.value, "summary": cohort.summary()})
-    return cohort
+        return turned_off()
+    return combine([analyse_batch(targets, thresholds, old_window, new_window)], thresholds)

@@ -1,7 +1,10 @@
 """boto3 clients shared by the domain modules.
 
-Standard retry mode retries throttling and 5xx with backoff and jitter; Lambda's control plane
-allows about 15 requests per second, which a rollout across many functions can reach.
+Standard retry mode retries throttling and 5xx with backoff and jitter. Lambda's control plane
+allows about 15 requests per second for the whole account, which a rollout across many functions
+reaches: every Lambda request first takes a slot of the shared budget (``pacing``), and the Lambda
+client retries a throttle that gets through anyway more patiently than the others. Every request is
+counted (``usage``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from .pacing import pace
+from .usage import count_requests
+
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 6}, connect_timeout=5, read_timeout=60)
+# A throttle is another deployer using the account's budget: wait it out (about 2.5 minutes at most).
+_LAMBDA_CONFIG = Config(retries={"mode": "standard", "max_attempts": 12}, connect_timeout=5, read_timeout=60)
 
 
 @cache
 def client(service: str) -> Any:
-    return boto3.client(service, config=_CONFIG)
+    made = count_requests(boto3.client(service, config=_LAMBDA_CONFIG if service == "lambda" else _CONFIG))
+    return pace(made) if service == "lambda" else made
 
 
 def error_code(exc: Exception) -> str:

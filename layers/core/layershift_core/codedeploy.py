@@ -49,6 +49,55 @@ class _Unparsable(ValueError):
     """A template body this module cannot read."""
 
 
+def _unreadable(exc: ClientError, name: str, alias: str) -> CodeDeployCheckFailed:
+    return CodeDeployCheckFailed(
+        f"could not tell whether CodeDeploy manages alias {alias!r} of {name}: {error_code(exc)} on "
+        f"cloudformation:{exc.operation_name}. layershift never shifts an alias it cannot check; "
+        "give the control plane cloudformation:DescribeStackResources, ListStackResources and GetTemplate"
+    )
+
+
+class StackTemplates:
+    """CloudFormation ownership for a batch of functions, looked up once per stack.
+
+    A function that CloudFormation created carries the tag ``aws:cloudformation:stack-id``: its
+    stack's resources (ListStackResources) and template (GetTemplate) are read once for every
+    function of that stack. A function without the tag is in no stack, and costs no call. An alias
+    declared in another stack than its function's is not looked for (that would cost a call per
+    function); neither is a CodeDeploy deployment started outside CloudFormation.
+    """
+
+    def __init__(self) -> None:
+        self._stacks: dict[str, tuple[str, list[dict[str, Any]], Any]] = {}
+
+    def _stack(self, stack_id: str) -> tuple[str, list[dict[str, Any]], Any]:
+        if stack_id not in self._stacks:
+            resources: list[dict[str, Any]] = []
+            paginator = client("cloudformation").get_paginator("list_stack_resources")
+            for page in paginator.paginate(StackName=stack_id):
+                resources.extend(page.get("StackResourceSummaries", []))
+            name = stack_id.split(":stack/", 1)[-1].split("/", 1)[0]
+            self._stacks[stack_id] = (name, resources, _template_body(stack_id))
+        return self._stacks[stack_id]
+
+    def codedeploy_manager(self, name: str, alias: str, alias_arn: str | None, stack_id: str | None) -> str | None:
+        """As ``codedeploy_manager``, for a function of the stack ``stack_id`` (None: in no stack)."""
+        if not stack_id:
+            return None
+        try:
+            stack_name, resources, body = self._stack(stack_id)
+        except ClientError as exc:
+            if error_code(exc) == "ValidationError":  # the stack is gone: nothing manages the alias
+                return None
+            if error_code(exc) not in _UNREADABLE:
+                raise
+            raise _unreadable(exc, name, alias) from exc
+        function = _function_resource(resources, name)
+        if function is None or function.get("ResourceStatus") in _GONE:
+            return None
+        return _check_template(stack_name, resources, body, function.get("LogicalResourceId"), name, alias, alias_arn)
+
+
 def codedeploy_manager(function_name: str, alias: str, alias_arn: str | None = None) -> str | None:
     """None when CodeDeploy does not manage `function_name`'s alias `alias`, else why it does.
 
@@ -66,11 +115,7 @@ def codedeploy_manager(function_name: str, alias: str, alias_arn: str | None = N
     except ClientError as exc:
         if error_code(exc) not in _UNREADABLE:
             raise
-        raise CodeDeployCheckFailed(
-            f"could not tell whether CodeDeploy manages alias {alias!r} of {name}: {error_code(exc)} on "
-            f"cloudformation:{exc.operation_name}. layershift never shifts an alias it cannot check; "
-            "give the control plane cloudformation:DescribeStackResources, ListStackResources and GetTemplate"
-        ) from exc
+        raise _unreadable(exc, name, alias) from exc
 
 
 def _through_cloudformation(name: str, alias: str, alias_arn: str | None) -> str | None:
@@ -78,14 +123,7 @@ def _through_cloudformation(name: str, alias: str, alias_arn: str | None) -> str
     stack = _owning_stack(name)
     if stack is not None:
         stack_id, stack_name, resources = stack
-        function = next(
-            (
-                r
-                for r in resources
-                if r.get("ResourceType") == "AWS::Lambda::Function" and r.get("PhysicalResourceId") == name
-            ),
-            None,
-        )
+        function = _function_resource(resources, name)
         if function is not None and function.get("ResourceStatus") not in _GONE:
             reason = _check_stack(
                 stack_id, stack_name, resources, function.get("LogicalResourceId"), name, alias, alias_arn
@@ -100,6 +138,18 @@ def _through_cloudformation(name: str, alias: str, alias_arn: str | None) -> str
             stack_id, stack_name, resources = other
             return _check_stack(stack_id, stack_name, resources, None, name, alias, alias_arn)
     return None
+
+
+def _function_resource(resources: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The stack's resource that is the function ``name``."""
+    return next(
+        (
+            r
+            for r in resources
+            if r.get("ResourceType") == "AWS::Lambda::Function" and r.get("PhysicalResourceId") == name
+        ),
+        None,
+    )
 
 
 def _owning_stack(physical_id: str) -> tuple[str, str, list[dict[str, Any]]] | None:
@@ -132,12 +182,24 @@ def _check_stack(
     alias_arn: str | None,
 ) -> str | None:
     """The reason when the stack's template hands `alias` to CodeDeploy, else None."""
+    return _check_template(stack_name, resources, _template_body(stack_id), function_id, name, alias, alias_arn)
+
+
+def _check_template(
+    stack_name: str,
+    resources: list[dict[str, Any]],
+    body: Any,
+    function_id: str | None,
+    name: str,
+    alias: str,
+    alias_arn: str | None,
+) -> str | None:
+    """The reason when the template (``body``) of the stack hands `alias` to CodeDeploy, else None."""
     alias_ids = {
         r.get("LogicalResourceId")
         for r in resources
         if _is_the_alias(r, name, alias, alias_arn) and r.get("ResourceStatus") not in _GONE
     }
-    body = _template_body(stack_id)
     try:
         template = _parse(body)
     except _Unparsable as exc:

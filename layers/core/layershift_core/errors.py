@@ -59,6 +59,19 @@ class ConcurrentModification(LayershiftError):
     """A function or alias changed under us (RevisionId no longer matches)."""
 
 
+class TooManyTargetsFailed(LayershiftError):
+    """More targets than the spec tolerates (rollout.tolerated_failure_percent) could not be prepared:
+    every target rolls back."""
+
+
+class BatchFailed(LayershiftError):
+    """A child execution of a Map Run failed with an error layershift does not raise itself."""
+
+
+class ControlPlaneSaturated(LayershiftError):
+    """A batch got no slot of Lambda's control-plane budget for several passes in a row."""
+
+
 class CodeDeployCheckFailed(LayershiftError):
     """Whether CodeDeploy manages an alias could not be read; the rollout stops before any change."""
 

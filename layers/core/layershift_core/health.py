@@ -5,22 +5,28 @@ ALARM at the pre-flight does not (the old version's errors must never block a ro
 all the rollout of the fix) until it changes state again.
 
 Canary analysis: each touched function's new version against its old one, on Lambda's own
-metrics for the alias (`ExecutedVersion`). Failing stops the rollout at once. Inconclusive (too
-little traffic) extends the bake up to the spec's limit, then follows its policy.
+metrics for the alias (`ExecutedVersion`), read batch by batch in the child executions of the
+ReadCanaryMetrics Map Run (AnalyseCanary), then combined here. One failing function stops the
+rollout at once; functions with too little traffic for a verdict of their own are judged as one
+pool, and only a pool that has too little traffic itself is inconclusive: the bake is extended up
+to the spec's limit, then the spec's policy applies.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 from .aborts import ensure_not_aborted
-from .analysis import CohortAnalysis, analyse_cohort
+from .analysis import BatchAnalysis, CohortAnalysis, analyse_batch, combine, turned_off
 from .aws import client
 from .errors import RolloutInconclusive, RolloutUnhealthy
-from .models import CanaryVerdict, Preflight, RolloutState, StepState, TargetPlan, Wave
+from .fanout import BatchEvent, raise_first_failure, read_map_run, record_map_run, run_pass
+from .models import CanaryAnalysis, CanaryVerdict, Preflight, RolloutState, StepState, TargetPlan
 from .observability import logger, metrics
-from .planner import load_plan
 from .registry import Registry
 from .settings import Settings
 
@@ -78,26 +84,54 @@ def firing_alarms(step_state: StepState) -> str:
     return "; ".join(firing)
 
 
-def touched_targets(targets: list[TargetPlan], wave: Wave) -> list[TargetPlan]:
-    """The targets whose alias routes to the new version during a step of ``wave``."""
-    return [t for t in targets if t.wave.rank <= wave.rank]
+class CanaryInput(BaseModel):
+    """ReadCanaryMetrics' BatchInput: the thresholds and where each version's window starts."""
 
-
-def _analyse(step_state: StepState, settings: Settings, now: float) -> CohortAnalysis:
-    plan = load_plan(settings.bucket, step_state.plan_key)
-    targets = touched_targets(plan.active, step_state.step.wave)
-    since = step_state.preflight.checked_at if step_state.preflight else (step_state.started_at or now)
-    old_window = (_utc(since - BASELINE_SECONDS), _utc(now))
-    new_window = (_utc(step_state.started_at or now), _utc(now))
-    return analyse_cohort(targets, step_state.analysis, old_window, new_window)
+    rollout_id: str
+    layer: str
+    analysis: CanaryAnalysis
+    old_since: float = Field(description="the pre-flight: the old version's window starts an hour before it")
+    new_since: float = Field(description="the step's start: the new version's window starts then")
 
 
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=UTC)
 
 
-def check_health(step_state: StepState, settings: Settings) -> StepState:
-    """One check of a bake; raises RolloutUnhealthy or RolloutInconclusive to stop the rollout."""
+def analyse_canary(event: BatchEvent, settings: Settings, seconds_left: float) -> Any:
+    """AnalyseCanary: one batch of the touched targets, read and judged at this check."""
+
+    def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
+        given = CanaryInput.model_validate(head)
+        now = time.time()
+        targets = [TargetPlan.model_validate(item) for item in items]
+        old_window = (_utc(given.old_since - BASELINE_SECONDS), _utc(now))
+        new_window = (_utc(min(given.new_since, now)), _utc(now))
+        batch = analyse_batch(targets, given.analysis, old_window, new_window)
+        return [batch.model_dump(mode="json")], []
+
+    return run_pass(event, seconds_left, process)
+
+
+def _cohort(state: RolloutState, settings: Settings) -> CohortAnalysis:
+    """The check's verdict from the ReadCanaryMetrics Map Run (none ran when the analysis is off)."""
+    bake = state.bake
+    if bake is None or not bake.analysis.enabled:
+        return turned_off()
+    if state.map_run is None:
+        raise ValueError("the canary analysis is on, but no ReadCanaryMetrics Map Run came before the check")
+    run = read_map_run(settings.bucket, state.map_run)
+    state.map_run = None
+    record_map_run(run)
+    raise_first_failure(run, "canary metrics")
+    return combine([BatchAnalysis.model_validate(result) for result in run.results], bake.analysis)
+
+
+def check_health(state: RolloutState, settings: Settings) -> RolloutState:
+    """CheckHealth: one check of a bake; raises RolloutUnhealthy or RolloutInconclusive to stop the rollout."""
+    step_state = state.bake
+    if step_state is None:
+        raise ValueError("a health check needs the step it checks")
     ensure_not_aborted(settings, step_state.layer, step_state.rollout_id)
     step_state.checks += 1
     weight = step_state.step.weight
@@ -106,7 +140,7 @@ def check_health(step_state: StepState, settings: Settings) -> StepState:
         metrics.add_metric(name="RolloutHealthFailing", unit="Count", value=1)
         raise RolloutUnhealthy(f"at {weight}% on the new version, {firing}")
     now = time.time()
-    cohort = _analyse(step_state, settings, now)
+    cohort = _cohort(state, settings)
     step_state.verdict = cohort.verdict
     step_state.verdict_detail = cohort.summary()
     Registry(settings.table).put_rollout(
@@ -134,7 +168,7 @@ def check_health(step_state: StepState, settings: Settings) -> StepState:
         "step checked",
         extra={"weight_percent": weight, "elapsed_seconds": round(elapsed, 1), "verdict": cohort.verdict.value},
     )
-    return step_state
+    return state
 
 
 def _extend_or_decide(step_state: StepState) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -82,16 +82,26 @@ class LayerSpec(BaseModel):
     profile: Literal["default", "sourceless", "slim-runtime"] = "default"
     license: str | None = Field(default=None, max_length=512)
     alias: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
-    functions: list[FunctionName] = Field(default_factory=list, description="extra target functions by name")
+    functions: list[FunctionName] = Field(
+        default_factory=list, max_length=100, description="extra target functions by name (tag the rest)"
+    )
     strategy: str
     steps: list[TrafficStep]
     poll_seconds: int = Field(ge=1, le=3_600)
     alarms: list[AlarmName] = Field(default_factory=list, max_length=100)
     final_bake_seconds: int = Field(default=0, ge=0, le=86_400, description="bake at 100% before promotion")
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
-    pilots: list[FunctionName] = Field(default_factory=list, description="pilot-wave functions, besides those tagged")
+    pilots: list[FunctionName] = Field(
+        default_factory=list, max_length=100, description="pilot-wave functions, besides those tagged"
+    )
     approval: bool = Field(default=False, description="wait for `layershift approve` before 100%")
     approval_timeout_seconds: int = Field(default=86_400, ge=60, le=31_536_000)
+    tolerated_failure_percent: float = Field(
+        default=5.0,
+        ge=0,
+        le=100,
+        description="share of the targets that may be skipped because they cannot be prepared; past it, all roll back",
+    )
 
     @field_validator("alias")
     @classmethod
@@ -120,6 +130,15 @@ class BuildEnvironmentVariable(BaseModel):
     Type: Literal["PLAINTEXT"] = "PLAINTEXT"
 
 
+class FanOut(BaseModel):
+    """How per-function work is spread over Distributed Map child executions (template parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(default=25, ge=1, le=1000, description="functions per child execution")
+    concurrency: int = Field(default=10, ge=1, le=1000, description="child executions at once per Map Run")
+
+
 class ValidatedRollout(Model):
     rollout_id: str
     layer: LayerName
@@ -130,6 +149,7 @@ class ValidatedRollout(Model):
     requirements_uri: str
     artifact_prefix: str
     build_environment: list[BuildEnvironmentVariable]
+    fanout: FanOut = Field(default_factory=FanOut)
 
 
 class LayerVersionRef(Model):
@@ -170,6 +190,7 @@ class ShiftStep(BaseModel):
     weight: int = Field(ge=1, le=100)
     bake_seconds: int = Field(ge=0, le=86_400)
     approval: bool = False
+    targets_key: str | None = Field(default=None, description="the items of this step's Map Runs: its touched targets")
 
 
 class TargetPlan(Model):
@@ -200,11 +221,33 @@ class RolloutPlan(Model):
 
 class PlanSummary(Model):
     plan_key: str
+    targets_key: str = Field(description="the active targets, one item each: what every later Map Run reads")
     target_count: int
     skipped_count: int
     pilot_count: int = 0
     steps: list[TrafficStep]
     shift_steps: list[ShiftStep] = Field(default_factory=list)
+    step_count: int = 0
+
+
+class CandidateList(Model):
+    """FindCandidates' answer: the functions to assess, one item each in S3."""
+
+    key: str
+    count: int
+
+
+class MapRunRef(Model):
+    """A Distributed Map state's result with a ResultWriter: where its children's results are."""
+
+    MapRunArn: str
+    ResultWriterDetails: dict[str, str]
+
+
+class Progress(Model):
+    """Where the rollout is in its traffic schedule."""
+
+    index: int = 0
 
 
 class Preflight(Model):
@@ -238,23 +281,6 @@ class LockWait(Model):
     attempts: int = Field(default=1, ge=1)
 
 
-class RolloutState(Model):
-    """The execution state: each task fills in its own section."""
-
-    request: RolloutRequest
-    rollout: ValidatedRollout | None = None
-    lock_wait: LockWait | None = None
-    build: BuildDecision | None = None
-    layer_version: LayerVersionRef | None = None
-    plan: PlanSummary | None = None
-    preflight: Preflight | None = None
-    error: ErrorInfo | None = None
-    outcome: Outcome | None = None
-    # The last two tasks say they did their part; the reaper (reaper.py) does what they could not.
-    notified: bool = False
-    lock_released: bool = False
-
-
 class CanaryVerdict(StrEnum):
     HEALTHY = "healthy"
     FAILING = "failing"
@@ -262,7 +288,7 @@ class CanaryVerdict(StrEnum):
 
 
 class StepState(Model):
-    """One traffic step inside the ShiftTraffic Map: small on purpose."""
+    """The traffic step being applied and baked (the execution state's ``bake``): small on purpose."""
 
     rollout_id: str
     layer: str
@@ -283,12 +309,53 @@ class StepState(Model):
     verdict_detail: str | None = None
 
 
+class RestoreSummary(Model):
+    """What the restore of a rollout's targets did (RestoreStateMachine's output)."""
+
+    restored: int = 0
+    unrestored_count: int = 0
+    unrestored: list[dict[str, Any]] = Field(default_factory=list, description="the first few, with their fixes")
+    unrestored_key: str | None = Field(default=None, description="every one of them, in S3")
+    failed_batches: int = 0
+    last_alias_restored_at: float | None = None
+
+
+class RestoreResult(Model):
+    """The parent's RestoreAliases state: the nested execution and its summary."""
+
+    execution_arn: str | None = None
+    summary: RestoreSummary = Field(default_factory=RestoreSummary)
+
+
+class RolloutState(Model):
+    """The execution state: each task fills in its own section."""
+
+    request: RolloutRequest
+    rollout: ValidatedRollout | None = None
+    lock_wait: LockWait | None = None
+    build: BuildDecision | None = None
+    layer_version: LayerVersionRef | None = None
+    candidates: CandidateList | None = None
+    plan: PlanSummary | None = None
+    preflight: Preflight | None = None
+    map_run: MapRunRef | None = None
+    progress: Progress | None = None
+    bake: StepState | None = None
+    restore: RestoreResult | None = None
+    error: ErrorInfo | None = None
+    outcome: Outcome | None = None
+    # The last two tasks say they did their part; the reaper (reaper.py) does what they could not.
+    notified: bool = False
+    lock_released: bool = False
+
+
 class ExecutionStatusChange(BaseModel):
     """The detail of Step Functions' "Execution Status Change" event (EventBridge)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
     execution_arn: str = Field(alias="executionArn")
+    state_machine_arn: str | None = Field(default=None, alias="stateMachineArn")
     name: str
     status: Literal["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"]
     output: str | None = None
@@ -297,3 +364,4 @@ class ExecutionStatusChange(BaseModel):
 class NotifyRequest(Model):
     event: Literal["promoted", "rolled_back", "rejected", "rollback_incomplete"]
     state: RolloutState
+    execution_arn: str | None = Field(default=None, description="$$.Execution.Id: its history counts the transitions")

@@ -1,23 +1,35 @@
 """Notifications: one SNS message per rollout ending, readable by a person and parseable by a machine.
 
 A rollback that could not finish pages: its message names every alias that is not back on its old
-version, what it points at now, and the exact commands that put it back.
+version (the first few; the rest are in S3), what it points at now, and the exact commands that put
+it back. Every message says what the rollout spent (``usage``).
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 from datetime import UTC, datetime
 from typing import Any
 
 from .aws import client
-from .models import NotifyRequest, RolloutPlan, RolloutState, TargetPlan, Verdict
+from .fanout import flush_usage
+from .models import NotifyRequest, RolloutPlan, RolloutState, Verdict
 from .observability import logger
 from .planner import load_plan
 from .registry import Registry
 from .settings import Settings
 from .traffic import reject
+from .usage import (
+    CHILD_EXECUTIONS,
+    GET_METRIC_DATA,
+    PACING_SECONDS,
+    THROTTLES,
+    TRANSITIONS_CHILDREN,
+    TRANSITIONS_PARENT,
+    USAGE,
+    from_record,
+    lambda_calls,
+)
 
 SUBJECTS = {
     "promoted": "layershift: {layer} promoted",
@@ -25,63 +37,47 @@ SUBJECTS = {
     "rejected": "layershift: {layer} push rejected",
     "rollback_incomplete": "layershift: ACTION NEEDED, {layer} rollback incomplete",
 }
+# The states each ending still enters after its notification (the lock's release, the end state).
+STATES_AFTER_NOTIFY = {"promoted": 2, "rolled_back": 2, "rollback_incomplete": 2, "rejected": 1}
+# Skipped functions named in a message; the plan in S3 names every one.
+SKIPPED_SHOWN = 50
 
 
-def _plan(bucket: str, state: RolloutState, event: str) -> RolloutPlan | None:
-    """The plan, read only when the message needs it: skipped functions, or aliases to fix."""
-    if state.plan is None or not (state.plan.skipped_count or event == "rollback_incomplete"):
-        return None
-    return load_plan(bucket, state.plan.plan_key)
+def skipped_targets(plan: RolloutPlan | None, limit: int = SKIPPED_SHOWN) -> list[dict[str, str | None]]:
+    """The functions the plan left out, with why: their owners need to hear it (the first ``limit``)."""
+    skipped = [target for target in (plan.targets if plan else []) if target.verdict is Verdict.SKIPPED]
+    return [{"function": target.function_name, "reason": target.reason} for target in skipped[:limit]]
 
 
-def skipped_targets(plan: RolloutPlan | None) -> list[dict[str, str | None]]:
-    """The functions the plan left out, with why: their owners need to hear it."""
-    return [
-        {"function": target.function_name, "reason": target.reason}
-        for target in (plan.targets if plan else [])
-        if target.verdict is Verdict.SKIPPED
-    ]
+def usage_of(record: dict[str, Any]) -> dict[str, Any]:
+    """A rollout record's usage, as the notification and `layershift status` show it."""
+    counts = from_record(record)
+    calls = lambda_calls(counts)
+    return {
+        "lambda_calls": dict(sorted(calls.items())),
+        "lambda_calls_total": sum(calls.values()),
+        "get_metric_data_calls": int(counts.get(GET_METRIC_DATA, 0)),
+        "throttles_absorbed": int(counts.get(THROTTLES, 0)),
+        "child_executions": int(counts.get(CHILD_EXECUTIONS, 0)),
+        "state_transitions": {
+            "parent": int(counts.get(TRANSITIONS_PARENT, 0)),
+            "children": int(counts.get(TRANSITIONS_CHILDREN, 0)),
+        },
+        "seconds_waiting_for_budget": round(float(counts.get(PACING_SECONDS, 0)), 1),
+    }
 
 
-def fix_commands(target: TargetPlan) -> list[str]:
-    """The AWS CLI commands that put one target back where the rollout found it."""
-    function = shlex.quote(target.function_name)
-    commands = [
-        f"aws lambda update-alias --function-name {function} --name {shlex.quote(target.alias)} "
-        f"--function-version {target.old_version} --routing-config AdditionalVersionWeights={{}}"
-    ]
-    layers = " ".join(shlex.quote(arn) for arn in target.current_layers)
-    commands.append(
-        f"aws lambda update-function-configuration --function-name {function} "
-        + (f"--layers {layers}" if layers else "--layers '[]'")
-    )
-    return commands
-
-
-def unrestored_aliases(plan: RolloutPlan | None) -> list[dict[str, Any]]:
-    """Every target not verifiably back on its old version with no routing, read live from Lambda."""
-    lam = client("lambda")
-    left: list[dict[str, Any]] = []
-    for target in plan.active if plan else []:
-        try:
-            alias = lam.get_alias(FunctionName=target.function_name, Name=target.alias)
-        except Exception as exc:  # cannot look: say so, and give the fix anyway
-            now = f"unknown ({type(exc).__name__}: {exc})"
-        else:
-            routing = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
-            if alias["FunctionVersion"] == target.old_version and not routing:
-                continue
-            now = f"version {alias['FunctionVersion']}" + (f" with routing {routing}" if routing else "")
-        left.append(
-            {
-                "function": target.function_name,
-                "alias": target.alias,
-                "restore_to_version": target.old_version,
-                "now": now,
-                "fix": fix_commands(target),
-            }
-        )
-    return left
+def parent_transitions(execution_arn: str) -> int:
+    """The states the execution entered so far, each retry counted again (at most a few history pages)."""
+    entered = scheduled = tasks = 0
+    paginator = client("stepfunctions").get_paginator("get_execution_history")
+    for page in paginator.paginate(executionArn=execution_arn, maxResults=1000, includeExecutionData=False):
+        for event in page["events"]:
+            kind = event["type"]
+            entered += kind.endswith("StateEntered")
+            tasks += kind == "TaskStateEntered"
+            scheduled += kind in {"TaskScheduled", "LambdaFunctionScheduled"}
+    return entered + max(0, scheduled - tasks)
 
 
 def publish_ending(settings: Settings, event: str, layer: str, body: dict[str, Any]) -> None:
@@ -94,6 +90,9 @@ def publish_ending(settings: Settings, event: str, layer: str, body: dict[str, A
         for entry in body["unrestored"]:
             lines.append(f"- {entry['function']} alias {entry['alias']} (now {entry['now']}):")
             lines.extend(f"    {command}" for command in entry["fix"])
+        more = int(body.get("unrestored_count") or 0) - len(body["unrestored"])
+        if more > 0:
+            lines.append(f"... and {more} more: s3://{settings.bucket}/{body.get('unrestored_key')}")
         message = "\n".join(lines) + "\n\n" + message
     client("sns").publish(
         TopicArn=settings.topic_arn, Subject=SUBJECTS[event].format(layer=layer)[:100], Message=message
@@ -105,29 +104,41 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
     if request.event in {"rejected", "rollback_incomplete"}:
         state = reject(state, request.event)
     registry = Registry(settings.table)
-    if request.event == "rejected" and state.rollout is not None and state.outcome is not None:
+    rollout = state.rollout
+    if request.event == "rejected" and rollout is not None and state.outcome is not None:
         registry.put_rollout(
-            state.rollout.layer,
-            state.rollout.rollout_id,
-            status="rejected",
-            reason=f"{state.outcome.error}: {state.outcome.cause}",
+            rollout.layer, rollout.rollout_id, status="rejected", reason=f"{state.outcome.error}: {state.outcome.cause}"
         )
     layer = state.request.layer
-    plan = _plan(settings.bucket, state, request.event)
-    body = {
+    plan = (
+        load_plan(settings.bucket, state.plan.plan_key) if state.plan is not None and state.plan.skipped_count else None
+    )
+    body: dict[str, Any] = {
         "event": request.event,
         "layer": layer,
-        "rollout_id": state.rollout.rollout_id if state.rollout else None,
+        "rollout_id": rollout.rollout_id if rollout else None,
         "layer_version": state.layer_version.arn if state.layer_version else None,
         "outcome": state.outcome.model_dump(mode="json") if state.outcome else None,
+        "targets": state.plan.target_count if state.plan else 0,
+        "skipped_count": state.plan.skipped_count if state.plan else 0,
         "skipped": skipped_targets(plan),
+        "plan": f"s3://{settings.bucket}/{state.plan.plan_key}" if state.plan else None,
         "commit_id": state.request.commit_id,
     }
-    if request.event == "rollback_incomplete":
-        body["unrestored"] = unrestored_aliases(plan)
+    if request.event == "rollback_incomplete" and state.restore is not None:
+        summary = state.restore.summary
+        body["unrestored"] = summary.unrestored
+        body["unrestored_count"] = summary.unrestored_count
+        body["unrestored_key"] = summary.unrestored_key
+    if rollout is not None:
+        if request.execution_arn:
+            transitions = parent_transitions(request.execution_arn) + STATES_AFTER_NOTIFY[request.event]
+            USAGE.add(TRANSITIONS_PARENT, transitions)
+        flush_usage(settings, rollout.layer, rollout.rollout_id)
+        body["usage"] = usage_of(registry.rollout(rollout.layer, rollout.rollout_id) or {})
     publish_ending(settings, request.event, layer, body)
     state.notified = True
-    if state.rollout is not None:
-        registry.put_rollout(state.rollout.layer, state.rollout.rollout_id, notified_at=datetime.now(UTC).isoformat())
+    if rollout is not None:
+        registry.put_rollout(rollout.layer, rollout.rollout_id, notified_at=datetime.now(UTC).isoformat())
     logger.info("notified", extra={"event": request.event, "layer": layer})
     return state

@@ -1,18 +1,50 @@
-"""Step 5: find every function that should move to the new layer version, and say why not where not.
+"""FindCandidates, AssessTargets and PlanRollout: which functions move to the new layer version, and
+why not where not.
 
-The plan is written to S3 (the full record) and its counts to the execution state; Step
-Functions' payload and history limits never see the target list.
+- **FindCandidates** (one task): the functions whose ``$LATEST`` uses any version of the layer
+  (paginated ListFunctions), those tagged ``layershift:layer=<layer>`` (one Resource Groups Tagging
+  query), and those the spec names, written to S3 as the items of the AssessCandidates Map Run,
+  sorted by name (CloudFormation names a stack's functions ``<stack>-<LogicalId>-<suffix>``, so a
+  batch mostly holds one stack's functions).
+- **AssessTargets** (each child batch): per function one GetFunction (GetFunction's own bucket:
+  configuration, RevisionId and tags in one answer) and one GetAlias; the sizes of the other layers
+  once per layer version, and whether CodeDeploy manages the alias once per CloudFormation stack.
+- **PlanRollout** (one task): the plan from the children's verdicts, written to S3 once, and the
+  targets as the items of every later Map Run. The execution state carries only keys and counts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from .aborts import ensure_rollout_not_aborted
+from pydantic import BaseModel
+
+from .aborts import ensure_not_aborted, ensure_rollout_not_aborted
 from .artifacts import read_json, rollout_prefix, write_json
 from .aws import client
-from .codedeploy import codedeploy_manager
-from .models import LayerSpec, LayerVersionRef, PlanSummary, RolloutPlan, RolloutState, TargetPlan, Verdict, Wave
+from .codedeploy import StackTemplates
+from .fanout import (
+    BatchEvent,
+    items_key,
+    raise_first_failure,
+    read_map_run,
+    record_map_run,
+    run_pass,
+    until_out_of_time,
+    write_items,
+)
+from .models import (
+    CandidateList,
+    LayerSpec,
+    LayerVersionRef,
+    PlanSummary,
+    RolloutPlan,
+    RolloutState,
+    TargetPlan,
+    Verdict,
+    Wave,
+)
 from .registry import Registry
 from .schedule import shift_schedule
 from .settings import Settings
@@ -22,6 +54,7 @@ UNZIPPED_LIMIT_BYTES = 262_144_000
 TARGET_TAG = "layershift:layer"
 MANAGED_TAG = "layershift:managed"
 WAVE_TAG = "layershift:wave"
+STACK_TAG = "aws:cloudformation:stack-id"
 
 
 def layer_name_of(arn: str) -> str:
@@ -49,18 +82,7 @@ def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
     write_json(bucket, key, plan.model_dump(mode="json"))
 
 
-def plan_summary(plan: RolloutPlan, key: str, spec: LayerSpec) -> PlanSummary:
-    """The plan's counts and traffic schedule, for the execution state; recomputed whenever a
-    target drops out, so the schedule has steps only for waves that still have targets."""
-    active = plan.active
-    return PlanSummary(
-        plan_key=key,
-        target_count=len(active),
-        skipped_count=len(plan.targets) - len(active),
-        pilot_count=sum(1 for t in active if t.wave is Wave.PILOT),
-        steps=spec.steps,
-        shift_steps=shift_schedule(spec, sorted({t.wave for t in active})),
-    )
+# -- FindCandidates -----------------------------------------------------------------------------------
 
 
 def tagged_for(layer: str) -> set[str]:
@@ -75,129 +97,208 @@ def tagged_for(layer: str) -> set[str]:
     return names
 
 
-def find_candidates(layer: str, extra: list[str]) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
-    """Functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec,
-    each with its tags."""
-    lam = client("lambda")
-    wanted = tagged_for(layer) | set(extra)
-    configs: dict[str, dict[str, Any]] = {}
-    for page in lam.get_paginator("list_functions").paginate():
+def find_candidates(layer: str, extra: list[str]) -> list[str]:
+    """The names of the functions whose $LATEST uses any version of `layer`, tagged for it, or named
+    in the spec, sorted."""
+    names = tagged_for(layer) | set(extra)
+    for page in client("lambda").get_paginator("list_functions").paginate():
         for config in page["Functions"]:
-            uses = any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", []))
-            if uses or config["FunctionName"] in wanted:
-                configs[config["FunctionName"]] = config
-    for name in sorted(wanted - set(configs)):
-        configs[name] = lam.get_function_configuration(FunctionName=name)
-    return {
-        name: (config, lam.list_tags(Resource=config["FunctionArn"]).get("Tags", {}))
-        for name, config in configs.items()
-    }
+            if any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", [])):
+                names.add(config["FunctionName"])
+    return sorted(names)
 
 
-def _layer_size(arn: str, cache: dict[str, int]) -> int:
-    if arn not in cache:
-        layer_arn, _, version = arn.rpartition(":")
-        response = client("lambda").get_layer_version(LayerName=layer_arn, VersionNumber=int(version))
-        cache[arn] = int(response["Content"].get("CodeSize", 0))
-    return cache[arn]
+def find_candidates_task(state: RolloutState, settings: Settings) -> RolloutState:
+    """FindCandidates: the AssessCandidates Map Run's items."""
+    ensure_rollout_not_aborted(state, settings)
+    if state.rollout is None:
+        raise ValueError("finding candidates needs a validated rollout")
+    rollout, spec = state.rollout, state.rollout.spec
+    names = find_candidates(rollout.layer, [*spec.functions, *spec.pilots])
+    key = items_key(rollout.layer, rollout.rollout_id, "candidates")
+    write_items(settings.bucket, key, [{"function_name": name} for name in names])
+    state.candidates = CandidateList(key=key, count=len(names))
+    return state
 
 
-def assess(
-    config: dict[str, Any],
-    tags: dict[str, str],
-    alias_name: str,
-    new_layer: LayerVersionRef,
-    layer_sizes: dict[str, int],
-) -> TargetPlan:
-    """One function's verdict: a target with its before/after, or skipped with the reason."""
-    name = config["FunctionName"]
-    current = [entry["Arn"] for entry in config.get("Layers", [])]
-    plan = TargetPlan(function_name=name, alias=alias_name, verdict=Verdict.SKIPPED, current_layers=current)
+# -- AssessTargets ------------------------------------------------------------------------------------
 
-    def skip(reason: str) -> TargetPlan:
-        plan.reason = reason
-        return plan
 
+@dataclass
+class Assessment:
+    """What the functions of one batch share: the new layer, the alias, and what was looked up once."""
+
+    layer_version: LayerVersionRef
+    alias: str
+    pilots: set[str]
+    layer_sizes: dict[str, int] = field(default_factory=dict)
+    stacks: StackTemplates = field(default_factory=StackTemplates)
+
+    def layer_size(self, arn: str) -> int:
+        if arn not in self.layer_sizes:
+            layer_arn, _, version = arn.rpartition(":")
+            response = client("lambda").get_layer_version(LayerName=layer_arn, VersionNumber=int(version))
+            self.layer_sizes[arn] = int(response["Content"].get("CodeSize", 0))
+        return self.layer_sizes[arn]
+
+
+def _skip(plan: TargetPlan, reason: str) -> TargetPlan:
+    plan.reason = reason
+    return plan
+
+
+def _static_problem(config: dict[str, Any], tags: dict[str, str], new_layer: LayerVersionRef) -> str | None:
+    """Why the function cannot take part, from its configuration and tags alone."""
     if config.get("PackageType") == "Image":
-        return skip("container image functions cannot use layers")
+        return "container image functions cannot use layers"
     if tags.get(MANAGED_TAG) != "true" and TARGET_TAG not in tags:
-        return skip(
+        return (
             f"not opted in: tag it {MANAGED_TAG}=true (or {TARGET_TAG}=<layer>) to let layershift change it; "
             "the control plane's IAM policy allows changes only to functions that carry one of these tags"
         )
     runtime = config.get("Runtime")
     if new_layer.compatible_runtimes and runtime not in new_layer.compatible_runtimes:
-        return skip(f"runtime {runtime} is not one the layer supports ({', '.join(new_layer.compatible_runtimes)})")
+        return f"runtime {runtime} is not one the layer supports ({', '.join(new_layer.compatible_runtimes)})"
     arch = (config.get("Architectures") or ["x86_64"])[0]
     if new_layer.compatible_architectures and arch not in new_layer.compatible_architectures:
-        return skip(
-            f"architecture {arch} is not one the layer supports ({', '.join(new_layer.compatible_architectures)})"
-        )
-    if new_layer.arn in current:
-        return skip(f"already uses {new_layer.arn}")
+        return f"architecture {arch} is not one the layer supports ({', '.join(new_layer.compatible_architectures)})"
+    if new_layer.arn in [entry["Arn"] for entry in config.get("Layers", [])]:
+        return f"already uses {new_layer.arn}"
+    return None
+
+
+def assess(name: str, context: Assessment) -> TargetPlan:
+    """One function's verdict: a target with its before and after, or skipped with the reason."""
+    lam = client("lambda")
+    new_layer, alias_name = context.layer_version, context.alias
+    plan = TargetPlan(function_name=name, alias=alias_name, verdict=Verdict.SKIPPED)
+    try:
+        function = lam.get_function(FunctionName=name)
+    except lam.exceptions.ResourceNotFoundException:
+        return _skip(plan, "the function does not exist (deleted since it was found, or a name in the spec)")
+    config, tags = function["Configuration"], function.get("Tags") or {}
+    current = [entry["Arn"] for entry in config.get("Layers", [])]
+    plan.current_layers = current
+    if name in context.pilots or tags.get(WAVE_TAG) == Wave.PILOT:
+        plan.wave = Wave.PILOT
+    problem = _static_problem(config, tags, new_layer)
+    if problem:
+        return _skip(plan, problem)
     new_layers = replace_layer(current, new_layer.arn)
     if len(new_layers) > MAX_LAYERS:
-        return skip(
+        return _skip(
+            plan,
             f"already has {len(current)} layers and adding {layer_name_of(new_layer.arn)} would make "
-            f"{len(new_layers)}; Lambda allows {MAX_LAYERS}"
+            f"{len(new_layers)}; Lambda allows {MAX_LAYERS}",
         )
-    others = sum(_layer_size(arn, layer_sizes) for arn in new_layers if arn != new_layer.arn)
+    others = sum(context.layer_size(arn) for arn in new_layers if arn != new_layer.arn)
     total = int(config.get("CodeSize", 0)) + others + new_layer.unzipped_bytes
     if total > UNZIPPED_LIMIT_BYTES:
-        return skip(
+        return _skip(
+            plan,
             f"code and layers would come to at least {total:,} bytes unzipped, over Lambda's 250 MB limit "
-            f"({UNZIPPED_LIMIT_BYTES:,} bytes)"
+            f"({UNZIPPED_LIMIT_BYTES:,} bytes)",
         )
-
-    lam = client("lambda")
     try:
         alias = lam.get_alias(FunctionName=name, Name=alias_name)
     except lam.exceptions.ResourceNotFoundException:
-        return skip(f"has no alias {alias_name!r}")
+        return _skip(plan, f"has no alias {alias_name!r}")
     if alias["FunctionVersion"] == "$LATEST":
-        return skip(f"alias {alias_name!r} points at $LATEST; weighted routing needs a published version")
+        return _skip(plan, f"alias {alias_name!r} points at $LATEST; weighted routing needs a published version")
     if (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights"):
-        return skip(f"alias {alias_name!r} is already routing traffic to two versions")
-    managed_by = codedeploy_manager(name, alias_name, alias.get("AliasArn"))
+        return _skip(plan, f"alias {alias_name!r} is already routing traffic to two versions")
+    managed_by = context.stacks.codedeploy_manager(name, alias_name, alias.get("AliasArn"), tags.get(STACK_TAG))
     if managed_by:
-        return skip(f"{managed_by}; layershift leaves aliases that CodeDeploy manages alone")
-
-    latest = lam.get_function_configuration(FunctionName=name)
-    if [entry["Arn"] for entry in latest.get("Layers", [])] != current:
-        return skip("its layers changed while the plan was made; push again to include it")
+        return _skip(plan, f"{managed_by}; layershift leaves aliases that CodeDeploy manages alone")
     plan.verdict = Verdict.TARGET
     plan.old_version = alias["FunctionVersion"]
     plan.new_layers = new_layers
-    plan.revision_id = latest.get("RevisionId")
+    plan.revision_id = config.get("RevisionId")
     return plan
 
 
+class AssessInput(BaseModel):
+    """AssessCandidates' BatchInput."""
+
+    rollout_id: str
+    layer: str
+    layer_version: LayerVersionRef
+    alias: str
+    pilots: list[str] = []
+
+
+def assess_targets(event: BatchEvent, settings: Settings, seconds_left: float) -> Any:
+    """AssessTargets: one pass over a batch of candidates."""
+
+    def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
+        given = AssessInput.model_validate(head)
+        ensure_not_aborted(settings, given.layer, given.rollout_id)
+        context = Assessment(layer_version=given.layer_version, alias=given.alias, pilots=set(given.pilots))
+        return until_out_of_time(items, lambda item: assess(item["function_name"], context).model_dump(mode="json"))
+
+    return run_pass(event, seconds_left, process)
+
+
+# -- PlanRollout --------------------------------------------------------------------------------------
+
+
+def plan_summary(plan: RolloutPlan, key: str, targets_key: str, spec: LayerSpec) -> PlanSummary:
+    """The plan's counts and traffic schedule, for the execution state; recomputed whenever a
+    target drops out, so the schedule has steps only for waves that still have targets."""
+    active = plan.active
+    waves = sorted({t.wave for t in active}, key=lambda wave: wave.rank)
+    pilots_key = targets_key.replace(".json", "-pilot.json")
+    steps = [
+        step.model_copy(update={"targets_key": pilots_key if step.wave is Wave.PILOT else targets_key})
+        for step in shift_schedule(spec, waves)
+    ]
+    return PlanSummary(
+        plan_key=key,
+        targets_key=targets_key,
+        target_count=len(active),
+        skipped_count=len(plan.targets) - len(active),
+        pilot_count=sum(1 for t in active if t.wave is Wave.PILOT),
+        steps=spec.steps,
+        shift_steps=steps,
+        step_count=len(steps),
+    )
+
+
+def write_targets(bucket: str, plan: RolloutPlan, key: str) -> None:
+    """The active targets as Map Run items: all of them, and the pilot wave's alone."""
+    active = [target.model_dump(mode="json") for target in plan.active]
+    write_items(bucket, key, active)
+    write_items(bucket, key.replace(".json", "-pilot.json"), [t for t in active if t["wave"] == Wave.PILOT])
+
+
 def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
+    """PlanRollout: the plan from AssessCandidates' verdicts (none when no function was a candidate)."""
     ensure_rollout_not_aborted(state, settings)
     if state.rollout is None or state.layer_version is None:
         raise ValueError("planning needs a validated rollout and a layer version")
-    rollout, layer_version = state.rollout, state.layer_version
-    spec = rollout.spec
-    sizes: dict[str, int] = {}
-    candidates = find_candidates(rollout.layer, [*spec.functions, *spec.pilots])
-    targets = []
-    for name, (config, tags) in sorted(candidates.items()):
-        target = assess(config, tags, spec.alias, layer_version, sizes)
-        if name in spec.pilots or tags.get(WAVE_TAG) == Wave.PILOT:
-            target.wave = Wave.PILOT
-        targets.append(target)
+    rollout, spec = state.rollout, state.rollout.spec
+    targets: list[TargetPlan] = []
+    if state.candidates is not None and state.candidates.count and state.map_run is not None:
+        run = read_map_run(settings.bucket, state.map_run)
+        record_map_run(run)
+        raise_first_failure(run, "candidates")
+        targets = sorted((TargetPlan.model_validate(result) for result in run.results), key=lambda t: t.function_name)
     plan = RolloutPlan(
         rollout_id=rollout.rollout_id,
         layer=rollout.layer,
-        layer_version_arn=layer_version.arn,
+        layer_version_arn=state.layer_version.arn,
         alias=spec.alias,
         steps=spec.steps,
         targets=targets,
     )
     key = plan_key(rollout.layer, rollout.rollout_id)
     save_plan(settings.bucket, key, plan)
+    targets_key = items_key(rollout.layer, rollout.rollout_id, "targets")
+    write_targets(settings.bucket, plan, targets_key)
     registry = Registry(settings.table)
     registry.put_rollout(rollout.layer, rollout.rollout_id, status="planned", plan_key=key)
-    registry.set_version_status(rollout.layer, layer_version.version, "rolling_out")
-    state.plan = plan_summary(plan, key, spec)
+    registry.set_version_status(rollout.layer, state.layer_version.version, "rolling_out")
+    state.plan = plan_summary(plan, key, targets_key, spec)
+    state.candidates = None
+    state.map_run = None
     return state

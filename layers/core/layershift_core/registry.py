@@ -20,6 +20,7 @@ from typing import Any
 
 from .aws import client, error_code
 from .errors import LayerLocked
+from .usage import PREFIX as USAGE_PREFIX
 
 VersionStatus = str  # published | rolling_out | promoted | rolled_back
 
@@ -37,8 +38,13 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, typed in item.items():
         ((kind, value),) = typed.items()
-        out[name] = int(value) if kind == "N" else value
+        out[name] = _number(value) if kind == "N" else value
     return out
+
+
+def _number(text: str) -> int | float:
+    number = float(text)
+    return int(number) if number.is_integer() else number
 
 
 class Registry:
@@ -205,6 +211,20 @@ class Registry:
             ExpressionAttributeValues=attr_values,
         )
 
+    def add_usage(self, layer: str, rollout_id: str, counts: dict[str, float]) -> None:
+        """Add counters to the rollout's usage (attributes ``usage:<counter>``), in one atomic UpdateItem."""
+        if not counts:
+            return
+        names = {f"#u{index}": USAGE_PREFIX + name for index, name in enumerate(counts)}
+        values = {f":u{index}": {"N": f"{value:g}"} for index, value in enumerate(counts.values())}
+        self.ddb.update_item(
+            TableName=self.table,
+            Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}},
+            UpdateExpression="ADD " + ", ".join(f"{name} {name.replace('#', ':')}" for name in names),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
     def note_on_rollout(self, layer: str, rollout_id: str, **fields: str) -> bool:
         """Add fields to an existing rollout record (never creates one). Returns whether it existed."""
         names = {f"#{name}": name for name in fields}
@@ -223,7 +243,9 @@ class Registry:
 
     def rollout(self, layer: str, rollout_id: str) -> dict[str, Any] | None:
         item = self.ddb.get_item(
-            TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}}
+            TableName=self.table,
+            Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}},
+            ConsistentRead=True,
         ).get("Item")
         return _plain(item) if item else None
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, Field
 
-from .models import CanaryAnalysis
+from .models import CanaryAnalysis, FanOut
 from .spec import SpecDefaults
 
 
@@ -32,6 +32,14 @@ class Settings(BaseModel):
     lock_wait_seconds: int = Field(default=3600, ge=0, le=86_400)
     codecommit_repository: str | None = None
     codecommit_branch: str = "main"
+    restore_state_machine_arn: str | None = None
+    fanout_batch_size: int = Field(default=25, ge=1, le=1000)
+    fanout_concurrency: int = Field(default=10, ge=1, le=1000)
+    tolerated_failure_percent: float = Field(default=5.0, ge=0, le=100)
+
+    @property
+    def fanout(self) -> FanOut:
+        return FanOut(batch_size=self.fanout_batch_size, concurrency=self.fanout_concurrency)
 
     @property
     def spec_defaults(self) -> SpecDefaults:
@@ -42,6 +50,7 @@ class Settings(BaseModel):
             strategy=self.default_strategy,
             poll_seconds=self.poll_seconds,
             final_bake_seconds=self.final_bake_seconds,
+            tolerated_failure_percent=self.tolerated_failure_percent,
             analysis=CanaryAnalysis(
                 max_error_rate_delta=self.canary_max_error_rate_delta,
                 max_p99_duration_ratio=self.canary_max_p99_duration_ratio,
@@ -74,6 +83,10 @@ _ENV = {
     "lock_wait_seconds": "LAYERSHIFT_LOCK_WAIT_SECONDS",
     "codecommit_repository": "LAYERSHIFT_CODECOMMIT_REPOSITORY",
     "codecommit_branch": "LAYERSHIFT_CODECOMMIT_BRANCH",
+    "restore_state_machine_arn": "LAYERSHIFT_RESTORE_STATE_MACHINE_ARN",
+    "fanout_batch_size": "LAYERSHIFT_FANOUT_BATCH_SIZE",
+    "fanout_concurrency": "LAYERSHIFT_FANOUT_CONCURRENCY",
+    "tolerated_failure_percent": "LAYERSHIFT_TOLERATED_FAILURE_PERCENT",
 }
 
 

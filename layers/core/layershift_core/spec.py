@@ -20,6 +20,7 @@ final_bake_seconds = 300        # hold 100% this long before the old version is 
 pilots = ["orders"]             # the pilot wave, besides functions tagged layershift:wave=pilot
 approval = true                 # wait for `layershift approve` before 100%
 approval_timeout_seconds = 86400
+tolerated_failure_percent = 5    # targets that may be skipped because they cannot be prepared, in %
 
 [analysis]                      # the new version against the old one, per function
 max_error_rate_delta = 0.02     # new error rate minus old error rate
@@ -58,6 +59,7 @@ class SpecDefaults(BaseModel):
     strategy: str = "Canary10Percent5Minutes"
     poll_seconds: int = 30
     final_bake_seconds: int = 0
+    tolerated_failure_percent: float = 5.0
     analysis: CanaryAnalysis = CanaryAnalysis()
 
 
@@ -87,6 +89,7 @@ class _Rollout(_Section):
     pilots: list[str] = []
     approval: bool = False
     approval_timeout_seconds: int | None = None
+    tolerated_failure_percent: float | int | None = None
 
 
 class _Analysis(_Section):
@@ -248,6 +251,9 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
         "final_bake_seconds": _given(rollout.final_bake_seconds, defaults.final_bake_seconds),
         "pilots": rollout.pilots,
         "approval": rollout.approval,
+        "tolerated_failure_percent": float(
+            _given(rollout.tolerated_failure_percent, defaults.tolerated_failure_percent)
+        ),
         "analysis": {
             **defaults.analysis.model_dump(),
             **parsed.analysis.model_dump(exclude_none=True),

@@ -1,45 +1,65 @@
-"""Steps 7, 9 and 10: move alias traffic, promote, or put everything back.
+"""Moving alias traffic, promoting, and putting everything back.
+
+- **ShiftAliases** (each child batch of SetTrafficWeight and PromoteAliases): one step of the
+  schedule for a batch of targets: earlier waves at 100%, the step's wave at its weight.
+- **StartBake** (one task): the step is applied; its bake starts.
+- **PromoteLayer** (one task, after PromoteAliases moved every alias to 100%): the promoted ARN in
+  SSM, the registry says promoted.
+- **RestoreTargets** (each child batch of the RestoreStateMachine's RestoreAliases) and
+  **SummariseRestore**: every touched alias back on its old version with no routing, then
+  ``$LATEST``'s layers where nobody changed the function since; what could not be restored is
+  named, with the commands that fix it.
+- **RollBack** (one task): the rollout's ending, from the restore's summary.
 
 Every alias change keeps the old version as the primary until promotion, so at any moment a
-single UpdateAlias with no routing restores it.
+single UpdateAlias with no routing restores it. Every change is guarded by a RevisionId, so a
+change someone else made since it was read fails instead of being overwritten.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from .aborts import abort_reason, ensure_not_aborted
-from .artifacts import read_json
+from .artifacts import read_json, rollout_prefix, write_json
 from .aws import client, error_code, guarded
 from .builder.build import BUILD_FAILURE_JSON
 from .errors import ConcurrentModification, RollbackIncomplete, RolloutAborted
-from .models import Outcome, RolloutPlan, RolloutState, StepState, TargetPlan
+from .fanout import (
+    BatchEvent,
+    MapRunResults,
+    raise_first_failure,
+    read_map_run,
+    record_map_run,
+    run_pass,
+    until_out_of_time,
+)
+from .models import MapRunRef, Outcome, RestoreSummary, RolloutState, ShiftStep, TargetPlan
 from .observability import logger
-from .planner import load_plan
+from .pacing import OutOfTime
 from .registry import Registry
 from .settings import Settings
 
 NO_ROUTING: dict[str, Any] = {"AdditionalVersionWeights": {}}
 PARAMETER_NAME = "/layershift/{layer}/arn"
 FULL = 100
+# Unrestored aliases named in the execution state and the notification; every one of them is in S3.
+UNRESTORED_SHOWN = 20
 
 
 def _routing(alias: dict[str, Any]) -> dict[str, float]:
     return (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
 
 
-def _claim_alias(target: TargetPlan) -> dict[str, Any]:
-    """The alias, checked to hold only this rollout's two versions (else someone else moved it)."""
-    alias = client("lambda").get_alias(FunctionName=target.function_name, Name=target.alias)
-    ours = {target.old_version, target.new_version}
-    if alias["FunctionVersion"] not in ours or any(version not in ours for version in _routing(alias)):
-        raise ConcurrentModification(
-            f"alias {target.alias} of {target.function_name} was changed by someone else "
-            f"(now {alias['FunctionVersion']} {_routing(alias) or ''}); the rollout stops"
-        )
-    return alias
+def _ours(alias: dict[str, Any], target: TargetPlan) -> bool:
+    """Whether the alias holds only this rollout's two versions (else someone else moved it)."""
+    versions = {target.old_version, target.new_version}
+    return alias["FunctionVersion"] in versions and all(version in versions for version in _routing(alias))
 
 
 def set_alias_weight(target: TargetPlan, weight: int) -> None:
@@ -47,7 +67,13 @@ def set_alias_weight(target: TargetPlan, weight: int) -> None:
 
     Guarded by the alias's RevisionId, so a change made since it was read fails instead of being
     overwritten."""
-    alias = _claim_alias(target)
+    lam = client("lambda")
+    alias = lam.get_alias(FunctionName=target.function_name, Name=target.alias)
+    if not _ours(alias, target):
+        raise ConcurrentModification(
+            f"alias {target.alias} of {target.function_name} was changed by someone else "
+            f"(now {alias['FunctionVersion']} {_routing(alias) or ''}); the rollout stops"
+        )
     if weight >= FULL:
         version, routing = target.new_version, NO_ROUTING
     else:
@@ -55,45 +81,94 @@ def set_alias_weight(target: TargetPlan, weight: int) -> None:
     if alias["FunctionVersion"] == version and _routing(alias) == routing["AdditionalVersionWeights"]:
         return
     try:
-        client("lambda").update_alias(
+        lam.update_alias(
             FunctionName=target.function_name,
             Name=target.alias,
             FunctionVersion=version,
             RoutingConfig=routing,
             **guarded(alias.get("RevisionId")),
         )
-    except Exception as exc:
-        if error_code(exc) == "PreconditionFailedException":
-            raise ConcurrentModification(
-                f"alias {target.alias} of {target.function_name} changed while it was being shifted"
-            ) from exc
-        raise
+    except lam.exceptions.PreconditionFailedException as exc:
+        raise ConcurrentModification(
+            f"alias {target.alias} of {target.function_name} changed while it was being shifted"
+        ) from exc
 
 
-def shift_traffic(step_state: StepState, settings: Settings) -> StepState:
-    """Apply one step of the schedule: earlier waves at 100%, this wave at the step's weight."""
-    ensure_not_aborted(settings, step_state.layer, step_state.rollout_id)
-    plan = load_plan(settings.bucket, step_state.plan_key)
-    step = step_state.step
-    for target in plan.active:
-        if not target.new_version or not target.old_version:
-            raise ValueError(f"{target.function_name} has no prepared version")
-        if target.wave.rank < step.wave.rank:
-            set_alias_weight(target, FULL)
-        elif target.wave == step.wave:
-            set_alias_weight(target, step.weight)
+# -- ShiftAliases -------------------------------------------------------------------------------------
+
+
+class ShiftInput(BaseModel):
+    """SetTrafficWeight's and PromoteAliases' BatchInput."""
+
+    rollout_id: str
+    layer: str
+    step: ShiftStep
+
+
+def weight_for(target: TargetPlan, step: ShiftStep) -> int | None:
+    """The weight a step gives a target: 100 for earlier waves, the step's for its own, None for later ones."""
+    if target.wave.rank < step.wave.rank:
+        return FULL
+    if target.wave == step.wave:
+        return step.weight
+    return None
+
+
+def shift_aliases(event: BatchEvent, settings: Settings, seconds_left: float) -> Any:
+    """ShiftAliases: one pass over a batch of targets."""
+
+    def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
+        given = ShiftInput.model_validate(head)
+        ensure_not_aborted(settings, given.layer, given.rollout_id)
+
+        def shift(item: dict[str, Any]) -> dict[str, Any]:
+            target = TargetPlan.model_validate(item)
+            if not target.new_version or not target.old_version:
+                raise ValueError(f"{target.function_name} has no prepared version")
+            weight = weight_for(target, given.step)
+            if weight is not None:
+                set_alias_weight(target, weight)
+            return {"function_name": target.function_name, "weight": weight}
+
+        return until_out_of_time(items, shift)
+
+    return run_pass(event, seconds_left, process)
+
+
+def _children_spent(settings: Settings, state: RolloutState) -> MapRunResults | None:
+    """Count the Map Run the state points at (children and transitions), and let it go."""
+    if state.map_run is None or state.rollout is None:
+        return None
+    run = read_map_run(settings.bucket, state.map_run)
+    record_map_run(run)
+    state.map_run = None
+    raise_first_failure(run, "aliases")
+    return run
+
+
+def start_bake(state: RolloutState, settings: Settings) -> RolloutState:
+    """StartBake: the step is applied to every alias; its bake begins now."""
+    bake = state.bake
+    if bake is None or state.rollout is None:
+        raise ValueError("a bake needs the step it bakes")
+    ensure_not_aborted(settings, bake.layer, bake.rollout_id)
+    _children_spent(settings, state)
+    step = bake.step
     logger.info("traffic shifted", extra={"weight_percent": step.weight, "wave": step.wave.value})
     Registry(settings.table).put_rollout(
-        plan.layer, plan.rollout_id, status="shifting", weight=str(step.weight), wave=step.wave.value
+        bake.layer, bake.rollout_id, status="shifting", weight=str(step.weight), wave=step.wave.value
     )
-    step_state.started_at = time.time()
-    step_state.wait_seconds = max(1, min(step_state.poll_seconds, step.bake_seconds))
-    step_state.bake_complete = step.bake_seconds == 0
-    step_state.extended_seconds = 0
-    step_state.checks = 0
-    step_state.verdict = None
-    step_state.verdict_detail = None
-    return step_state
+    bake.started_at = time.time()
+    bake.wait_seconds = max(1, min(bake.poll_seconds, step.bake_seconds))
+    bake.bake_complete = step.bake_seconds == 0
+    bake.extended_seconds = 0
+    bake.checks = 0
+    bake.verdict = None
+    bake.verdict_detail = None
+    return state
+
+
+# -- PromoteLayer -------------------------------------------------------------------------------------
 
 
 def _record_end(settings: Settings, state: RolloutState, status: str, reason: str | None) -> None:
@@ -107,15 +182,11 @@ def _record_end(settings: Settings, state: RolloutState, status: str, reason: st
 
 
 def promote(state: RolloutState, settings: Settings) -> RolloutState:
+    """PromoteLayer: every alias is on its new version (PromoteAliases); the layer is promoted."""
     if state.rollout is None or state.layer_version is None:
         raise ValueError("promotion needs a published layer version")
     ensure_not_aborted(settings, state.rollout.layer, state.rollout.rollout_id)
-    promoted: list[str] = []
-    if state.plan is not None:
-        plan = load_plan(settings.bucket, state.plan.plan_key)
-        for target in plan.active:
-            set_alias_weight(target, FULL)
-            promoted.append(f"{target.function_name}:{target.alias}={target.new_version}")
+    run = _children_spent(settings, state)
     client("ssm").put_parameter(
         Name=PARAMETER_NAME.format(layer=state.rollout.layer),
         Value=state.layer_version.arn,
@@ -125,8 +196,162 @@ def promote(state: RolloutState, settings: Settings) -> RolloutState:
     )
     _record_end(settings, state, "promoted", None)
     state.outcome = Outcome(status="promoted", restored=[], unrestored=[])
+    promoted = len(run.results) if run is not None else 0
     logger.info("layer promoted", extra={"layer_version": state.layer_version.arn, "aliases": promoted})
     return state
+
+
+# -- RestoreTargets and SummariseRestore ----------------------------------------------------------------
+
+
+class RestoreRequest(BaseModel):
+    """The RestoreStateMachine's input: whose targets, and who asked."""
+
+    layer: str
+    rollout_id: str
+    targets_key: str
+    started_by: Literal["workflow", "reaper"] = "workflow"
+    reason: str | None = None
+
+
+class RestoreState(RestoreRequest):
+    map_run: MapRunRef | None = None
+
+
+def fix_commands(target: TargetPlan) -> list[str]:
+    """The AWS CLI commands that put one target back where the rollout found it."""
+    function = shlex.quote(target.function_name)
+    commands = [
+        f"aws lambda update-alias --function-name {function} --name {shlex.quote(target.alias)} "
+        f"--function-version {target.old_version} --routing-config AdditionalVersionWeights={{}}"
+    ]
+    layers = " ".join(shlex.quote(arn) for arn in target.current_layers)
+    commands.append(
+        f"aws lambda update-function-configuration --function-name {function} "
+        + (f"--layers {layers}" if layers else "--layers '[]'")
+    )
+    return commands
+
+
+def unrestored_entry(target: TargetPlan, now: str, why: str) -> dict[str, Any]:
+    """One alias an operator must put back: where it is, where it belongs, and the commands."""
+    return {
+        "function": target.function_name,
+        "alias": target.alias,
+        "restore_to_version": target.old_version,
+        "now": now,
+        "why": why,
+        "fix": fix_commands(target),
+    }
+
+
+def _restore_alias(lam: Any, target: TargetPlan) -> dict[str, Any] | None:
+    """Put one alias back on its old version with no routing; None when done, else the entry to page."""
+    if not target.new_version:
+        return None  # never prepared, so never shifted: the alias is as the rollout found it
+    try:
+        alias = lam.get_alias(FunctionName=target.function_name, Name=target.alias)
+        routing = _routing(alias)
+        now = f"version {alias['FunctionVersion']}" + (f" with routing {routing}" if routing else "")
+        if not _ours(alias, target):
+            return unrestored_entry(target, now, "changed by someone else since the rollout moved it; left as it is")
+        if alias["FunctionVersion"] != target.old_version or routing:
+            lam.update_alias(
+                FunctionName=target.function_name,
+                Name=target.alias,
+                FunctionVersion=target.old_version,
+                RoutingConfig=NO_ROUTING,
+                **guarded(alias.get("RevisionId")),
+            )
+    except OutOfTime:
+        raise
+    except Exception as exc:
+        logger.exception("alias restore failed", extra={"function": target.function_name})
+        return unrestored_entry(target, f"unknown ({type(exc).__name__}: {exc})", "the restore failed")
+    return None
+
+
+def _restore_layers(lam: Any, target: TargetPlan) -> str | None:
+    """``$LATEST``'s layers back where this rollout changed them and nobody changed them since."""
+    try:
+        config = lam.get_function(FunctionName=target.function_name)["Configuration"]
+        if [entry["Arn"] for entry in config.get("Layers", [])] == target.new_layers:
+            lam.update_function_configuration(
+                FunctionName=target.function_name, Layers=target.current_layers, **guarded(config.get("RevisionId"))
+            )
+    except OutOfTime:
+        raise
+    except Exception as exc:
+        logger.exception("layer restore failed", extra={"function": target.function_name})
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def restore_batch(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Aliases first (they carry the traffic), then ``$LATEST``; (results, items left)."""
+    lam = client("lambda")
+    targets = [TargetPlan.model_validate(item) for item in items]
+    aliases: dict[str, dict[str, Any]] = {}
+    results: list[dict[str, Any]] = []
+    try:
+        for target in targets:
+            problem = _restore_alias(lam, target)
+            aliases[target.function_name] = {"function_name": target.function_name, "restored_at": time.time()}
+            if problem:
+                aliases[target.function_name]["unrestored"] = problem
+        for target in targets:
+            result = aliases[target.function_name]
+            layers_problem = _restore_layers(lam, target)
+            if layers_problem:
+                result["layers"] = layers_problem
+            results.append(result)
+    except OutOfTime:
+        pass
+    done = {result["function_name"] for result in results}
+    return results, [item for item in items if item["function_name"] not in done]
+
+
+def restore_targets(event: BatchEvent, settings: Settings, seconds_left: float) -> Any:
+    """RestoreTargets: one pass over a batch of targets. It never refuses on an abort or a lost lock:
+    putting things back is always allowed."""
+    return run_pass(event, seconds_left, lambda items, _head, _deadline: restore_batch(items))
+
+
+def unrestored_key(layer: str, rollout_id: str) -> str:
+    return rollout_prefix(layer, rollout_id) + "unrestored.json"
+
+
+def summarise_restore(state: RestoreState, settings: Settings) -> RestoreSummary:
+    """SummariseRestore: how many targets are back, and every one that is not, with its fix."""
+    if state.map_run is None:
+        return RestoreSummary()
+    run = read_map_run(settings.bucket, state.map_run)
+    record_map_run(run)
+    unrestored = [result["unrestored"] for result in run.results if result.get("unrestored")]
+    for failed in run.failed:
+        for item in failed.items:
+            target = TargetPlan.model_validate(item)
+            if target.new_version:
+                unrestored.append(
+                    unrestored_entry(target, "unknown", f"its batch failed: {failed.error}: {failed.cause[:300]}")
+                )
+    summary = RestoreSummary(
+        restored=sum(1 for result in run.results if not result.get("unrestored")),
+        unrestored_count=len(unrestored),
+        unrestored=unrestored[:UNRESTORED_SHOWN],
+        failed_batches=len(run.failed),
+        last_alias_restored_at=max((r["restored_at"] for r in run.results), default=None),
+    )
+    if unrestored:
+        summary.unrestored_key = unrestored_key(state.layer, state.rollout_id)
+        write_json(settings.bucket, summary.unrestored_key, unrestored)
+    layers = [result for result in run.results if result.get("layers")]
+    if layers:
+        logger.warning("layers left on $LATEST", extra={"count": len(layers), "first": layers[:3]})
+    return summary
+
+
+# -- RollBack -----------------------------------------------------------------------------------------
 
 
 def build_failure(bucket: str, state: RolloutState) -> tuple[str, str] | None:
@@ -161,76 +386,48 @@ def error_summary(state: RolloutState) -> tuple[str, str]:
             cause += f": {build['Logs']}" if isinstance(build.get("Logs"), str) else ""
     if name == "States.TaskFailed" and state.layer_version is None:
         name = "BuildFailed"
+    if name.startswith("States."):
+        # The names Step Functions reserves cannot be a Fail state's error: say which one in the cause.
+        name, cause = "RolloutFailed", f"{name}: {cause}"
     return name, cause[:4000]
 
 
-def _restore(target: TargetPlan) -> str | None:
-    """Put one target back. Returns None when restored, else why not."""
-    lam = client("lambda")
-    alias = lam.get_alias(FunctionName=target.function_name, Name=target.alias)
-    routing = _routing(alias)
-    ours = {target.old_version, target.new_version}
-    if alias["FunctionVersion"] not in ours or any(version not in ours for version in routing):
-        return (
-            f"alias {target.alias} of {target.function_name} was changed by someone else "
-            f"(now {alias['FunctionVersion']} {routing or ''}); left as it is"
-        )
-    if alias["FunctionVersion"] != target.old_version or routing:
-        lam.update_alias(
-            FunctionName=target.function_name,
-            Name=target.alias,
-            FunctionVersion=target.old_version,
-            RoutingConfig=NO_ROUTING,
-            **guarded(alias.get("RevisionId")),
-        )
-    config = lam.get_function_configuration(FunctionName=target.function_name)
-    if [entry["Arn"] for entry in config.get("Layers", [])] == target.new_layers:
-        lam.update_function_configuration(
-            FunctionName=target.function_name, Layers=target.current_layers, **guarded(config.get("RevisionId"))
-        )
-    return None
+def failure_reason(settings: Settings, state: RolloutState) -> tuple[str, str]:
+    """Why the rollout is rolled back: an operator's abort, the build's failure, or the error."""
+    name, cause = build_failure(settings.bucket, state) or error_summary(state)
+    aborted = abort_reason(settings, state.rollout.layer, state.rollout.rollout_id) if state.rollout else None
+    return (RolloutAborted.__name__, aborted) if aborted else (name, cause)
 
 
-def restore_targets(plan: RolloutPlan | None) -> tuple[list[str], list[str]]:
-    """Put every active target of `plan` back: (restored, what could not be restored and why)."""
-    restored: list[str] = []
-    unrestored: list[str] = []
-    for target in plan.active if plan else []:
-        label = f"{target.function_name}:{target.alias}"
-        try:
-            problem = _restore(target)
-        except Exception as exc:
-            logger.exception("restore failed", extra={"target": label})
-            problem = f"{label}: {type(exc).__name__}: {exc}"
-        if problem:
-            unrestored.append(problem)
-        else:
-            restored.append(f"{label}={target.old_version}")
-    return restored, unrestored
+def unrestored_lines(summary: RestoreSummary) -> list[str]:
+    return [
+        f"{entry['function']}:{entry['alias']}: {entry['why']} (now {entry['now']})" for entry in summary.unrestored
+    ]
 
 
 def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
-    name, cause = build_failure(settings.bucket, state) or error_summary(state)
-    aborted = abort_reason(settings, state.rollout.layer, state.rollout.rollout_id) if state.rollout else None
-    if aborted:
-        name, cause = RolloutAborted.__name__, aborted
+    """RollBack: the ending of a rollout whose targets RestoreAliases put back (or that had none)."""
+    name, cause = failure_reason(settings, state)
     if state.rollout is not None:
         record = Registry(settings.table).rollout(state.rollout.layer, state.rollout.rollout_id) or {}
         if record.get("status") == "rolled_back":
             # Rolled back already (a redriven execution, or one the reaper finished): the aliases may
-            # belong to a later rollout by now, so nothing is touched again.
+            # belong to a later rollout by now, so nothing is recorded again.
             state.outcome = Outcome(status="rolled_back", error=name, cause=cause)
             return state
-    plan = load_plan(settings.bucket, state.plan.plan_key) if state.plan is not None else None
-    restored, unrestored = restore_targets(plan)
-    if unrestored:
+    summary = state.restore.summary if state.restore is not None else RestoreSummary()
+    if summary.unrestored_count:
         _record_end(settings, state, "rollback_incomplete", f"{name}: {cause}")
+        shown = "; ".join(unrestored_lines(summary))
+        more = summary.unrestored_count - len(summary.unrestored)
         raise RollbackIncomplete(
-            "could not restore: " + "; ".join(unrestored) + f". The rollout had failed with {name}: {cause}"
+            f"could not restore {summary.unrestored_count} alias(es): {shown}"
+            + (f"; and {more} more (s3://{settings.bucket}/{summary.unrestored_key})" if more > 0 else "")
+            + f". The rollout had failed with {name}: {cause}"
         )
     _record_end(settings, state, "rolled_back", f"{name}: {cause}")
-    state.outcome = Outcome(status="rolled_back", error=name, cause=cause, restored=restored)
-    logger.warning("rolled back", extra={"error": name, "cause": cause, "restored": restored})
+    state.outcome = Outcome(status="rolled_back", error=name, cause=cause, restored=[f"{summary.restored} target(s)"])
+    logger.warning("rolled back", extra={"error": name, "cause": cause, "restored": summary.restored})
     return state
 
 

@@ -105,6 +105,10 @@ def check_alarms_exist(spec: LayerSpec, source: str = "layer.toml") -> None:
             raise InvalidLayerSpec(f"{source}: rollout.alarms[{index}]: no CloudWatch alarm named {name!r}")
 
 
+# Candidates whose alias ValidateRequest looks at, at most: the plan assesses every one of them.
+ALIAS_SAMPLE = 25
+
+
 def _has_alias(function: str, alias: str) -> bool:
     lam = client("lambda")
     try:
@@ -116,22 +120,24 @@ def _has_alias(function: str, alias: str) -> bool:
 
 def check_targets_exist(layer: str, spec: LayerSpec, source: str = "layer.toml") -> None:
     """Every function the spec names exists and has the alias; otherwise, when functions already use
-    or are tagged for the layer, at least one of them has the alias, or the rollout would shift nothing.
+    or are tagged for the layer, at least one of them has the alias, or the rollout would shift nothing
+    (looked for among the first ALIAS_SAMPLE of them; a typo is refused when that covers them all).
     A layer that no function uses yet passes."""
     lam = client("lambda")
     named = [(f"targets.functions[{i}]", name) for i, name in enumerate(spec.functions)]
     named += [(f"rollout.pilots[{i}]", name) for i, name in enumerate(spec.pilots)]
     for field, name in named:
         try:
-            lam.get_function_configuration(FunctionName=name)
+            lam.get_function(FunctionName=name)
         except lam.exceptions.ResourceNotFoundException:
             raise InvalidLayerSpec(f"{source}: {field}: no Lambda function named {name!r}") from None
         if not _has_alias(name, spec.alias):
             raise InvalidLayerSpec(f"{source}: targets.alias: function {name!r} ({field}) has no alias {spec.alias!r}")
     if named:
         return
-    candidates = sorted(find_candidates(layer, []))
-    if candidates and not any(_has_alias(name, spec.alias) for name in candidates):
+    candidates = find_candidates(layer, [])
+    checkable = 0 < len(candidates) <= ALIAS_SAMPLE
+    if checkable and not any(_has_alias(name, spec.alias) for name in candidates):
         shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
         raise InvalidLayerSpec(
             f"{source}: targets.alias: none of the {len(candidates)} function(s) that use or are tagged for "
@@ -186,5 +192,6 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
         requirements_uri=requirements_uri,
         artifact_prefix=output_prefix,
         build_environment=[BuildEnvironmentVariable(Name=k, Value=v) for k, v in environment.items()],
+        fanout=settings.fanout,
     )
     return state
