@@ -27,6 +27,12 @@ one answer, through a generic serializer that costs about as much per event as a
 a follower that polls a long history spends most of the local AWS's CPU there. Here a page is
 serialized with ``json``.
 
+The ``states:startExecution`` integration (``.sync``, ``.sync:2``) takes Step Functions' documented
+PascalCase parameters (``StateMachineArn``, ``Input``, ``Name``) and answers in PascalCase
+(``ExecutionArn``, ``Output``, ...); the emulator hands the parameters to boto as they are, which
+refuses them, and answers boto's camelCase. Here they are translated both ways. A StartExecution
+without a name gets a generated one, as in Step Functions; the emulator names it ``None``.
+
 Step Functions sends an "Execution Status Change" event to EventBridge's default bus whenever a
 standard execution ends (the reaper listens for it); the emulator sends none, so one is put here,
 shaped as AWS documents it, when an execution ends for any reason, a stop from the API included.
@@ -43,6 +49,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 import boto3
@@ -52,11 +59,15 @@ from moto.core.responses import EmptyResult
 from moto.stepfunctions.exceptions import InvalidToken
 from moto.stepfunctions.parser.asl.component.common.timeouts import timeout
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+    StateTaskServiceSfn,
+)
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 from moto.stepfunctions.responses import StepFunctionResponse
 
 from layershift.local import distributed_map
@@ -218,6 +229,34 @@ def _terminated(self: Any) -> None:
         LOG.warning("could not put the status change event of %s", execution.exec_arn, exc_info=True)
 
 
+def _camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def _pascal(name: str) -> str:
+    return name[:1].upper() + name[1:]
+
+
+def _sfn_parameters(
+    self: Any, parameters: dict, boto_service_name: Any = None, service_action_name: Any = None
+) -> None:
+    _originals["sfn_parameters"](self, parameters, boto_service_name, service_action_name)
+    if service_action_name is None:
+        for key in list(parameters):
+            parameters[_camel(key)] = parameters.pop(key)
+
+
+def _sfn_response(self: Any, response: Any, boto_service_name: Any = None, service_action_name: Any = None) -> None:
+    _originals["sfn_response"](self, response, boto_service_name, service_action_name)
+    if isinstance(response, dict):
+        for key in list(response):
+            response[_pascal(key)] = response.pop(key)
+
+
+def _start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+    return _originals["start_execution"](self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
+
+
 def install(wait_scale: float = 1.0) -> None:
     if wait_scale < 0:
         raise ValueError("wait_scale must not be negative")
@@ -237,6 +276,14 @@ def install(wait_scale: float = 1.0) -> None:
     if "send_task_failure" not in _originals:
         _originals["send_task_failure"] = StepFunctionResponse.send_task_failure
         StepFunctionResponse.send_task_failure = _send_task_failure  # type: ignore[method-assign]
+    if "sfn_parameters" not in _originals:
+        _originals["sfn_parameters"] = StateTaskServiceSfn._normalise_parameters
+        _originals["sfn_response"] = StateTaskServiceSfn._normalise_response
+        StateTaskServiceSfn._normalise_parameters = _sfn_parameters  # type: ignore[method-assign]
+        StateTaskServiceSfn._normalise_response = _sfn_response  # type: ignore[method-assign]
+    if "start_execution" not in _originals:
+        _originals["start_execution"] = StepFunctionsParserBackend.start_execution
+        StepFunctionsParserBackend.start_execution = _start_execution  # type: ignore[method-assign]
     if "get_execution_history" not in _originals:
         _originals["get_execution_history"] = StepFunctionResponse.get_execution_history
         StepFunctionResponse.get_execution_history = _get_execution_history  # type: ignore[method-assign,assignment]
@@ -262,6 +309,11 @@ def uninstall() -> None:
         BaseExecutionWorkerCommunication.terminated = _originals.pop("terminated")  # type: ignore[method-assign]
     if "send_task_failure" in _originals:
         StepFunctionResponse.send_task_failure = _originals.pop("send_task_failure")  # type: ignore[method-assign]
+    if "sfn_parameters" in _originals:
+        StateTaskServiceSfn._normalise_parameters = _originals.pop("sfn_parameters")  # type: ignore[method-assign]
+        StateTaskServiceSfn._normalise_response = _originals.pop("sfn_response")  # type: ignore[method-assign]
+    if "start_execution" in _originals:
+        StepFunctionsParserBackend.start_execution = _originals.pop("start_execution")  # type: ignore[method-assign]
     if "get_execution_history" in _originals:
         StepFunctionResponse.get_execution_history = _originals.pop("get_execution_history")  # type: ignore[method-assign]
     if "wait_interval" in _originals:

@@ -10,10 +10,12 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from layershift.local import metrics
 from layershift_core import analysis, aws
 from layershift_core.analysis import (
-    CohortAnalysis,
+    BatchAnalysis,
     FunctionAnalysis,
     VersionStats,
+    analyse_batch,
     analyse_cohort,
+    combine,
     fetch_pair,
     fetch_version_stats,
     judge,
@@ -153,55 +155,105 @@ def test_version_stats_rates():
     assert VersionStats(invocations=8, errors=2, throttles=2).throttle_rate == 0.2
 
 
-# --- the cohort's summary ---
+# --- the cohort: batches, the pool, the summary ---
 
 
-def function(name: str, verdict: CanaryVerdict, reasons: list[str], old=None, new=None) -> FunctionAnalysis:
-    return FunctionAnalysis(
-        function_name=name,
-        alias="live",
-        old_version="2",
-        new_version="3",
-        old=old or stats("2", 100),
-        new=new or stats("3", 20),
-        verdict=verdict,
-        reasons=reasons,
-    )
+def batch_of(*functions: tuple[str, VersionStats, VersionStats]) -> BatchAnalysis:
+    """A batch judged from given numbers, as analyse_batch judges what it reads."""
+    batch = BatchAnalysis(functions=len(functions))
+    for name, old, new in functions:
+        verdict, reasons = judge(old, new, THRESHOLDS)
+        batch.old, batch.new = analysis._sum(batch.old, old), analysis._sum(batch.new, new)
+        batch.verdicts[name] = verdict
+        if verdict is CanaryVerdict.INCONCLUSIVE:
+            batch.pool.add(old, new)
+        elif verdict is CanaryVerdict.FAILING:
+            batch.failing_count += 1
+            batch.failing.append(
+                FunctionAnalysis(
+                    function_name=name,
+                    alias="live",
+                    old_version="2",
+                    new_version="3",
+                    old=old,
+                    new=new,
+                    verdict=verdict,
+                    reasons=reasons,
+                )
+            )
+    return batch
 
 
-def test_summary_names_the_failing_functions_with_their_numbers():
-    cohort = CohortAnalysis(
-        verdict=CanaryVerdict.FAILING,
-        functions=[
-            function("orders", CanaryVerdict.HEALTHY, ["fine"]),
-            function("billing", CanaryVerdict.FAILING, ["new version 3 error rate 45.0% (9/20) vs ..."]),
-            function("search", CanaryVerdict.INCONCLUSIVE, ["too little traffic: 7 of the 20 ..."]),
+def test_one_failing_function_fails_the_cohort_and_is_named_with_its_numbers():
+    cohort = combine(
+        [
+            batch_of(("orders", stats("2", 100), stats("3", 40))),
+            batch_of(("billing", stats("2", 100), stats("3", 20, errors=9)), ("search", stats("2", 9), stats("3", 7))),
         ],
+        THRESHOLDS,
     )
 
-    assert cohort.summary() == ("failing: 1 of 3 functions; billing: new version 3 error rate 45.0% (9/20) vs ...")
+    assert cohort.verdict is CanaryVerdict.FAILING
+    assert cohort.summary() == (
+        "failing: 1 of 3 functions; billing: new version 3 error rate 45.0% (9/20) vs old version 2 0.0% (0/100): "
+        "+45.0 points, over the 2.0-point limit"
+    )
 
 
-def test_summary_of_a_healthy_cohort_gives_the_totals():
-    cohort = CohortAnalysis(
-        verdict=CanaryVerdict.HEALTHY,
-        functions=[
-            function("a", CanaryVerdict.HEALTHY, [], old=stats("2", 1000, errors=3), new=stats("3", 100, errors=1)),
-            function("b", CanaryVerdict.HEALTHY, [], old=stats("2", 1000, errors=5), new=stats("3", 100, errors=0)),
+def test_a_healthy_cohort_gives_the_totals_of_every_batch():
+    cohort = combine(
+        [
+            batch_of(("a", stats("2", 1000, errors=3), stats("3", 100, errors=1))),
+            batch_of(("b", stats("2", 1000, errors=5), stats("3", 100))),
         ],
+        THRESHOLDS,
     )
 
+    assert cohort.verdict is CanaryVerdict.HEALTHY
     assert cohort.summary() == "healthy: 2 functions, new versions 0.5% errors (1/200) vs old versions 0.4% (8/2000)"
 
 
-def test_summary_names_at_most_five_functions():
-    cohort = CohortAnalysis(
-        verdict=CanaryVerdict.INCONCLUSIVE,
-        functions=[function(f"fn{i}", CanaryVerdict.INCONCLUSIVE, [f"too little traffic {i}"]) for i in range(8)],
+def test_low_traffic_functions_are_judged_as_one_pool():
+    """Eight functions with 5 new-version calls each cannot each have a verdict (20 needed); together
+    they have 40, and their pool is healthy: the cohort is, instead of inconclusive."""
+    quiet = [(f"fn{i}", stats("2", 50), stats("3", 5)) for i in range(8)]
+    cohort = combine([batch_of(*quiet[:5]), batch_of(*quiet[5:])], THRESHOLDS)
+
+    assert cohort.pool.functions == 8 and cohort.pool.new.invocations == 40
+    assert cohort.pool_verdict is CanaryVerdict.HEALTHY and cohort.verdict is CanaryVerdict.HEALTHY
+    assert cohort.summary().endswith("; 8 judged as a pool")
+
+
+def test_a_pool_that_errors_fails_the_cohort():
+    """No quiet function fails on its own (each too quiet to judge), but their pool does."""
+    quiet = [(f"fn{i}", stats("2", 50), stats("3", 5, errors=2)) for i in range(6)]
+    cohort = combine([batch_of(*quiet)], THRESHOLDS)
+
+    assert cohort.failing_count == 0 and cohort.verdict is CanaryVerdict.FAILING
+    assert cohort.summary().startswith(
+        "failing: 6 of 6 functions have too little traffic for a verdict of their own, and as a pool: "
+        "new version error rate 40.0% (12/30)"
     )
 
+
+def test_only_a_pool_with_too_little_traffic_itself_is_inconclusive():
+    cohort = combine(
+        [batch_of(("busy", stats("2", 100), stats("3", 50)), ("quiet", stats("2", 100), stats("3", 7)))], THRESHOLDS
+    )
+
+    assert cohort.verdict is CanaryVerdict.INCONCLUSIVE
+    assert cohort.summary() == (
+        "inconclusive: 1 of 2 functions have too little traffic for a verdict of their own, and so does their pool: "
+        "7 of the 20 new-version invocations needed"
+    )
+
+
+def test_the_summary_names_at_most_five_failing_functions():
+    failing = [(f"fn{i}", stats("2", 100), stats("3", 20, errors=10)) for i in range(8)]
+    cohort = combine([batch_of(*failing[:4]), batch_of(*failing[4:])], THRESHOLDS)
+
     summary = cohort.summary()
-    assert summary.startswith("inconclusive: 8 of 8 functions; fn0: too little traffic 0; ")
+    assert summary.startswith("failing: 8 of 8 functions; fn0: new version 3 error rate 50.0%")
     assert "fn4" in summary and "fn5" not in summary
     assert summary.endswith("; and 3 more")
 
@@ -285,10 +337,11 @@ def test_analyse_cohort_fails_on_one_broken_function(cloudwatch):
     invoke("billing", "2", 100)
     invoke("billing", "3", 7)
 
-    cohort = analyse_cohort([target("orders"), target("search", "4", "5"), target("billing")], THRESHOLDS, *windows())
+    targets = [target("orders"), target("search", "4", "5"), target("billing")]
+    batch = analyse_batch(targets, THRESHOLDS, *windows())
+    cohort = analyse_cohort(targets, THRESHOLDS, *windows())
 
-    verdicts = {f.function_name: f.verdict for f in cohort.functions}
-    assert verdicts == {
+    assert batch.verdicts == {
         "orders": CanaryVerdict.FAILING,
         "search": CanaryVerdict.HEALTHY,
         "billing": CanaryVerdict.INCONCLUSIVE,
@@ -309,7 +362,8 @@ def test_analyse_cohort_inconclusive_then_healthy(cloudwatch):
     cohort = analyse_cohort([target("orders"), target("billing")], THRESHOLDS, *windows())
     assert cohort.verdict is CanaryVerdict.INCONCLUSIVE
     assert cohort.summary() == (
-        "inconclusive: 1 of 2 functions; billing: too little traffic: 7 of the 20 new-version invocations needed"
+        "inconclusive: 1 of 2 functions have too little traffic for a verdict of their own, and so does their pool: "
+        "7 of the 20 new-version invocations needed"
     )
 
     invoke("billing", "3", 13)
@@ -324,13 +378,11 @@ def test_analyse_cohort_spreads_queries_over_calls(cloudwatch, monkeypatch):
         invoke(f"fn{index}", "2", 50)
         invoke(f"fn{index}", "3", 20 + index, errors=index)
 
-    cohort = analyse_cohort([target(f"fn{index}") for index in range(3)], THRESHOLDS, *windows())
+    batch = analyse_batch([target(f"fn{index}") for index in range(3)], THRESHOLDS, *windows())
 
-    assert [(f.old.invocations, f.new.invocations, f.new.errors) for f in cohort.functions] == [
-        (50, 20, 0),
-        (50, 21, 1),
-        (50, 22, 2),
-    ]
+    # every query answered, though no call carried more than 6 of them
+    assert (batch.old.invocations, batch.new.invocations, batch.new.errors) == (150, 63, 3)
+    assert set(batch.verdicts.values()) == {CanaryVerdict.HEALTHY, CanaryVerdict.FAILING}
 
 
 def test_turned_off_is_healthy_without_reading_metrics(monkeypatch):
@@ -342,7 +394,7 @@ def test_turned_off_is_healthy_without_reading_metrics(monkeypatch):
     cohort = analyse_cohort([target("orders")], CanaryAnalysis(enabled=False), *windows())
 
     assert cohort.verdict is CanaryVerdict.HEALTHY
-    assert cohort.functions == []
+    assert cohort.functions == 0
     assert cohort.summary() == "healthy: canary analysis turned off"
 
 

@@ -24,13 +24,14 @@ from moto.cloudformation import responses as cfn_responses
 
 from layershift.local import revisions
 from layershift_core import aws
-from layershift_core.models import NotifyRequest, RolloutState, StepState, TargetPlan, Verdict
+from layershift_core.fanout import Batch, BatchEvent, read_items
+from layershift_core.models import NotifyRequest, RolloutState, TargetPlan, Verdict
 from layershift_core.notify import notify
-from layershift_core.planner import UNZIPPED_LIMIT_BYTES, load_plan, plan_rollout
+from layershift_core.planner import UNZIPPED_LIMIT_BYTES, load_plan
 from layershift_core.settings import Settings
-from layershift_core.traffic import promote, shift_traffic
 from layershift_core.versions import prepare_versions
 
+from .map_runs import plan, prepare, promote, shift
 from .notification_inbox import create_topic_with_inbox
 from .registry_table import create_registry_table
 from .test_codedeploy import FUNCTION, MANAGED_ALIAS, _by_physical_id
@@ -119,22 +120,6 @@ def _snapshot(name: str) -> dict[str, Any]:
     }
 
 
-def _steps(state: RolloutState) -> list[StepState]:
-    assert state.plan is not None
-    return [
-        StepState(
-            rollout_id="shared-abc",
-            layer="shared",
-            plan_key=state.plan.plan_key,
-            alarms=[],
-            poll_seconds=1,
-            step=step,
-            step_index=index,
-        )
-        for index, step in enumerate(state.plan.shift_steps)
-    ]
-
-
 def _published(world: World) -> dict[str, Any]:
     messages = boto3.client("sqs").receive_message(QueueUrl=world.queue_url, MaxNumberOfMessages=10)["Messages"]
     assert len(messages) == 1
@@ -148,12 +133,13 @@ def _roll_out(
 
     Returns the plan's targets by name, the final state and the published notification."""
     world.expected[watched] = _snapshot(watched)
-    state = plan_rollout(state or _state(world.new), world.settings)
+    state = plan(state or _state(world.new), world.settings)
     if after_plan:
         after_plan()
-    state = prepare_versions(state, world.settings)
-    for step in _steps(state):
-        shift_traffic(step, world.settings)
+    state = prepare(state, world.settings)
+    assert state.plan is not None
+    for index in range(state.plan.step_count):
+        state = shift(state, world.settings, index)
     state = promote(state, world.settings)
     state = notify(NotifyRequest(event="promoted", state=state), world.settings)
     assert _snapshot(watched) == world.expected[watched]
@@ -229,7 +215,9 @@ def test_an_alias_codedeploy_manages_is_skipped(world: World) -> None:
     )
     lam = boto3.client("lambda")
     arn = lam.get_function_configuration(FunctionName="orders")["FunctionArn"]
-    lam.tag_resource(Resource=arn, Tags=FOR_THE_LAYER)
+    # CloudFormation tags what it creates with its stack (moto's CloudFormation tags only EC2 resources)
+    stack_id = boto3.client("cloudformation").describe_stacks(StackName="orders-stack")["Stacks"][0]["StackId"]
+    lam.tag_resource(Resource=arn, Tags={**FOR_THE_LAYER, "aws:cloudformation:stack-id": stack_id})
     version = lam.publish_version(FunctionName="orders")["Version"]
     lam.create_alias(FunctionName="orders", Name="live", FunctionVersion=version)
     _assert_skipped(
@@ -286,7 +274,10 @@ def test_a_function_changed_by_someone_else_after_the_plan_is_skipped_and_the_ot
 
 def test_a_retried_prepare_does_not_skip_the_change_its_earlier_attempt_made(world: World) -> None:
     """The task timed out after updating $LATEST, before publishing: the retry publishes, it does not skip."""
-    planned = plan_rollout(_state(world.new), world.settings).model_dump(mode="json")
+    planned = plan(_state(world.new), world.settings)
+    assert planned.plan is not None
+    items = read_items(world.settings.bucket, planned.plan.targets_key)
+    batch = Batch(Items=items, BatchInput={"rollout_id": "shared-abc", "layer": "shared"})
     attempts: list[str] = []
 
     def time_out_once(params: dict[str, Any], **_: Any) -> None:
@@ -296,29 +287,30 @@ def test_a_retried_prepare_does_not_skip_the_change_its_earlier_attempt_made(wor
 
     aws.client("lambda").meta.events.register("before-parameter-build.lambda.PublishVersion", time_out_once)
     with pytest.raises(TimeoutError):
-        prepare_versions(RolloutState.model_validate(planned), world.settings)
+        prepare_versions(BatchEvent(batch=batch.model_copy(deep=True)), world.settings, 900)
     lam = boto3.client("lambda")
-    target = load_plan(world.settings.bucket, planned["plan"]["plan_key"]).active[0]
+    target = load_plan(world.settings.bucket, planned.plan.plan_key).active[0]
     latest = lam.get_function_configuration(FunctionName="good")
     assert [layer["Arn"] for layer in latest["Layers"]] == target.new_layers  # the earlier attempt's change
     assert latest["RevisionId"] != target.revision_id
 
-    state = prepare_versions(RolloutState.model_validate(planned), world.settings)  # Step Functions' retry
-    assert state.plan is not None and (state.plan.target_count, state.plan.skipped_count) == (1, 0)
-    good = load_plan(world.settings.bucket, state.plan.plan_key).active[0]
-    assert good.function_name == "good" and good.reason is None and good.new_version
-    published = lam.get_function_configuration(FunctionName="good", Qualifier=good.new_version)
-    assert [layer["Arn"] for layer in published["Layers"]] == good.new_layers
+    # The child's Retry runs the task again with the same batch: it publishes, it does not skip.
+    done = prepare_versions(BatchEvent(batch=batch, retry_count=1), world.settings, 900)
+    assert done.done and done.retries == 1
+    (result,) = done.results
+    assert result["function_name"] == "good" and result.get("new_version") and not result.get("skipped")
+    published = lam.get_function_configuration(FunctionName="good", Qualifier=result["new_version"])
+    assert [layer["Arn"] for layer in published["Layers"]] == target.new_layers
 
 
 def test_when_every_target_changed_after_the_plan_none_is_left_and_the_notification_says_why(world: World) -> None:
-    state = plan_rollout(_state(world.new), world.settings)
+    state = plan(_state(world.new), world.settings)
     assert state.plan is not None and state.plan.target_count == 1
     world.hotfix("good")
-    state = prepare_versions(state, world.settings)
+    state = prepare(state, world.settings)
     assert state.plan is not None
     assert (state.plan.target_count, state.plan.skipped_count, state.plan.pilot_count) == (0, 1, 0)
-    assert state.plan.shift_steps == []  # nothing for the ShiftTraffic Map to run
+    assert state.plan.shift_steps == []  # no traffic step to run
     assert _snapshot("good") == world.expected["good"]
     notify(NotifyRequest(event="promoted", state=state), world.settings)
     [skipped] = _published(world)["skipped"]

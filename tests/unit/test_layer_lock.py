@@ -15,6 +15,7 @@ from layershift.local.template import load_template
 from layershift_core import aws, control
 from layershift_core.aborts import ensure_not_aborted
 from layershift_core.errors import LayerLocked, LockLost, RolloutAborted, Superseded, UnlockRefused
+from layershift_core.fanout import Batch, BatchEvent, items_key, write_items
 from layershift_core.lock import acquire_layer_lock, retry_seconds, unlock_layer
 from layershift_core.models import (
     ErrorInfo,
@@ -35,8 +36,9 @@ from layershift_core.models import (
 from layershift_core.planner import save_plan
 from layershift_core.registry import Registry
 from layershift_core.settings import _ENV, Settings
-from layershift_core.traffic import promote, roll_back, shift_traffic
+from layershift_core.traffic import shift_aliases
 
+from .map_runs import promote, rolled_back
 from .registry_table import create_registry_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -362,26 +364,24 @@ def test_a_redriven_rollout_touches_no_alias_after_its_lock_went_to_another(env:
     before = lam.get_alias(FunctionName="fn", Name="live")
     before.pop("ResponseMetadata")
 
-    step = StepState(
-        rollout_id="old",
-        layer="shared",
-        plan_key=plan_key,
-        alarms=[],
-        poll_seconds=1,
-        step=ShiftStep(wave=Wave.MAIN, weight=10, bake_seconds=0),
-        step_index=0,
+    targets_key = items_key("shared", "old", "targets")
+    write_items(BUCKET, targets_key, [target.model_dump(mode="json")])
+    step = ShiftStep(wave=Wave.MAIN, weight=10, bake_seconds=0)
+    batch = Batch(
+        Items=[target.model_dump(mode="json")],
+        BatchInput={"rollout_id": "old", "layer": "shared", "step": step.model_dump()},
     )
     with pytest.raises(LockLost, match="held by rollout newer"):
-        shift_traffic(step, SETTINGS)
+        shift_aliases(BatchEvent(batch=batch), SETTINGS, 900)
     state = _state("old")
     state.layer_version = LayerVersionRef(
         arn="arn:aws:lambda:us-east-1:123456789012:layer:shared:2", version=2, build_key="k"
     )
-    state.plan = PlanSummary(plan_key=plan_key, target_count=1, skipped_count=0, steps=[])
+    state.plan = PlanSummary(plan_key=plan_key, targets_key=targets_key, target_count=1, skipped_count=0, steps=[])
     with pytest.raises(LockLost):
         promote(state, SETTINGS)
     state.error = ErrorInfo(Error="LockLost", Cause=json.dumps({"errorMessage": "no longer holds the lock"}))
-    state = roll_back(state, SETTINGS)
+    state = rolled_back(state, SETTINGS)  # the restore touches nothing of a rollout that has ended
     after = lam.get_alias(FunctionName="fn", Name="live")
     after.pop("ResponseMetadata")
     assert after == before

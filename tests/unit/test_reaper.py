@@ -14,18 +14,21 @@ import pytest
 from moto import mock_aws
 
 from layershift_core import aws, reaper
+from layershift_core.fanout import items_key, write_items
 from layershift_core.models import ExecutionStatusChange, RolloutPlan, TargetPlan, TrafficStep, Verdict
-from layershift_core.notify import fix_commands
 from layershift_core.planner import plan_key, save_plan
 from layershift_core.registry import Registry
 from layershift_core.settings import Settings
+from layershift_core.traffic import RestoreRequest, RestoreState, fix_commands, restore_targets, summarise_restore
 
+from .map_runs import run_map
 from .notification_inbox import create_topic_with_inbox
 from .registry_table import create_registry_table
 
 LAYER = "shared"
 ROLLOUT = "shared-0123abcd"
 EXECUTION = f"arn:aws:states:us-east-1:123456789012:execution:rollout:{ROLLOUT}"
+RESTORE_MACHINE = "arn:aws:states:us-east-1:123456789012:stateMachine:restore"
 
 
 def _zip() -> bytes:
@@ -41,6 +44,7 @@ class World:
     queue_url: str
     target: TargetPlan
     executions: dict[str, dict[str, Any]]
+    started: list[dict[str, Any]]
 
     def messages(self) -> list[str]:
         sqs = boto3.client("sqs")
@@ -61,10 +65,29 @@ class World:
         return ExecutionStatusChange.model_validate(
             {
                 "executionArn": EXECUTION,
+                "stateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:rollout",
                 "name": ROLLOUT,
                 "status": status,
                 "output": json.dumps(output) if output is not None else None,
             }
+        )
+
+    def run_restore(self, status: str = "SUCCEEDED") -> ExecutionStatusChange:
+        """Run the restore execution the reaper started, as the RestoreStateMachine would."""
+        (started,) = self.started
+        request = RestoreRequest.model_validate_json(started["input"])
+        arn = f"{RESTORE_MACHINE.replace(':stateMachine:', ':execution:')}:{started['name']}"
+        described: dict[str, Any] = {"executionArn": arn, "name": started["name"], "status": status}
+        described["input"] = started["input"]
+        if status == "SUCCEEDED":
+            state = RestoreState(**request.model_dump())
+            state.map_run = run_map(
+                self.settings, restore_targets, request.targets_key, {"rollout_id": ROLLOUT, "layer": LAYER}, "r"
+            )
+            described["output"] = summarise_restore(state, self.settings).model_dump_json()
+        self.executions[arn] = described
+        return ExecutionStatusChange.model_validate(
+            {"executionArn": arn, "stateMachineArn": RESTORE_MACHINE, "name": started["name"], "status": status}
         )
 
     def alias(self) -> dict[str, Any]:
@@ -76,18 +99,29 @@ class World:
 
 
 class _FakeStepFunctions:
-    def __init__(self, executions: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, executions: dict[str, dict[str, Any]], started: list[dict[str, Any]]) -> None:
         self.executions = executions
+        self.started = started
+        self.exceptions = type(
+            "Exceptions", (), {"ExecutionAlreadyExists": type("ExecutionAlreadyExists", (Exception,), {})}
+        )
 
     def describe_execution(self, executionArn: str) -> dict[str, Any]:
         return self.executions[executionArn]
+
+    def start_execution(self, stateMachineArn: str, name: str, input: str) -> dict[str, Any]:
+        assert stateMachineArn == RESTORE_MACHINE
+        if any(started["name"] == name for started in self.started):
+            raise self.exceptions.ExecutionAlreadyExists(name)
+        self.started.append({"name": name, "input": input})
+        return {"executionArn": name}
 
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     with mock_aws():
         aws.client.cache_clear()
-        settings = Settings(bucket="artifacts", table="registry")
+        settings = Settings(bucket="artifacts", table="registry", restore_state_machine_arn=RESTORE_MACHINE)
         boto3.client("s3").create_bucket(Bucket=settings.bucket)
         create_registry_table(settings.table)
         topic, queue_url = create_topic_with_inbox("notifications")
@@ -134,19 +168,20 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             targets=[target],
         )
         save_plan(settings.bucket, plan_key(LAYER, ROLLOUT), plan)
+        write_items(settings.bucket, items_key(LAYER, ROLLOUT, "targets"), [target.model_dump(mode="json")])
         registry = Registry(settings.table)
         registry.put_rollout(LAYER, ROLLOUT, status="shifting", layer_version_arn=new_layer)
         registry.record_version(LAYER, 2, new_layer, "k" * 64, "m", "sha", ROLLOUT)
         registry.acquire_lock(LAYER, ROLLOUT, 3600)
 
         executions: dict[str, dict[str, Any]] = {}
+        started: list[dict[str, Any]] = []
         real_client = reaper.client
+        sfn = _FakeStepFunctions(executions, started)
         monkeypatch.setattr(
-            reaper,
-            "client",
-            lambda service: _FakeStepFunctions(executions) if service == "stepfunctions" else real_client(service),
+            reaper, "client", lambda service: sfn if service == "stepfunctions" else real_client(service)
         )
-        yield World(settings, queue_url, target, executions)
+        yield World(settings, queue_url, target, executions, started)
         aws.client.cache_clear()
 
 
@@ -154,21 +189,34 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
 def test_an_execution_that_stopped_mid_shift_is_rolled_back(world: World, status: str) -> None:
     world.end(status, error="States.Runtime" if status == "FAILED" else None)
 
-    result = reaper.reap(world.change(status), world.settings)
+    # the reaper starts the restore of every target, and keeps the layer locked meanwhile
+    started = reaper.reap(world.change(status), world.settings)
+    registry = Registry(world.settings.table)
+    assert started.actions == ["started restoring the rollout's targets"]
+    assert registry.lock_holder(LAYER)["owner"] == ROLLOUT  # type: ignore[index]
+    assert registry.rollout(LAYER, ROLLOUT)["status"] == "rolling_back"  # type: ignore[index]
+    assert reaper.reap(world.change(status), world.settings).actions == []  # the same event again: nothing more
+    assert len(world.started) == 1 and world.messages() == []
+
+    # the restore's own ending brings the reaper back to finish the rollout
+    result = reaper.reap(world.run_restore(), world.settings)
 
     alias = world.alias()
     assert alias["FunctionVersion"] == world.target.old_version
     assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
     assert world.latest_layers() == world.target.current_layers
-    registry = Registry(world.settings.table)
     assert registry.lock_holder(LAYER) is None
     assert registry.rollout(LAYER, ROLLOUT)["status"] == "rolled_back"  # type: ignore[index]
     [message] = world.messages()
     body = json.loads(message)
     assert body["event"] == "rolled_back" and body["sent_by"] == "reaper"
     assert f"the execution ended {status}" in body["outcome"]["cause"]
-    assert "orders:live=" + world.target.old_version in body["outcome"]["restored"]
-    assert result.actions[0] == "finished the rollout: rolled_back"
+    assert body["outcome"]["restored"] == 1
+    assert result.actions == [
+        "finished the rollout: rolled_back",
+        f"released the lock on {LAYER}",
+        "published the rolled_back notification",
+    ]
 
 
 def test_an_alias_the_reaper_cannot_restore_pages_with_the_fix(world: World) -> None:
@@ -181,6 +229,7 @@ def test_an_alias_the_reaper_cannot_restore_pages_with_the_fix(world: World) -> 
     world.end("ABORTED")
 
     reaper.reap(world.change("ABORTED"), world.settings)
+    reaper.reap(world.run_restore(), world.settings)
 
     assert world.alias()["FunctionVersion"] == foreign  # someone else's change is left alone
     assert Registry(world.settings.table).rollout(LAYER, ROLLOUT)["status"] == "rollback_incomplete"  # type: ignore[index]
@@ -250,3 +299,32 @@ def test_a_redriven_execution_is_left_to_the_workflow(world: World) -> None:
     world.end("RUNNING")
     assert reaper.reap(world.change("ABORTED"), world.settings).actions == []
     assert world.alias()["RoutingConfig"]["AdditionalVersionWeights"]  # untouched: the workflow owns it again
+
+
+def test_a_restore_that_itself_fails_still_pages_and_frees_the_layer(world: World) -> None:
+    world.end("ABORTED")
+    reaper.reap(world.change("ABORTED"), world.settings)
+
+    reaper.reap(world.run_restore("FAILED"), world.settings)
+
+    registry = Registry(world.settings.table)
+    assert registry.rollout(LAYER, ROLLOUT)["status"] == "rollback_incomplete"  # type: ignore[index]
+    assert registry.lock_holder(LAYER) is None
+    [message] = world.messages()
+    assert message.startswith("ACTION NEEDED") and "ended FAILED" in message
+
+
+def test_the_workflows_own_restore_is_left_to_the_workflow(world: World) -> None:
+    request = RestoreRequest(layer=LAYER, rollout_id=ROLLOUT, targets_key="k", started_by="workflow")
+    arn = RESTORE_MACHINE.replace(":stateMachine:", ":execution:") + ":x"
+    world.executions[arn] = {
+        "executionArn": arn,
+        "name": "x",
+        "status": "SUCCEEDED",
+        "input": request.model_dump_json(),
+    }
+    change = ExecutionStatusChange.model_validate(
+        {"executionArn": arn, "stateMachineArn": RESTORE_MACHINE, "name": "x", "status": "SUCCEEDED"}
+    )
+    assert reaper.reap(change, world.settings).actions == []
+    assert Registry(world.settings.table).lock_holder(LAYER)["owner"] == ROLLOUT  # type: ignore[index]

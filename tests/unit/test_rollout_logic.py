@@ -22,17 +22,15 @@ from layershift_core.models import (
     RolloutRequest,
     RolloutState,
     ShiftStep,
-    StepState,
     TrafficStep,
     ValidatedRollout,
     Wave,
 )
-from layershift_core.planner import load_plan, plan_rollout, replace_layer
+from layershift_core.planner import load_plan, replace_layer
 from layershift_core.registry import Registry
 from layershift_core.settings import Settings
-from layershift_core.traffic import promote, roll_back, shift_traffic
-from layershift_core.versions import prepare_versions
 
+from .map_runs import plan, prepare, promote, rolled_back, shift
 from .registry_table import create_registry_table
 
 SETTINGS = Settings(bucket="artifacts-bucket", table="registry")
@@ -99,6 +97,7 @@ def _state(new_arn: str, steps: list[TrafficStep] | None = None) -> RolloutState
         strategy="Custom",
         steps=steps or [TrafficStep(weight=10, bake_seconds=0)],
         poll_seconds=1,
+        tolerated_failure_percent=100,
     )
     rollout = ValidatedRollout(
         rollout_id="shared-abc",
@@ -137,41 +136,33 @@ def test_replace_layer_keeps_position_and_order() -> None:
 
 
 def test_plan_targets_users_of_the_layer_and_skips_with_reasons(env: dict[str, str]) -> None:
-    state = plan_rollout(_state(env["new"]), SETTINGS)
+    state = plan(_state(env["new"]), SETTINGS, batch_size=2)
     assert state.plan is not None
-    plan = load_plan(SETTINGS.bucket, state.plan.plan_key)
-    verdicts = {t.function_name: (t.verdict.value, t.reason) for t in plan.targets}
+    planned = load_plan(SETTINGS.bucket, state.plan.plan_key)
+    verdicts = {t.function_name: (t.verdict.value, t.reason) for t in planned.targets}
     assert verdicts["good"] == ("target", None)
     assert "no alias 'live'" in verdicts["no-alias"][1]
     assert "runtime python3.11" in verdicts["old-runtime"][1]
     assert "already routing" in verdicts["split"][1]
     assert "not opted in: tag it layershift:managed=true" in verdicts["not-opted-in"][1]
     assert "unrelated" not in verdicts
-    good = next(t for t in plan.targets if t.function_name == "good")
+    good = next(t for t in planned.targets if t.function_name == "good")
     assert good.new_layers[1] == env["new"] and good.new_layers[0] == good.current_layers[0]
     assert (state.plan.target_count, state.plan.skipped_count) == (1, 4)
 
 
-def _step(plan_key: str, weight: int = 10, wave: Wave = Wave.MAIN) -> StepState:
-    return StepState(
-        rollout_id="shared-abc",
-        layer="shared",
-        plan_key=plan_key,
-        alarms=[],
-        poll_seconds=1,
-        step=ShiftStep(wave=wave, weight=weight, bake_seconds=0),
-        step_index=0,
-    )
+def _step(weight: int = 10, wave: Wave = Wave.MAIN) -> ShiftStep:
+    return ShiftStep(wave=wave, weight=weight, bake_seconds=0)
 
 
-def _through_shift(env: dict[str, str]) -> tuple[RolloutState, StepState]:
-    state = prepare_versions(plan_rollout(_state(env["new"]), SETTINGS), SETTINGS)
+def _through_shift(env: dict[str, str]) -> RolloutState:
+    state = prepare(plan(_state(env["new"]), SETTINGS), SETTINGS)
     assert state.plan is not None
-    return state, shift_traffic(_step(state.plan.plan_key), SETTINGS)
+    return shift(state, SETTINGS, _step())
 
 
 def test_shift_keeps_old_version_primary(env: dict[str, str]) -> None:
-    state, _ = _through_shift(env)
+    state = _through_shift(env)
     alias = boto3.client("lambda").get_alias(FunctionName="good", Name="live")
     plan = load_plan(SETTINGS.bucket, state.plan.plan_key)  # type: ignore[union-attr]
     target = plan.active[0]
@@ -182,11 +173,11 @@ def test_shift_keeps_old_version_primary(env: dict[str, str]) -> None:
 
 
 def test_roll_back_restores_alias_and_latest(env: dict[str, str]) -> None:
-    state, _ = _through_shift(env)
+    state = _through_shift(env)
     state.error = ErrorInfo(
         Error="RolloutUnhealthy", Cause='{"errorMessage": "alarm x fired", "errorType": "RolloutUnhealthy"}'
     )
-    state = roll_back(state, SETTINGS)
+    state = rolled_back(state, SETTINGS)
     lam = boto3.client("lambda")
     alias = lam.get_alias(FunctionName="good", Name="live")
     assert alias["FunctionVersion"] == "1"
@@ -196,11 +187,12 @@ def test_roll_back_restores_alias_and_latest(env: dict[str, str]) -> None:
     assert [entry["Arn"] for entry in latest["Layers"]] == plan.active[0].current_layers
     assert state.outcome is not None and state.outcome.error == "RolloutUnhealthy"
     assert state.outcome.cause == "alarm x fired"
+    assert state.restore is not None and state.restore.summary.restored == 1
     assert Registry(SETTINGS.table).rollouts("shared")[0]["status"] == "rolled_back"
 
 
 def test_roll_back_leaves_an_alias_someone_else_moved_and_says_so(env: dict[str, str]) -> None:
-    state, _ = _through_shift(env)
+    state = _through_shift(env)
     lam = boto3.client("lambda")
     lam.update_function_configuration(FunctionName="good", Description="hotfix by a human")
     foreign = lam.publish_version(FunctionName="good")["Version"]
@@ -208,12 +200,16 @@ def test_roll_back_leaves_an_alias_someone_else_moved_and_says_so(env: dict[str,
         FunctionName="good", Name="live", FunctionVersion=foreign, RoutingConfig={"AdditionalVersionWeights": {}}
     )
     with pytest.raises(RollbackIncomplete, match="changed by someone else"):
-        roll_back(state, SETTINGS)
+        rolled_back(state, SETTINGS)
+    assert state.restore is not None
+    (entry,) = state.restore.summary.unrestored
+    assert entry["function"] == "good" and entry["now"] == f"version {foreign}"
+    assert entry["fix"][0].startswith("aws lambda update-alias --function-name good --name live --function-version 1")
     assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == foreign
 
 
 def test_promote_moves_alias_and_publishes_the_arn(env: dict[str, str]) -> None:
-    state, _ = _through_shift(env)
+    state = _through_shift(env)
     state = promote(state, SETTINGS)
     lam = boto3.client("lambda")
     plan = load_plan(SETTINGS.bucket, state.plan.plan_key)  # type: ignore[union-attr]
@@ -244,11 +240,11 @@ def test_an_expired_lease_does_not_block_the_layer(env: dict[str, str]) -> None:
 
 
 def test_a_function_changed_after_the_plan_is_skipped_not_overwritten(env: dict[str, str]) -> None:
-    state = plan_rollout(_state(env["new"]), SETTINGS)
+    state = plan(_state(env["new"]), SETTINGS)
     lam = boto3.client("lambda")
     lam.update_function_configuration(FunctionName="good", Description="changed by its team")
     before = lam.get_function_configuration(FunctionName="good")["Layers"]
-    state = prepare_versions(state, SETTINGS)
+    state = prepare(state, SETTINGS)
     assert lam.get_function_configuration(FunctionName="good")["Layers"] == before
     assert state.plan is not None and (state.plan.target_count, state.plan.skipped_count) == (0, 5)
     good = next(t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).targets if t.function_name == "good")
@@ -257,13 +253,13 @@ def test_a_function_changed_after_the_plan_is_skipped_not_overwritten(env: dict[
 
 
 def test_shift_refuses_an_alias_someone_else_moved(env: dict[str, str]) -> None:
-    state, _ = _through_shift(env)
+    state = _through_shift(env)
     lam = boto3.client("lambda")
     lam.update_function_configuration(FunctionName="good", Description="hotfix by a human")
     foreign = lam.publish_version(FunctionName="good")["Version"]
     lam.update_alias(FunctionName="good", Name="live", FunctionVersion=foreign)
     with pytest.raises(ConcurrentModification, match="changed by someone else"):
-        shift_traffic(_step(state.plan.plan_key, weight=50), SETTINGS)  # type: ignore[union-attr]
+        shift(state, SETTINGS, _step(weight=50))
     assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == foreign
 
 
@@ -285,42 +281,42 @@ def test_waves_shift_pilots_first_and_leave_the_rest_alone(env: dict[str, str]) 
     lam.create_alias(
         FunctionName="later", Name="live", FunctionVersion=lam.publish_version(FunctionName="later")["Version"]
     )
-    state = prepare_versions(plan_rollout(state, SETTINGS), SETTINGS)
+    state = prepare(plan(state, SETTINGS), SETTINGS)
     assert state.plan is not None and state.plan.pilot_count == 1
     assert [(s.wave, s.weight) for s in state.plan.shift_steps] == [(Wave.PILOT, 10), (Wave.MAIN, 10)]
     before = lam.get_alias(FunctionName="later", Name="live")
 
-    shift_traffic(_step(state.plan.plan_key, 10, Wave.PILOT), SETTINGS)
-    plan = {t.function_name: t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).active}
-    assert plan["good"].wave is Wave.PILOT and plan["later"].wave is Wave.MAIN
+    shift(state, SETTINGS, _step(10, Wave.PILOT))
+    planned = {t.function_name: t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).active}
+    assert planned["good"].wave is Wave.PILOT and planned["later"].wave is Wave.MAIN
     assert lam.get_alias(FunctionName="good", Name="live")["RoutingConfig"]["AdditionalVersionWeights"] == {
-        plan["good"].new_version: 0.1
+        planned["good"].new_version: 0.1
     }
     assert lam.get_alias(FunctionName="later", Name="live")["RevisionId"] == before["RevisionId"]
 
-    shift_traffic(_step(state.plan.plan_key, 10, Wave.MAIN), SETTINGS)
+    shift(state, SETTINGS, _step(10, Wave.MAIN))
     pilot = lam.get_alias(FunctionName="good", Name="live")
-    assert pilot["FunctionVersion"] == plan["good"].new_version
+    assert pilot["FunctionVersion"] == planned["good"].new_version
     assert not (pilot.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
     assert lam.get_alias(FunctionName="later", Name="live")["RoutingConfig"]["AdditionalVersionWeights"] == {
-        plan["later"].new_version: 0.1
+        planned["later"].new_version: 0.1
     }
 
     state.error = ErrorInfo(Error="RolloutUnhealthy", Cause="canary analysis")
-    roll_back(state, SETTINGS)
-    assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == plan["good"].old_version
-    assert lam.get_alias(FunctionName="later", Name="live")["FunctionVersion"] == plan["later"].old_version
+    rolled_back(state, SETTINGS)
+    assert lam.get_alias(FunctionName="good", Name="live")["FunctionVersion"] == planned["good"].old_version
+    assert lam.get_alias(FunctionName="later", Name="live")["FunctionVersion"] == planned["later"].old_version
 
 
 def test_an_abort_stops_the_next_step_and_the_rollback_says_why(env: dict[str, str]) -> None:
-    state, _ = _through_shift(env)
+    state = _through_shift(env)
     Registry(SETTINGS.table).request_abort("shared", "shared-abc", "bad feeling")
     with pytest.raises(RolloutAborted, match="bad feeling"):
-        shift_traffic(_step(state.plan.plan_key, weight=50), SETTINGS)  # type: ignore[union-attr]
+        shift(state, SETTINGS, _step(weight=50))
     with pytest.raises(RolloutAborted):
         promote(state, SETTINGS)
     state.error = ErrorInfo(Error="RolloutAborted", Cause="aborted")
-    state = roll_back(state, SETTINGS)
+    state = rolled_back(state, SETTINGS)
     assert state.outcome is not None and state.outcome.error == "RolloutAborted"
     assert "bad feeling" in (state.outcome.cause or "")
     assert boto3.client("lambda").get_alias(FunctionName="good", Name="live")["FunctionVersion"] == "1"
@@ -342,8 +338,8 @@ def test_a_function_tagged_for_the_layer_is_found_without_listing_every_function
         Name="live",
         FunctionVersion=lam.publish_version(FunctionName="tagged-only")["Version"],
     )
-    state = plan_rollout(_state(env["new"]), SETTINGS)
-    plan = {t.function_name: t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).targets}  # type: ignore[union-attr]
-    assert plan["tagged-only"].verdict.value == "target"
-    assert plan["tagged-only"].new_layers == [env["new"]]
-    assert "unrelated" not in plan
+    state = plan(_state(env["new"]), SETTINGS)
+    planned = {t.function_name: t for t in load_plan(SETTINGS.bucket, state.plan.plan_key).targets}  # type: ignore[union-attr]
+    assert planned["tagged-only"].verdict.value == "target"
+    assert planned["tagged-only"].new_layers == [env["new"]]
+    assert "unrelated" not in planned

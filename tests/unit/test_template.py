@@ -15,6 +15,7 @@ from layershift.local.template import load_template, local_resource_names
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
 ASL_PATH = ROOT / "statemachines" / "rollout.asl.json"
+RESTORE_ASL_PATH = ROOT / "statemachines" / "restore.asl.json"
 
 # The contract: logical id -> function folder.
 FUNCTIONS = {
@@ -24,9 +25,14 @@ FUNCTIONS = {
     "ReleaseLockFunction": "release_lock",
     "FindReusableBuildFunction": "find_reusable_build",
     "PublishLayerFunction": "publish_layer",
+    "FindCandidatesFunction": "find_candidates",
+    "AssessTargetsFunction": "assess_targets",
     "PlanRolloutFunction": "plan_rollout",
     "PrepareVersionsFunction": "prepare_versions",
-    "ShiftTrafficFunction": "shift_traffic",
+    "RecordPreparedVersionsFunction": "record_prepared_versions",
+    "ShiftAliasesFunction": "shift_aliases",
+    "StartBakeFunction": "start_bake",
+    "AnalyseCanaryFunction": "analyse_canary",
     "CheckHealthFunction": "check_health",
     "PromoteLayerFunction": "promote_layer",
     "RollBackFunction": "roll_back",
@@ -34,9 +40,15 @@ FUNCTIONS = {
     "WaitForSignalFunction": "wait_for_signal",
     "OnAlarmFunction": "on_alarm",
     "ReapRolloutFunction": "reap_rollout",
+    "RestoreTargetsFunction": "restore_targets",
+    "SummariseRestoreFunction": "summarise_restore",
 }
-# Functions the state machine invokes (EventBridge invokes StartRollout, OnAlarm and ReapRollout).
-WORKFLOW_FUNCTIONS = sorted(set(FUNCTIONS) - {"StartRolloutFunction", "OnAlarmFunction", "ReapRolloutFunction"})
+RESTORE_FUNCTIONS = ["RestoreTargetsFunction", "SummariseRestoreFunction"]
+# Functions the rollout state machine invokes (EventBridge invokes StartRollout, OnAlarm and
+# ReapRollout; the restore state machine its own two).
+WORKFLOW_FUNCTIONS = sorted(
+    set(FUNCTIONS) - {"StartRolloutFunction", "OnAlarmFunction", "ReapRolloutFunction", *RESTORE_FUNCTIONS}
+)
 CONTRACT_ENVIRONMENT = {
     "LAYERSHIFT_BUCKET",
     "LAYERSHIFT_TABLE",
@@ -49,6 +61,11 @@ CONTRACT_ENVIRONMENT = {
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOG_LEVEL",
+    "LAYERSHIFT_LAMBDA_BUDGET",
+    "LAYERSHIFT_GET_FUNCTION_BUDGET",
+    "LAYERSHIFT_FANOUT_BATCH_SIZE",
+    "LAYERSHIFT_FANOUT_CONCURRENCY",
+    "LAYERSHIFT_TOLERATED_FAILURE_PERCENT",
 }
 MUTATING_LAMBDA_ACTIONS = {"lambda:UpdateFunctionConfiguration", "lambda:PublishVersion", "lambda:UpdateAlias"}
 # Actions that IAM only grants on Resource "*" (no resource-level permissions).
@@ -265,15 +282,32 @@ def test_layer_build_role_is_narrow(resources: dict[str, Any]) -> None:
         assert "/rollouts/*" in resources_text and "/artifacts/*" in resources_text
 
 
-def test_asl_placeholders_match_definition_substitutions(resources: dict[str, Any]) -> None:
-    text = ASL_PATH.read_text(encoding="utf-8")
+@pytest.mark.parametrize(
+    ("machine", "path", "functions", "others"),
+    [
+        (
+            "RolloutStateMachine",
+            ASL_PATH,
+            WORKFLOW_FUNCTIONS,
+            {
+                "LayerBuildProjectName": {"Ref": "LayerBuildProject"},
+                "ArtifactBucketName": {"Ref": "ArtifactBucket"},
+                "RestoreStateMachineArn": {"Ref": "RestoreStateMachine"},
+            },
+        ),
+        ("RestoreStateMachine", RESTORE_ASL_PATH, RESTORE_FUNCTIONS, {"ArtifactBucketName": {"Ref": "ArtifactBucket"}}),
+    ],
+)
+def test_asl_placeholders_match_definition_substitutions(
+    resources: dict[str, Any], machine: str, path: Path, functions: list[str], others: dict[str, Any]
+) -> None:
+    text = path.read_text(encoding="utf-8")
     json.loads(text)  # valid JSON before substitution
     placeholders = set(re.findall(r"\$\{([^}]+)\}", text))
-    substitutions = resources["RolloutStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    substitutions = resources[machine]["Properties"]["DefinitionSubstitutions"]
     assert placeholders == set(substitutions)
-    expected = {f"{logical_id}Arn": {"Fn::GetAtt": [logical_id, "Arn"]} for logical_id in WORKFLOW_FUNCTIONS}
-    expected["LayerBuildProjectName"] = {"Ref": "LayerBuildProject"}
-    assert substitutions == expected
+    expected = {f"{logical_id}Arn": {"Fn::GetAtt": [logical_id, "Arn"]} for logical_id in functions}
+    assert substitutions == expected | others
 
 
 def test_state_machine_invokes_only_its_functions_and_runs_the_build(resources: dict[str, Any]) -> None:
@@ -291,6 +325,13 @@ def test_state_machine_invokes_only_its_functions_and_runs_the_build(resources: 
     }
     assert statements["RunLayerBuild"]["Resource"] == {"Fn::GetAtt": ["LayerBuildProject", "Arn"]}
     assert "StepFunctionsGetEventForCodeBuildStartBuildRule" in json.dumps(statements["CodeBuildSyncRule"])
+    # the Map Runs start child executions of the machine itself, read their items and write their results
+    assert statements["RunMapRunChildren"]["Action"] == ["states:StartExecution"]
+    assert statements["RunMapRunChildren"]["Resource"]["Fn::Sub"].endswith(":stateMachine:${AWS::StackName}-rollout")
+    assert machine["Name"] == {"Fn::Sub": "${AWS::StackName}-rollout"}
+    assert statements["ReadMapRunItems"]["Resource"]["Fn::Sub"].endswith("/rollouts/*/items/*")
+    assert statements["WriteMapRunResults"]["Resource"]["Fn::Sub"].endswith("/rollouts/*/results/*")
+    assert statements["RestoreTheTargets"]["Resource"] == {"Ref": "RestoreStateMachine"}
     assert machine["Tracing"] == {"Enabled": True}
     destination = machine["Logging"]["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"]
     assert destination == {"Fn::GetAtt": ["RolloutStateMachineLogGroup", "Arn"]}
@@ -345,6 +386,7 @@ def test_outputs(template: dict[str, Any]) -> None:
     assert outputs["ArtifactBucketName"]["Value"] == {"Ref": "ArtifactBucket"}
     assert outputs["RegistryTableName"]["Value"] == {"Ref": "RegistryTable"}
     assert outputs["RolloutStateMachineArn"]["Value"] == {"Ref": "RolloutStateMachine"}
+    assert outputs["RestoreStateMachineArn"]["Value"] == {"Ref": "RestoreStateMachine"}
     assert outputs["NotificationTopicArn"]["Value"] == {"Ref": "NotificationTopic"}
     assert outputs["CoreLayerArn"]["Value"] == {"Ref": "CoreLayer"}
 
@@ -375,3 +417,30 @@ def test_an_alarm_going_into_alarm_reaches_on_alarm(resources: dict[str, Any]) -
     statements = resources["OnAlarmFunction"]["Properties"]["Policies"][0]["Statement"]
     ends_bake = next(s for s in statements if "states:SendTaskFailure" in s["Action"])
     assert ends_bake["Resource"] == {"Ref": "RolloutStateMachine"}
+
+
+def test_the_restore_state_machine_invokes_only_its_functions(resources: dict[str, Any]) -> None:
+    machine = resources["RestoreStateMachine"]["Properties"]
+    assert machine["DefinitionUri"] == "statemachines/restore.asl.json"
+    invoked = [p["LambdaInvokePolicy"]["FunctionName"]["Ref"] for p in machine["Policies"] if "LambdaInvokePolicy" in p]
+    assert sorted(invoked) == RESTORE_FUNCTIONS
+
+
+def test_the_reaper_hears_both_state_machines_and_may_only_start_the_restore(resources: dict[str, Any]) -> None:
+    pattern = resources["ExecutionEndedRule"]["Properties"]["EventPattern"]
+    assert pattern["detail"]["stateMachineArn"] == [{"Ref": "RolloutStateMachine"}, {"Ref": "RestoreStateMachine"}]
+    statements = {s["Sid"]: s for s in _statements(resources["ReapRolloutFunction"])}
+    assert statements["RestoreTheTargets"] == {
+        "Sid": "RestoreTheTargets",
+        "Effect": "Allow",
+        "Action": ["states:StartExecution"],
+        "Resource": {"Ref": "RestoreStateMachine"},
+    }
+    assert not any(a.startswith("lambda:") for s in statements.values() for a in _as_list(s["Action"]))
+
+
+def test_the_request_budget_is_a_share_of_lambdas_quota(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    assert parameters["LambdaRequestsPerSecond"]["MaxValue"] == 15  # Lambda's control-plane quota
+    assert parameters["LambdaRequestsPerSecond"]["Default"] < 15  # leaves room for the teams' own deploys
+    assert parameters["GetFunctionRequestsPerSecond"]["MaxValue"] == 100

@@ -311,10 +311,23 @@ def restore_batch(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
     return results, [item for item in items if item["function_name"] not in done]
 
 
+# A rollout that ended has nothing left to restore: its aliases may belong to the next rollout by now.
+ENDED = frozenset({"promoted", "rolled_back", "rollback_incomplete", "rejected"})
+
+
 def restore_targets(event: BatchEvent, settings: Settings, seconds_left: float) -> Any:
-    """RestoreTargets: one pass over a batch of targets. It never refuses on an abort or a lost lock:
-    putting things back is always allowed."""
-    return run_pass(event, seconds_left, lambda items, _head, _deadline: restore_batch(items))
+    """RestoreTargets: one pass over a batch of targets. It never refuses on an abort or a lost lock
+    (putting things back is always allowed), but it touches nothing of a rollout that has ended
+    already: a redriven execution of it must not undo what came after."""
+
+    def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
+        record = Registry(settings.table).rollout(head["layer"], head["rollout_id"]) or {}
+        if record.get("status") in ENDED:
+            logger.warning("the rollout ended already: nothing restored", extra={"status": record.get("status")})
+            return [{"function_name": item["function_name"], "ended": record["status"]} for item in items], []
+        return restore_batch(items)
+
+    return run_pass(event, seconds_left, process)
 
 
 def unrestored_key(layer: str, rollout_id: str) -> str:
@@ -336,11 +349,11 @@ def summarise_restore(state: RestoreState, settings: Settings) -> RestoreSummary
                     unrestored_entry(target, "unknown", f"its batch failed: {failed.error}: {failed.cause[:300]}")
                 )
     summary = RestoreSummary(
-        restored=sum(1 for result in run.results if not result.get("unrestored")),
+        restored=sum(1 for result in run.results if not result.get("unrestored") and not result.get("ended")),
         unrestored_count=len(unrestored),
         unrestored=unrestored[:UNRESTORED_SHOWN],
         failed_batches=len(run.failed),
-        last_alias_restored_at=max((r["restored_at"] for r in run.results), default=None),
+        last_alias_restored_at=max((r["restored_at"] for r in run.results if "restored_at" in r), default=None),
     )
     if unrestored:
         summary.unrestored_key = unrestored_key(state.layer, state.rollout_id)
