@@ -88,11 +88,13 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
     cp = control_plane
     layer = "pager"
     old = create_consumer(cp, f"{layer}-fn", [publish_bootstrap_layer(cp, layer)])
-    roll_back = next(
-        f["FunctionName"] for f in cp.client("lambda").list_functions()["Functions"] if "RollBack" in f["FunctionName"]
+    restore = next(
+        f["FunctionName"]
+        for f in cp.client("lambda").list_functions()["Functions"]
+        if "RestoreTargets" in f["FunctionName"]
     )
     set_fault(
-        fault_plan, layer, {"function": roll_back, "service": "lambda", "operation": "UpdateAlias", "fault": "denied"}
+        fault_plan, layer, {"function": restore, "service": "lambda", "operation": "UpdateAlias", "fault": "denied"}
     )
     try:
         # An operator's abort after traffic has moved: the rollout must roll back, and cannot.
@@ -134,7 +136,7 @@ def _task_payload(history: list[dict], function_part: str) -> tuple[str, dict]:
     for event in reversed(history):
         if event["type"] == "TaskScheduled":
             parameters = json.loads(event["taskScheduledEventDetails"]["parameters"])
-            if function_part in parameters["FunctionName"]:
+            if function_part in parameters.get("FunctionName", ""):
                 return parameters["FunctionName"], parameters["Payload"]
     raise AssertionError(f"no task of {function_part} was scheduled")
 
@@ -164,14 +166,24 @@ def test_redriving_an_ended_rollout_changes_nothing_of_the_next_one(control_plan
     split = _alias(cp, "redrive-fn")
 
     # The step the first execution was in, and the one before it, run again with their inputs.
-    for part in ("WaitForSignal", "ShiftTraffic"):
+    for part in ("WaitForSignal", "StartBake"):
         function, payload = _task_payload(history, part)
         answer = lam.invoke(FunctionName=function, Payload=json.dumps(payload).encode())
         error = json.loads(answer["Payload"].read())
         assert answer.get("FunctionError") and error["errorType"] == "LockLost", error
         assert "no longer holds the lock" in error["errorMessage"]
-    # Its rollback, as the redriven execution would reach it.
-    state = {**_entered_input(history, "ShiftTraffic"), "error": {"Error": "LockLost", "Cause": "redriven"}}
+    # Its rollback, as the redriven execution would reach it: the restore of its targets, then RollBack.
+    state = {**_entered_input(history, "StartBake"), "error": {"Error": "LockLost", "Cause": "redriven"}}
+    machines = sfn.list_state_machines()["stateMachines"]
+    restore_machine = next(m["stateMachineArn"] for m in machines if m["name"].endswith("-restore"))
+    request = {
+        "layer": "redrive",
+        "rollout_id": first.rsplit(":", 1)[-1],
+        "targets_key": state["plan"]["targets_key"],
+        "fanout": state["rollout"]["fanout"],
+    }
+    restore = sfn.start_execution(stateMachineArn=restore_machine, input=json.dumps(request))["executionArn"]
+    assert wait_for_end(cp, restore, poll=0.3, timeout=120)["status"] == "SUCCEEDED"
     roll_back = next(f["FunctionName"] for f in lam.list_functions()["Functions"] if "RollBack" in f["FunctionName"])
     answer = lam.invoke(FunctionName=roll_back, Payload=json.dumps(state).encode())
     assert not answer.get("FunctionError"), answer["Payload"].read()

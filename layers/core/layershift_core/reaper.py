@@ -86,6 +86,7 @@ def _start_restore(settings: Settings, layer: str, rollout_id: str, reason: str)
         targets_key=items_key(layer, rollout_id, "targets"),
         started_by="reaper",
         reason=reason,
+        fanout=settings.fanout,
     )
     sfn = client("stepfunctions")
     with contextlib.suppress(sfn.exceptions.ExecutionAlreadyExists):  # the same event twice: it runs already

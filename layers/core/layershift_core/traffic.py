@@ -23,7 +23,7 @@ import shlex
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .aborts import abort_reason, ensure_not_aborted
 from .artifacts import read_json, rollout_prefix, write_json
@@ -39,7 +39,7 @@ from .fanout import (
     run_pass,
     until_out_of_time,
 )
-from .models import MapRunRef, Outcome, RestoreSummary, RolloutState, ShiftStep, TargetPlan
+from .models import FanOut, MapRunRef, Outcome, RestoreSummary, RolloutState, ShiftStep, TargetPlan
 from .observability import logger
 from .pacing import OutOfTime
 from .registry import Registry
@@ -212,6 +212,7 @@ class RestoreRequest(BaseModel):
     targets_key: str
     started_by: Literal["workflow", "reaper"] = "workflow"
     reason: str | None = None
+    fanout: FanOut = Field(default_factory=FanOut)
 
 
 class RestoreState(RestoreRequest):
@@ -251,23 +252,30 @@ def _restore_alias(lam: Any, target: TargetPlan) -> dict[str, Any] | None:
         return None  # never prepared, so never shifted: the alias is as the rollout found it
     try:
         alias = lam.get_alias(FunctionName=target.function_name, Name=target.alias)
-        routing = _routing(alias)
-        now = f"version {alias['FunctionVersion']}" + (f" with routing {routing}" if routing else "")
-        if not _ours(alias, target):
-            return unrestored_entry(target, now, "changed by someone else since the rollout moved it; left as it is")
-        if alias["FunctionVersion"] != target.old_version or routing:
-            lam.update_alias(
-                FunctionName=target.function_name,
-                Name=target.alias,
-                FunctionVersion=target.old_version,
-                RoutingConfig=NO_ROUTING,
-                **guarded(alias.get("RevisionId")),
-            )
+    except OutOfTime:
+        raise
+    except Exception as exc:
+        logger.exception("alias unreadable", extra={"function": target.function_name})
+        return unrestored_entry(target, f"unknown ({type(exc).__name__}: {exc})", "it could not be read")
+    routing = _routing(alias)
+    now = f"version {alias['FunctionVersion']}" + (f" with routing {routing}" if routing else "")
+    if not _ours(alias, target):
+        return unrestored_entry(target, now, "changed by someone else since the rollout moved it; left as it is")
+    if alias["FunctionVersion"] == target.old_version and not routing:
+        return None
+    try:
+        lam.update_alias(
+            FunctionName=target.function_name,
+            Name=target.alias,
+            FunctionVersion=target.old_version,
+            RoutingConfig=NO_ROUTING,
+            **guarded(alias.get("RevisionId")),
+        )
     except OutOfTime:
         raise
     except Exception as exc:
         logger.exception("alias restore failed", extra={"function": target.function_name})
-        return unrestored_entry(target, f"unknown ({type(exc).__name__}: {exc})", "the restore failed")
+        return unrestored_entry(target, now, f"the restore failed: {type(exc).__name__}: {exc}")
     return None
 
 
