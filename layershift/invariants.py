@@ -3,7 +3,8 @@
 - Every target alias points 100% at its old or its new version, with no routing left.
 - `$LATEST` layers agree with the ending: the new layer list if promoted, the old one if rolled back.
 - The layer lock is released.
-- The registry agrees with Lambda and SSM.
+- The registry agrees with Lambda and SSM: `/layershift/<layer>/arn` names the layer version if and
+  only if it was promoted.
 - The pushed spec and the built artifact are kept.
 
 Used by the demo and by the tests: one definition of "nothing was left half-done". The reaper
@@ -31,6 +32,15 @@ def _s3_has(cp: ControlPlane, key: str, version_id: str | None = None) -> bool:
     except Exception:
         return False
     return True
+
+
+def _parameter(cp: ControlPlane, name: str) -> tuple[str | None, str]:
+    """The parameter's value and description (who put it there)."""
+    ssm = cp.client("ssm")
+    described = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
+    if not described:
+        return None, ""
+    return str(ssm.get_parameter(Name=name)["Parameter"]["Value"]), str(described[0].get("Description", ""))
 
 
 def _routing(alias: dict[str, Any]) -> dict[str, float]:
@@ -114,8 +124,11 @@ def _violations(cp: ControlPlane, execution_arn: str) -> list[str]:
             for artifact in ("layer.zip", "manifest.json"):
                 if not _s3_has(cp, f"artifacts/{layer}/{build_key}/{artifact}"):
                     problems.append(f"the built {artifact} of {arn} is gone")
-        if promoted:
-            parameter = cp.client("ssm").get_parameter(Name=f"/layershift/{layer}/arn")["Parameter"]["Value"]
-            if parameter != arn:
-                problems.append(f"/layershift/{layer}/arn is {parameter}, but {arn} was promoted")
+        parameter, writer = _parameter(cp, f"/layershift/{layer}/arn")
+        if promoted and parameter != arn:
+            problems.append(f"/layershift/{layer}/arn is {parameter}, but {arn} was promoted")
+        if not promoted and writer.endswith(f" {name}"):
+            problems.append(
+                f"/layershift/{layer}/arn is {parameter}, put there by rollout {name}, which was not promoted"
+            )
     return problems

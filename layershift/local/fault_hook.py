@@ -14,6 +14,9 @@ as it would meet the real error:
   (the worst case of a timeout: the change is made, the task does not know it). The bootstrap
   reports it as Lambda does, ``Sandbox.Timedout``, and ends the execution environment.
 
+A fault may also name a ``resource``, a segment of the request's path (the function of a Lambda
+call): then only the calls for it fail.
+
 Standard library and botocore only: it runs beside the handler, with the runtime's SDK.
 """
 
@@ -21,6 +24,7 @@ import fcntl
 import json
 import os
 import time
+from urllib.parse import unquote, urlsplit
 
 _STATE = {"layer": None, "installed": False}
 _ERRORS = {
@@ -87,11 +91,20 @@ def _record(service, operation, injected):
         handle.write(line + "\n")
 
 
-def _fault_for(service, operation, attempt):
+def _names(fault, path):
+    """Whether the request is for the fault's ``resource``, when it names one (a path segment of the
+    request, such as the function of a Lambda call): one consumer's calls fail, the others' do not."""
+    resource = fault.get("resource")
+    return resource is None or f"/{resource}/" in unquote(path) + "/"
+
+
+def _fault_for(service, operation, attempt, path=""):
     planned = _plan().get("faults", {}).get(_STATE["layer"] or "") or []
     function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     for fault in [planned] if isinstance(planned, dict) else planned:
         if (fault["function"], fault["service"], fault["operation"]) != (function, service, operation):
+            continue
+        if not _names(fault, path):
             continue
         if fault["fault"] in _TRANSIENT and attempt > 1:
             return None
@@ -141,7 +154,7 @@ def _before_send(service, protocol):
     def handler(request, **kwargs):
         operation = kwargs.get("event_name", "").rsplit(".", 1)[-1]
         attempt = ((getattr(request, "context", None) or {}).get("retries") or {}).get("attempt", 1)
-        fault = _fault_for(service, operation, attempt)
+        fault = _fault_for(service, operation, attempt, urlsplit(request.url).path)
         _record(service, operation, fault)
         if fault is None or fault == "timeout":
             return None

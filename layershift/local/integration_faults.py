@@ -49,15 +49,20 @@ class AccessDeniedException(JsonRESTError):
 
 
 def layer_of(payload: bytes) -> str | None:
-    """The layer a task's payload (the execution state, or a traffic step) belongs to."""
+    """The layer a task's payload (the execution state, a traffic step, a Map Run's batch) belongs to."""
     try:
         data = json.loads(payload or b"{}")
     except ValueError:
         return None
     candidates = [data]
     if isinstance(data, dict):
-        state = data.get("state")
-        candidates += [data.get("request"), state.get("request") if isinstance(state, dict) else None, data.get("step")]
+        state, batch = data.get("state"), data.get("batch")
+        candidates += [
+            data.get("request"),
+            state.get("request") if isinstance(state, dict) else None,
+            data.get("step"),
+            batch.get("BatchInput") if isinstance(batch, dict) else None,
+        ]
     for candidate in candidates:
         if isinstance(candidate, dict) and isinstance(candidate.get("layer"), str):
             return candidate["layer"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from layershift.controlplane import ControlPlane, from_outputs
+from layershift.local.server import LocalAws
 
 from .support import ROOT, STACK_PARAMETERS
 
@@ -28,11 +29,16 @@ def fault_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory, fault_plan: Path) -> Iterator[ControlPlane]:
-    from layershift.local.deploy import deploy_control_plane
-    from layershift.local.server import LocalAws
-
+def local_aws(tmp_path_factory: pytest.TempPathFactory, fault_plan: Path) -> Iterator[LocalAws]:
+    """The session's local AWS (one per xdist worker); a test may model AWS's limits on it for a while."""
     state_dir = tmp_path_factory.mktemp("local-aws")
     with LocalAws(ROOT, state_dir=state_dir, fault_plan=fault_plan) as aws:
-        stack = deploy_control_plane(aws, ROOT, parameters=STACK_PARAMETERS)
-        yield from_outputs(stack.outputs, aws.region, aws.endpoint_url)
+        yield aws
+
+
+@pytest.fixture(scope="session")
+def control_plane(local_aws: LocalAws) -> ControlPlane:
+    from layershift.local.deploy import deploy_control_plane
+
+    stack = deploy_control_plane(local_aws, ROOT, parameters=STACK_PARAMETERS)
+    return from_outputs(stack.outputs, local_aws.region, local_aws.endpoint_url)

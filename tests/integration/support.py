@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # The session's control plane waits this long for a locked layer (template default: an hour): long
 # enough for a second push to outwait a test rollout, short enough for a test to outwait a stale lock.
 LOCK_WAIT_SECONDS = 60
-STACK_PARAMETERS = {"LockWaitSeconds": str(LOCK_WAIT_SECONDS)}
+# Small batches, so that a fleet of a few dozen functions runs in several child executions per Map Run.
+FANOUT_BATCH_SIZE = 10
+STACK_PARAMETERS = {"LockWaitSeconds": str(LOCK_WAIT_SECONDS), "FanOutBatchSize": str(FANOUT_BATCH_SIZE)}
 
 
 def zip_source(source: str) -> bytes:

@@ -102,10 +102,29 @@ def _consumer_at_start(cp: ControlPlane, layer: str) -> None:
     )
 
 
+def _children(cp: ControlPlane, arn: str) -> list[list[dict]]:
+    """The histories of the execution's Map Run children, and of its restore and theirs."""
+    sfn = cp.client("stepfunctions")
+    found: list[list[dict]] = []
+    for run in sfn.list_map_runs(executionArn=arn)["mapRuns"]:
+        for child in sfn.list_executions(mapRunArn=run["mapRunArn"])["executions"]:
+            found.append(history_events(cp, child["executionArn"]))
+    for event in history_events(cp, arn):
+        if event["type"] == "TaskSucceeded" and '"ExecutionArn"' in (
+            event["taskSucceededEventDetails"].get("output") or ""
+        ):
+            restore = json.loads(event["taskSucceededEventDetails"]["output"]).get("ExecutionArn")
+            if restore:
+                found.append(history_events(cp, restore))
+                found += _children(cp, restore)
+    return found
+
+
 def _rollout(
     cp: ControlPlane, layer: str, run: int = 0, bake_seconds: int = 2, poll_seconds: int = 1
-) -> tuple[dict, list[dict], list[str]]:
-    """One rollout of `layer` onto its consumer: the ending, the history and the invariant problems.
+) -> tuple[dict, list[list[dict]], list[str]]:
+    """One rollout of `layer` onto its consumer: the ending, the histories (the execution's first,
+    then its children's) and the invariant problems.
 
     Run 0 of a layer builds it; later runs push the same requirements with a different layer.toml,
     so they reuse that build and skip BuildLayer and PublishLayerVersion.
@@ -114,16 +133,19 @@ def _rollout(
     config = spec(f"[{{weight = 50, bake_seconds = {bake_seconds}}}]", extra=f"# run {run}", poll_seconds=poll_seconds)
     arn = start_rollout(cp, layer, "six==1.16.0\n", config)
     described = wait_for_end(cp, arn, poll=1.0, timeout=600)
-    return described, history_events(cp, arn), check_invariants(cp, arn)
+    return described, [history_events(cp, arn), *_children(cp, arn)], check_invariants(cp, arn)
 
 
-def _classify(fault: str, described: dict, history: list[dict]) -> tuple[str, str]:
+def _classify(fault: str, described: dict, histories: list[list[dict]]) -> tuple[str, str]:
+    history = histories[0]
     entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
     failed = next((e["executionFailedEventDetails"] for e in history if e["type"] == "ExecutionFailed"), {})
     if described["status"] == "SUCCEEDED":
         if fault in TRANSIENT:
             return SUCCEEDED_AFTER_RETRY, ""
-        if _timed_out_tasks_retried(history):
+        if any(_timed_out_tasks_retried(one) for one in histories) and not any(
+            _timed_out_unretried(one) for one in histories
+        ):
             # the task timed out after its call took effect; its retry found the change made and went on
             return SUCCEEDED_AFTER_RETRY, "the task's retry found its change made"
         output = json.loads(described.get("output") or "{}")
@@ -158,6 +180,15 @@ def _timed_out_tasks_retried(history: list[dict]) -> bool:
     return timed_out and not pending
 
 
+def _timed_out_unretried(history: list[dict]) -> bool:
+    """A task timed out and its next attempt did not succeed."""
+    return _timed_out(history) and not _timed_out_tasks_retried(history)
+
+
+def _timed_out(history: list[dict]) -> bool:
+    return any(e["type"] == "TaskFailed" and "Sandbox.Timedout" in json.dumps(e, default=str) for e in history)
+
+
 def _injected_sites(plan: Path, layer: str, since: float) -> set[Site]:
     return {
         Site(call["function"], call["service"], call["operation"])
@@ -188,7 +219,7 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
     registration = any(BAKE_REGISTRATION in site.function for site in sites)
     bake, poll = (BAKE_WAITING_SECONDS, BAKE_WAITING_SECONDS) if registration else (2, 1)
     try:
-        described, history, problems = _rollout(cp, layer, run, bake, poll_seconds=poll)
+        described, histories, problems = _rollout(cp, layer, run, bake, poll_seconds=poll)
     finally:
         set_fault(plan, layer, None)
     elapsed = time.time() - started
@@ -202,7 +233,7 @@ def _run(cp: ControlPlane, plan: Path, layer: str, sites: list[Site], fault: str
         elif site not in injected:
             rows.append(Row(site, fault, "fault not reached", run=label))
         else:
-            outcome, detail = _classify(fault, described, history)
+            outcome, detail = _classify(fault, described, histories)
             rows.append(
                 Row(site, fault, outcome, "; ".join(part for part in (detail, grouped) if part), label, elapsed)
             )

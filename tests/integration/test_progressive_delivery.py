@@ -94,9 +94,9 @@ def traffic(cp: ControlPlane, *functions: str, pause: float = 0.02) -> Iterator[
 
 
 def _checks(rollout) -> list[dict]:
-    """The outputs of every CheckHealth that completed."""
+    """The bake as every CheckHealth that completed left it."""
     return [
-        json.loads(e["stateExitedEventDetails"]["output"])
+        json.loads(e["stateExitedEventDetails"]["output"])["bake"]
         for e in rollout.history
         if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "CheckHealth"
     ]
@@ -247,9 +247,9 @@ def test_a_failing_pilot_keeps_the_rest_untouched(control_plane: ControlPlane) -
     assert rollout.status == "FAILED", rollout.lines
     assert "waves-pilot" in (rollout.cause or "")
     shifts = [
-        json.loads(e["stateExitedEventDetails"]["output"])["step"]
+        json.loads(e["stateExitedEventDetails"]["output"])["bake"]["step"]
         for e in rollout.history
-        if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "SetTrafficWeight"
+        if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "StartBake"
     ]
     assert shifts and all(step["wave"] == "pilot" for step in shifts)
     for name, old in rest.items():

@@ -343,3 +343,28 @@ def test_a_function_tagged_for_the_layer_is_found_without_listing_every_function
     assert planned["tagged-only"].verdict.value == "target"
     assert planned["tagged-only"].new_layers == [env["new"]]
     assert "unrelated" not in planned
+
+
+def test_a_promotion_whose_last_task_failed_after_its_work_is_rolled_back_whole(env: dict[str, str]) -> None:
+    """PromoteLayer moved every alias and the parameter, then timed out: the rollback restores the
+    aliases and puts back the parameter an earlier rollout promoted."""
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(Name="/layershift/shared/arn", Value=env["old"], Type="String", Description="earlier")
+    state = promote(_through_shift(env), SETTINGS)
+    assert ssm.get_parameter(Name="/layershift/shared/arn")["Parameter"]["Value"] == env["new"]
+
+    state.error = ErrorInfo(Error="Sandbox.Timedout", Cause="the task timed out")
+    state = rolled_back(state, SETTINGS)
+
+    assert boto3.client("lambda").get_alias(FunctionName="good", Name="live")["FunctionVersion"] == "1"
+    assert ssm.get_parameter(Name="/layershift/shared/arn")["Parameter"]["Value"] == env["old"]
+    assert Registry(SETTINGS.table).rollouts("shared")[0]["status"] == "rolled_back"
+
+
+def test_a_rollback_leaves_a_parameter_another_rollout_promoted(env: dict[str, str]) -> None:
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(Name="/layershift/shared/arn", Value=env["new"], Type="String", Description="another rollout")
+    state = _through_shift(env)
+    state.error = ErrorInfo(Error="RolloutUnhealthy", Cause="alarm")
+    rolled_back(state, SETTINGS)
+    assert ssm.get_parameter(Name="/layershift/shared/arn")["Parameter"]["Value"] == env["new"]

@@ -75,6 +75,7 @@ STAR_ONLY_ACTIONS = {
     "cloudformation:DescribeStackResources",
     "cloudwatch:GetMetricData",
     "cloudwatch:GetMetricStatistics",
+    "ssm:DescribeParameters",
     "logs:CreateLogDelivery",
     "logs:GetLogDelivery",
     "logs:UpdateLogDelivery",

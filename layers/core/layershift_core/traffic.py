@@ -181,18 +181,60 @@ def _record_end(settings: Settings, state: RolloutState, status: str, reason: st
         registry.set_version_status(rollout.layer, state.layer_version.version, status, reason)
 
 
+NONE_PROMOTED = "-"
+
+
+def promoted_by(rollout_id: str) -> str:
+    """The SSM parameter's description: who put the value there."""
+    return f"Promoted by layershift rollout {rollout_id}"
+
+
+def _parameter(name: str) -> str | None:
+    ssm = client("ssm")
+    try:
+        return str(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+    except ssm.exceptions.ParameterNotFound:
+        return None
+
+
+def unpromote(settings: Settings, state: RolloutState, record: dict[str, Any]) -> None:
+    """Put ``/layershift/<layer>/arn`` back when this rollout promoted it and then failed after all
+    (its last task timed out after its work): the next deploy of a consumer stack must not pick up
+    a layer version that was rolled back."""
+    if state.rollout is None or state.layer_version is None or "previous_promoted_arn" not in record:
+        return
+    name = PARAMETER_NAME.format(layer=state.rollout.layer)
+    described = client("ssm").describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
+    if not described or described[0].get("Description") != promoted_by(state.rollout.rollout_id):
+        return  # not this rollout's promotion (any more)
+    previous = record["previous_promoted_arn"]
+    if previous == NONE_PROMOTED:
+        client("ssm").delete_parameter(Name=name)
+    else:
+        client("ssm").put_parameter(
+            Name=name, Value=previous, Type="String", Overwrite=True, Description="Restored by a layershift rollback"
+        )
+
+
 def promote(state: RolloutState, settings: Settings) -> RolloutState:
     """PromoteLayer: every alias is on its new version (PromoteAliases); the layer is promoted."""
     if state.rollout is None or state.layer_version is None:
         raise ValueError("promotion needs a published layer version")
     ensure_not_aborted(settings, state.rollout.layer, state.rollout.rollout_id)
     run = _children_spent(settings, state)
-    client("ssm").put_parameter(
-        Name=PARAMETER_NAME.format(layer=state.rollout.layer),
+    name, ssm = PARAMETER_NAME.format(layer=state.rollout.layer), client("ssm")
+    registry = Registry(settings.table)
+    if not (registry.rollout(state.rollout.layer, state.rollout.rollout_id) or {}).get("previous_promoted_arn"):
+        # What a rollback after all must put back: recorded before the parameter changes.
+        registry.put_rollout(
+            state.rollout.layer, state.rollout.rollout_id, previous_promoted_arn=_parameter(name) or NONE_PROMOTED
+        )
+    ssm.put_parameter(
+        Name=name,
         Value=state.layer_version.arn,
         Type="String",
         Overwrite=True,
-        Description=f"Promoted by layershift rollout {state.rollout.rollout_id}",
+        Description=promoted_by(state.rollout.rollout_id),
     )
     _record_end(settings, state, "promoted", None)
     state.outcome = Outcome(status="promoted", restored=[], unrestored=[])
@@ -319,8 +361,10 @@ def restore_batch(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
     return results, [item for item in items if item["function_name"] not in done]
 
 
-# A rollout that ended has nothing left to restore: its aliases may belong to the next rollout by now.
-ENDED = frozenset({"promoted", "rolled_back", "rollback_incomplete", "rejected"})
+# A rollout that was rolled back (or refused) has nothing left to restore: its aliases may belong to
+# the next rollout by now. (A promoted one that fails after all, its last task having timed out after
+# its work, is restored: its execution failed.)
+ENDED = frozenset({"rolled_back", "rollback_incomplete", "rejected"})
 
 
 def restore_targets(event: BatchEvent, settings: Settings, seconds_left: float) -> Any:
@@ -429,6 +473,7 @@ def unrestored_lines(summary: RestoreSummary) -> list[str]:
 def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
     """RollBack: the ending of a rollout whose targets RestoreAliases put back (or that had none)."""
     name, cause = failure_reason(settings, state)
+    record: dict[str, Any] = {}
     if state.rollout is not None:
         record = Registry(settings.table).rollout(state.rollout.layer, state.rollout.rollout_id) or {}
         if record.get("status") == "rolled_back":
@@ -436,6 +481,7 @@ def roll_back(state: RolloutState, settings: Settings) -> RolloutState:
             # belong to a later rollout by now, so nothing is recorded again.
             state.outcome = Outcome(status="rolled_back", error=name, cause=cause)
             return state
+    unpromote(settings, state, record)
     summary = state.restore.summary if state.restore is not None else RestoreSummary()
     if summary.unrestored_count:
         _record_end(settings, state, "rollback_incomplete", f"{name}: {cause}")
