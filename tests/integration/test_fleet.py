@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import pytest
+from botocore.config import Config
 
 from layershift.controlplane import ControlPlane, history_events, wait_for_end
 from layershift.local import lambda_limits
@@ -259,19 +260,22 @@ def test_functions_with_too_little_traffic_of_their_own_are_judged_as_a_pool(
 
 
 def test_throttles_under_aws_limits_are_absorbed(control_plane: ControlPlane, local_aws: LocalAws) -> None:
-    """Lambda's shared 15 requests/s, with a neighbour deploying at 10 requests/s beside the rollout:
-    requests are refused (TooManyRequestsException), retried with backoff, and none fails the rollout."""
+    """Lambda's shared 15 requests/s, with a neighbour deploying at 12 requests/s beside the rollout
+    (which paces itself at 10): requests are refused (TooManyRequestsException), retried with backoff,
+    and none fails the rollout."""
     cp = control_plane
     layer = "throttled"
     versions = _fleet(cp, layer, 8)
     stop = threading.Event()
 
     def neighbour() -> None:
-        lam = local_aws.client("lambda")
+        lam = local_aws.client("lambda", config=Config(retries={"total_max_attempts": 1}))
+        next_at = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(Exception):  # the neighbour is throttled too
                 lam.list_functions(MaxItems=1)
-            time.sleep(0.1)
+            next_at += 1 / 12
+            time.sleep(max(0.0, next_at - time.monotonic()))
 
     local_aws.set_aws_limits(AwsLimits(control_rate=15, settle_seconds=0.5))
     deploying = threading.Thread(target=neighbour, daemon=True)
