@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 export AWS_DEFAULT_REGION ?= us-east-1
 export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 
-.PHONY: help venv demo test lint unit integration sam-build clean bench faults
+.PHONY: help venv demo test lint unit integration sam-build clean bench faults scale
 
 help:
 	@echo "make demo   a real rollout on the local emulated AWS: one promotion, one automatic rollback"
@@ -60,6 +60,11 @@ sam-build: $(STAMP)
 # The naive variant runs the machine's default python3: the PATH from before this Makefile's prefix.
 bench: $(STAMP)
 	BENCH_HOST_PATH="$(subst $(CURDIR)/$(BIN):$(PY313_PATH),,$(PATH))" $(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The fleet benchmark (bench/scale.py): N = 100 and 1,000 on the local AWS with Lambda's limits, a
+# promotion and an alarm-driven rollback each; e.g. make scale SCALE_ARGS="--sizes 5000".
+scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam .layershift .pytest_cache .ruff_cache

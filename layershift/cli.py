@@ -82,6 +82,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from layershift_core.notify import usage_line, usage_of
+
     cp = _control_plane(args)
     ddb = cp.client("dynamodb")
     rows = ddb.scan(TableName=cp.table).get("Items", [])
@@ -118,6 +120,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if "verdict" in item:
                     detail = item.get("verdict_detail", {}).get("S", "")
                     print(f"    last canary verdict at {item.get('weight', {}).get('S', '?')}%: {detail[:200]}")
+                record = {name: float(value["N"]) for name, value in item.items() if "N" in value}
+                if any(name.startswith("usage:") for name in record):
+                    print(f"    spent: {usage_line(usage_of(record))}")
     print("recent executions:")
     for execution in controlplane.executions(cp, limit=args.limit):
         print(f"  {execution['startDate']:%Y-%m-%d %H:%M:%S}  {execution['status']:<9}  {execution['name']}")

@@ -116,9 +116,16 @@ def _check_state_machine(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     definition = machine["definition"]
     assert "${" not in definition
     json.loads(definition)
-    for function in ("ValidateRequestFunction", "PlanRolloutFunction", "RollBackFunction"):
+    functions = {
+        "RolloutStateMachine": ("ValidateRequestFunction", "PlanRolloutFunction", "RollBackFunction"),
+        "RestoreStateMachine": ("RestoreTargetsFunction", "SummariseRestoreFunction"),
+    }[lid]
+    for function in functions:
         assert stack.arns[function] in definition
-    assert stack.names["LayerBuildProject"] in definition
+    assert stack.names["ArtifactBucket"] in definition
+    if lid == "RolloutStateMachine":
+        assert stack.names["LayerBuildProject"] in definition
+        assert stack.physical_ids["RestoreStateMachine"] in definition
     assert machine["roleArn"] == stack.arns[f"{lid}Role"]
 
 
@@ -156,7 +163,10 @@ def _check_rule(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
         assert pattern["detail"]["bucket"]["name"] == [stack.names["ArtifactBucket"]]
     elif lid == "ExecutionEndedRule":
         assert pattern["detail-type"] == ["Step Functions Execution Status Change"]
-        assert pattern["detail"]["stateMachineArn"] == [stack.physical_ids["RolloutStateMachine"]]
+        assert pattern["detail"]["stateMachineArn"] == [
+            stack.physical_ids["RolloutStateMachine"],
+            stack.physical_ids["RestoreStateMachine"],
+        ]
     else:
         assert pattern["detail-type"] == ["CloudWatch Alarm State Change"]
     (target,) = events.list_targets_by_rule(Rule=stack.names[lid])["Targets"]
@@ -199,6 +209,7 @@ def test_outputs_resolve_to_the_local_resources(stack: DeployedStack) -> None:
         "ArtifactBucketName": stack.names["ArtifactBucket"],
         "RegistryTableName": stack.names["RegistryTable"],
         "RolloutStateMachineArn": stack.physical_ids["RolloutStateMachine"],
+        "RestoreStateMachineArn": stack.physical_ids["RestoreStateMachine"],
         "NotificationTopicArn": stack.physical_ids["NotificationTopic"],
         "CoreLayerArn": stack.physical_ids["CoreLayer"],
         "LayerBuildProjectName": stack.names["LayerBuildProject"],

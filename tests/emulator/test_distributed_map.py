@@ -90,11 +90,14 @@ def _run(aws, world, items: list[dict], timeout: float = 90, **overrides: Any) -
     key = f"items-{uuid.uuid4().hex[:6]}.json"
     s3.put_object(Bucket=world["bucket"], Key=key, Body=json.dumps(items).encode())
     machine = sfn.create_state_machine(
-        name=f"map-{uuid.uuid4().hex[:8]}", definition=_definition(world["function"], world["bucket"], **overrides),
+        name=f"map-{uuid.uuid4().hex[:8]}",
+        definition=_definition(world["function"], world["bucket"], **overrides),
         roleArn=ROLE,
     )["stateMachineArn"]
     arn = sfn.start_execution(
-        stateMachineArn=machine, name=uuid.uuid4().hex, input=json.dumps({"items_key": key, "tag": "t1", "sleep": 0.3, "batch": 3})
+        stateMachineArn=machine,
+        name=uuid.uuid4().hex,
+        input=json.dumps({"items_key": key, "tag": "t1", "sleep": 0.3, "batch": 3}),
     )["executionArn"]
     described = wait_for(
         lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d, timeout=timeout
@@ -211,9 +214,11 @@ def test_stopping_the_parent_aborts_its_children(aws, world):
     sfn.stop_execution(executionArn=arn)
     wait_for(lambda: sfn.describe_execution(executionArn=arn)["status"] == "ABORTED", timeout=30)
     children = wait_for(
-        lambda: (c := sfn.list_executions(mapRunArn=run_arn)["executions"])
-        and all(e["status"] != "RUNNING" for e in c)
-        and c,
+        lambda: (
+            (c := sfn.list_executions(mapRunArn=run_arn)["executions"])
+            and all(e["status"] != "RUNNING" for e in c)
+            and c
+        ),
         timeout=60,
     )
     assert {child["status"] for child in children} == {"ABORTED"}

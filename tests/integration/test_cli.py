@@ -34,6 +34,7 @@ def test_push_wait_and_status(
     assert "layer cli-layer" in status
     assert "promoted: arn:aws:lambda:us-east-1:123456789012:layer:cli-layer:1" in status
     assert "version 1: promoted" in status
+    assert "spent: " in status and "Lambda requests (" in status and "child executions" in status
 
     requirements.write_text("six>=1\n")
     assert main(["push", str(requirements), "--layer", "cli-layer", "--local", "--wait"]) == 1

@@ -67,6 +67,20 @@ def usage_of(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def usage_line(usage: dict[str, Any]) -> str:
+    """One line of what a rollout spent, for `layershift status`."""
+    calls = usage["lambda_calls"]
+    by_operation = ", ".join(f"{op} {n}" for op, n in sorted(calls.items(), key=lambda item: -item[1]))
+    transitions = usage["state_transitions"]
+    return (
+        f"{usage['lambda_calls_total']} Lambda requests ({by_operation or 'none'}), "
+        f"{usage['get_metric_data_calls']} GetMetricData, {usage['child_executions']} child executions, "
+        f"{transitions['parent'] + transitions['children']} state transitions ({transitions['parent']} parent, "
+        f"{transitions['children']} children), {usage['throttles_absorbed']} throttles absorbed, "
+        f"{usage['seconds_waiting_for_budget']} s waiting for the request budget"
+    )
+
+
 def parent_transitions(execution_arn: str) -> int:
     """The states the execution entered so far, each retry counted again (at most a few history pages)."""
     entered = scheduled = tasks = 0
