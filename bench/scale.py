@@ -247,7 +247,7 @@ def measure(
         "throttles_absorbed": int(usage.get("throttles", 0)),
         "task_failures_from_throttling": throttle_failures([parent, *child_histories]),
         "get_metric_data_calls": int(usage.get("cloudwatch:GetMetricData", 0)),
-        "child_executions": len(child_arns) - (1 if restore else 0),
+        "child_executions": len(child_arns),
         "transitions_parent": transitions(parent),
         "transitions_children": sum(transitions(history) for history in child_histories),
         "recorded_transitions_parent": int(usage.get("transitions_parent", 0)),

@@ -29,7 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCK_WAIT_SECONDS = 60
 # Small batches, so that a fleet of a few dozen functions runs in several child executions per Map Run.
 FANOUT_BATCH_SIZE = 10
-STACK_PARAMETERS = {"LockWaitSeconds": str(LOCK_WAIT_SECONDS), "FanOutBatchSize": str(FANOUT_BATCH_SIZE)}
+# The whole share of Lambda's quota the template allows: each worker's local AWS serves a dozen rollouts
+# at once (the fault matrix), all paced from one budget.
+STACK_PARAMETERS = {
+    "LockWaitSeconds": str(LOCK_WAIT_SECONDS),
+    "FanOutBatchSize": str(FANOUT_BATCH_SIZE),
+    "LambdaRequestsPerSecond": "15",
+    "GetFunctionRequestsPerSecond": "100",
+}
 
 
 def zip_source(source: str) -> bytes:

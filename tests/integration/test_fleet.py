@@ -261,7 +261,7 @@ def test_functions_with_too_little_traffic_of_their_own_are_judged_as_a_pool(
 
 def test_throttles_under_aws_limits_are_absorbed(control_plane: ControlPlane, local_aws: LocalAws) -> None:
     """Lambda's shared 15 requests/s, with a neighbour deploying at 12 requests/s beside the rollout
-    (which paces itself at 10): requests are refused (TooManyRequestsException), retried with backoff,
+    (which paces itself at 15): requests are refused (TooManyRequestsException), retried with backoff,
     and none fails the rollout."""
     cp = control_plane
     layer = "throttled"

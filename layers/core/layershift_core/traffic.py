@@ -44,6 +44,7 @@ from .observability import logger
 from .pacing import OutOfTime
 from .registry import Registry
 from .settings import Settings
+from .usage import CHILD_EXECUTIONS, TRANSITIONS_CHILDREN, USAGE
 
 NO_ROUTING: dict[str, Any] = {"AdditionalVersionWeights": {}}
 PARAMETER_NAME = "/layershift/{layer}/arn"
@@ -392,6 +393,9 @@ def summarise_restore(state: RestoreState, settings: Settings) -> RestoreSummary
         return RestoreSummary()
     run = read_map_run(settings.bucket, state.map_run)
     record_map_run(run)
+    # The restore execution itself is a child of the rollout: its two states, RestoreAliases and this one.
+    USAGE.add(CHILD_EXECUTIONS)
+    USAGE.add(TRANSITIONS_CHILDREN, 2)
     unrestored = [result["unrestored"] for result in run.results if result.get("unrestored")]
     for failed in run.failed:
         for item in failed.items:
