@@ -55,6 +55,16 @@ def _control_function(cp: ControlPlane, part: str) -> str:
     )
 
 
+def _updates_refused(cp: ControlPlane, names: list[str]) -> list[dict[str, str]]:
+    """Faults that refuse (AccessDenied) PrepareVersions' layer update of these consumers only."""
+    prepare = _control_function(cp, "PrepareVersions")
+    operation = "UpdateFunctionConfiguration"
+    return [
+        {"function": prepare, "service": "lambda", "operation": operation, "fault": "denied", "resource": name}
+        for name in names
+    ]
+
+
 def _plan(cp: ControlPlane, layer: str, execution_arn: str) -> dict[str, Any]:
     key = f"rollouts/{layer}/{execution_arn.rsplit(':', 1)[-1]}/plan.json"
     return json.loads(cp.client("s3").get_object(Bucket=cp.bucket, Key=key)["Body"].read())
@@ -109,17 +119,7 @@ def test_a_fleet_is_promoted_then_a_bad_push_rolls_every_function_back(control_p
     versions = _fleet(cp, layer, FLEET)
     _alarm(cp, "fleet-broken")
     refused = [f"{layer}-07", f"{layer}-31"]  # AccessDenied on their update: a permanent error of their own
-    prepare = _control_function(cp, "PrepareVersions")
-    faults = [
-        {
-            "function": prepare,
-            "service": "lambda",
-            "operation": "UpdateFunctionConfiguration",
-            "fault": "denied",
-            "resource": name,
-        }
-        for name in refused
-    ]
+    faults = _updates_refused(cp, refused)
     config = spec(
         "[{weight = 10, bake_seconds = 1}, {weight = 50, bake_seconds = 1}]",
         '["fleet-broken"]',
@@ -192,18 +192,8 @@ def test_more_unprepared_targets_than_tolerated_roll_every_target_back(control_p
     cp = control_plane
     layer = "fleet-strict"
     versions = _fleet(cp, layer, 6)
-    prepare = _control_function(cp, "PrepareVersions")
     refused = [f"{layer}-01", f"{layer}-04"]
-    faults = [
-        {
-            "function": prepare,
-            "service": "lambda",
-            "operation": "UpdateFunctionConfiguration",
-            "fault": "denied",
-            "resource": name,
-        }
-        for name in refused
-    ]
+    faults = _updates_refused(cp, refused)
     set_fault(fault_plan, layer, faults)
     try:
         rollout = run_rollout(cp, layer, "six==1.16.0\n", spec(extra="tolerated_failure_percent = 20"))
