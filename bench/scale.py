@@ -19,12 +19,15 @@ import io
 import json
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from botocore.config import Config
 
 from layershift.controlplane import ControlPlane, from_outputs, history_events, push, wait_for_end, wait_for_execution
 from layershift.invariants import check_invariants
@@ -265,7 +268,42 @@ def measure(
 # -- one size ------------------------------------------------------------------------------------------
 
 
-def run_size(aws: LocalAws, cp: ControlPlane, size: int, limits: AwsLimits | None, budget: dict[str, float]) -> dict:
+class Neighbour:
+    """Another deployer of the account, spending ``rate`` control-plane requests a second (ListFunctions)
+    while the rollouts run: together they ask for more than the quota, so requests are refused."""
+
+    def __init__(self, aws: LocalAws, rate: float) -> None:
+        self.aws, self.rate = aws, rate
+        self.stop = threading.Event()
+        self.sent = self.refused = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        lam = self.aws.client("lambda", config=Config(retries={"total_max_attempts": 1}))
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            self.sent += 1
+            try:
+                lam.list_functions(MaxItems=1)
+            except lam.exceptions.TooManyRequestsException:
+                self.refused += 1
+            next_at += 1 / self.rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> Neighbour:
+        if self.rate > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+
+
+def run_size(
+    aws: LocalAws, cp: ControlPlane, size: int, limits: AwsLimits | None, budget: dict[str, float], neighbour: float
+) -> dict:
     layer = f"scale{size}"
     say(f"== N = {size}: creating the fleet (limits off)")
     started = time.monotonic()
@@ -275,38 +313,47 @@ def run_size(aws: LocalAws, cp: ControlPlane, size: int, limits: AwsLimits | Non
     aws.set_aws_limits(limits)
 
     say("   promotion: six==1.16.0")
-    pushed = push(cp, layer, b"six==1.16.0\n", layer_toml(PROMOTION_STEPS, alarm, 2).encode())
-    wait_for_execution(cp, pushed.execution_arn)
-    described = wait_for_end(cp, pushed.execution_arn, poll=5.0, timeout=6 * 3600)
+    with Neighbour(aws, neighbour) as other:
+        pushed = push(cp, layer, b"six==1.16.0\n", layer_toml(PROMOTION_STEPS, alarm, 2).encode())
+        wait_for_execution(cp, pushed.execution_arn)
+        described = wait_for_end(cp, pushed.execution_arn, poll=5.0, timeout=6 * 3600)
     promotion_stats = lambda_limits.stats()
     aws.set_aws_limits(None)
     promotion = measure(aws, cp, layer, pushed.execution_arn, described, budget)
     promotion["refused_by_limits"] = sum(promotion_stats["refused"].values())
+    promotion["neighbour"] = {"requests": other.sent, "refused": other.refused}
     promotion["invariant_violations"] = check_invariants(cp, pushed.execution_arn)
     say(f"   {promotion['status']} in {promotion['wall_seconds']} s; ideal {promotion['ideal_seconds']} s")
 
     say("   rollback: six==1.15.0, the alarm fires during the first bake")
     aws.set_aws_limits(limits)
-    pushed = push(cp, layer, b"six==1.15.0\n", layer_toml("[{weight = 10, bake_seconds = 3600}]", alarm, 10).encode())
-    wait_for_execution(cp, pushed.execution_arn)
-    sfn = cp.client("stepfunctions")
-    while True:
-        names = {
-            (e.get("stateEnteredEventDetails") or {}).get("name") for e in history_events(cp, pushed.execution_arn)
-        }
-        if "BakeAndWatch" in names or sfn.describe_execution(executionArn=pushed.execution_arn)["status"] != "RUNNING":
-            break
-        time.sleep(5)
-    before = lambda_requests(usage_record(cp, layer, pushed.execution_arn.rsplit(":", 1)[-1]))
-    aws.client("cloudwatch").put_metric_data(
-        Namespace=NAMESPACE,
-        MetricData=[{"MetricName": "Broken", "Dimensions": [{"Name": "Layer", "Value": layer}], "Value": 1}],
-    )
-    described = wait_for_end(cp, pushed.execution_arn, poll=5.0, timeout=6 * 3600)
+    with Neighbour(aws, neighbour) as other:
+        pushed = push(
+            cp, layer, b"six==1.15.0\n", layer_toml("[{weight = 10, bake_seconds = 3600}]", alarm, 10).encode()
+        )
+        wait_for_execution(cp, pushed.execution_arn)
+        sfn = cp.client("stepfunctions")
+        while True:
+            names = {
+                (e.get("stateEnteredEventDetails") or {}).get("name") for e in history_events(cp, pushed.execution_arn)
+            }
+            if (
+                "BakeAndWatch" in names
+                or sfn.describe_execution(executionArn=pushed.execution_arn)["status"] != "RUNNING"
+            ):
+                break
+            time.sleep(5)
+        before = lambda_requests(usage_record(cp, layer, pushed.execution_arn.rsplit(":", 1)[-1]))
+        aws.client("cloudwatch").put_metric_data(
+            Namespace=NAMESPACE,
+            MetricData=[{"MetricName": "Broken", "Dimensions": [{"Name": "Layer", "Value": layer}], "Value": 1}],
+        )
+        described = wait_for_end(cp, pushed.execution_arn, poll=5.0, timeout=6 * 3600)
     rollback_stats = lambda_limits.stats()
     aws.set_aws_limits(None)
     rollback = measure(aws, cp, layer, pushed.execution_arn, described, budget)
     rollback["refused_by_limits"] = sum(rollback_stats["refused"].values())
+    rollback["neighbour"] = {"requests": other.sent, "refused": other.refused}
     rollback["invariant_violations"] = check_invariants(cp, pushed.execution_arn)
     parent = rollback["_parent"]
     decided = next(
@@ -395,7 +442,8 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         "",
         f"Local AWS with Lambda's limits: {settings['limits']}. Budget: {settings['budget']['control']:g} "
         f"control-plane requests/s, {settings['budget']['get_function']:g} GetFunction/s. Batches of "
-        f"{settings['batch_size']}, {settings['concurrency']} child executions at once.",
+        f"{settings['batch_size']}, {settings['concurrency']} child executions at once. Another deployer: "
+        f"{settings['neighbour']:g} requests/s.",
         "",
         "| N | run | status | wall (fan-out, bakes) | ideal: requests / budget | ratio | throttles absorbed "
         "(refused by the limits) | transitions parent + children (recorded) | child executions | parent events "
@@ -443,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=10, help="FanOutConcurrency")
     parser.add_argument("--settle-seconds", type=float, default=2.0, help="how long an update stays InProgress")
     parser.add_argument("--no-limits", action="store_true", help="the local AWS without Lambda's limits (to compare)")
+    parser.add_argument(
+        "--neighbour", type=float, default=0, help="another deployer's control-plane requests/s during the rollouts"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",") if size]
     limits = None if args.no_limits else AwsLimits(settle_seconds=args.settle_seconds)
@@ -459,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = deploy_control_plane(aws, ROOT, parameters=parameters)
         cp = from_outputs(stack.outputs, aws.region, aws.endpoint_url)
         for size in sizes:
-            results.append(run_size(aws, cp, size, limits, budget))
+            results.append(run_size(aws, cp, size, limits, budget, args.neighbour))
     settings = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "limits": "off"
@@ -471,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget": budget,
         "batch_size": args.batch_size,
         "concurrency": args.concurrency,
+        "neighbour": args.neighbour,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
