@@ -29,7 +29,15 @@ from typing import Any
 
 from botocore.config import Config
 
-from layershift.controlplane import ControlPlane, from_outputs, history_events, push, wait_for_end, wait_for_execution
+from layershift.controlplane import (
+    ControlPlane,
+    from_outputs,
+    history_events,
+    push,
+    rollout_usage,
+    wait_for_end,
+    wait_for_execution,
+)
 from layershift.invariants import check_invariants
 from layershift.local import lambda_limits
 from layershift.local.deploy import deploy_control_plane
@@ -164,15 +172,6 @@ def throttle_failures(histories: list[list[dict[str, Any]]]) -> int:
     return failed
 
 
-def usage_record(cp: ControlPlane, layer: str, rollout_id: str) -> dict[str, float]:
-    item = cp.client("dynamodb").get_item(
-        TableName=cp.table,
-        Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": f"ROLLOUT#{rollout_id}"}},
-        ConsistentRead=True,
-    )["Item"]
-    return {name.removeprefix("usage:"): float(v["N"]) for name, v in item.items() if name.startswith("usage:")}
-
-
 def lambda_requests(usage: dict[str, float]) -> dict[str, int]:
     return {name.removeprefix("lambda:"): int(v) for name, v in usage.items() if name.startswith("lambda:")}
 
@@ -227,7 +226,7 @@ def measure(
     if restore:
         child_arns += [restore, *children(cp, restore)]
     child_histories = [history_events(cp, child) for child in child_arns]
-    usage = usage_record(cp, layer, rollout_id)
+    usage = rollout_usage(cp, layer, rollout_id)
     requests = lambda_requests(usage)
     control = sum(n for op, n in requests.items() if op != "GetFunction")
     ideal = max(control / budget["control"], requests.get("GetFunction", 0) / budget["get_function"])
@@ -301,6 +300,25 @@ class Neighbour:
             self.thread.join(timeout=10)
 
 
+def measure_ended(
+    aws: LocalAws,
+    cp: ControlPlane,
+    layer: str,
+    arn: str,
+    described: dict[str, Any],
+    budget: dict[str, float],
+    other: Neighbour,
+) -> dict[str, Any]:
+    """``measure`` an ended run, with what the limits refused meanwhile and the invariants; the limits go off."""
+    refused = sum(lambda_limits.stats()["refused"].values())
+    aws.set_aws_limits(None)
+    run = measure(aws, cp, layer, arn, described, budget)
+    run["refused_by_limits"] = refused
+    run["neighbour"] = {"requests": other.sent, "refused": other.refused}
+    run["invariant_violations"] = check_invariants(cp, arn)
+    return run
+
+
 def run_size(
     aws: LocalAws, cp: ControlPlane, size: int, limits: AwsLimits | None, budget: dict[str, float], neighbour: float
 ) -> dict:
@@ -317,12 +335,7 @@ def run_size(
         pushed = push(cp, layer, b"six==1.16.0\n", layer_toml(PROMOTION_STEPS, alarm, 2).encode())
         wait_for_execution(cp, pushed.execution_arn)
         described = wait_for_end(cp, pushed.execution_arn, poll=5.0, timeout=6 * 3600)
-    promotion_stats = lambda_limits.stats()
-    aws.set_aws_limits(None)
-    promotion = measure(aws, cp, layer, pushed.execution_arn, described, budget)
-    promotion["refused_by_limits"] = sum(promotion_stats["refused"].values())
-    promotion["neighbour"] = {"requests": other.sent, "refused": other.refused}
-    promotion["invariant_violations"] = check_invariants(cp, pushed.execution_arn)
+    promotion = measure_ended(aws, cp, layer, pushed.execution_arn, described, budget, other)
     say(f"   {promotion['status']} in {promotion['wall_seconds']} s; ideal {promotion['ideal_seconds']} s")
 
     say("   rollback: six==1.15.0, the alarm fires during the first bake")
@@ -343,18 +356,13 @@ def run_size(
             ):
                 break
             time.sleep(5)
-        before = lambda_requests(usage_record(cp, layer, pushed.execution_arn.rsplit(":", 1)[-1]))
+        before = lambda_requests(rollout_usage(cp, layer, pushed.execution_arn.rsplit(":", 1)[-1]))
         aws.client("cloudwatch").put_metric_data(
             Namespace=NAMESPACE,
             MetricData=[{"MetricName": "Broken", "Dimensions": [{"Name": "Layer", "Value": layer}], "Value": 1}],
         )
         described = wait_for_end(cp, pushed.execution_arn, poll=5.0, timeout=6 * 3600)
-    rollback_stats = lambda_limits.stats()
-    aws.set_aws_limits(None)
-    rollback = measure(aws, cp, layer, pushed.execution_arn, described, budget)
-    rollback["refused_by_limits"] = sum(rollback_stats["refused"].values())
-    rollback["neighbour"] = {"requests": other.sent, "refused": other.refused}
-    rollback["invariant_violations"] = check_invariants(cp, pushed.execution_arn)
+    rollback = measure_ended(aws, cp, layer, pushed.execution_arn, described, budget, other)
     parent = rollback["_parent"]
     decided = next(
         _epoch(e["timestamp"])

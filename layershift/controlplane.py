@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 
 from layershift_core.trigger import execution_name
+from layershift_core.usage import from_record
 
 LOCAL_STATE_FILE = Path(".layershift/local/control-plane.json")
 
@@ -248,13 +249,15 @@ def describe_event(event: dict[str, Any]) -> str | None:
         details = event["stateExitedEventDetails"]
         name = details["name"]
         output = _output(event, "stateExitedEventDetails")
+        if "error" in output:  # left through a Catch: its TaskFailed line said what happened
+            return None
         if name == "ValidateRequest" and "rollout" in output:
             rollout = output["rollout"]
             steps = ", ".join(
                 f"{s['weight']}% for {s['bake_seconds']}s" for s in rollout.get("spec", {}).get("steps", [])
             )
             return f"valid: build key {rollout.get('build_key', '?')[:12]}, steps [{steps}] then 100%"
-        if name == "AcquireLayerLock" and output.get("lock_wait") and "error" not in output:  # not a caught error
+        if name == "AcquireLayerLock" and output.get("lock_wait"):
             wait = output["lock_wait"]
             since = f" since {wait['holder_since']}" if wait.get("holder_since") else ""
             return (
@@ -339,6 +342,16 @@ def follow(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
         time.sleep(poll)
+
+
+def rollout_usage(cp: ControlPlane, layer: str, rollout_id: str) -> dict[str, float]:
+    """What rollout ``rollout_id`` of ``layer`` has spent so far, from its registry record (``usage:<counter>``)."""
+    item = cp.client("dynamodb").get_item(
+        TableName=cp.table,
+        Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": f"ROLLOUT#{rollout_id}"}},
+        ConsistentRead=True,
+    )["Item"]
+    return from_record({name: float(value["N"]) for name, value in item.items() if "N" in value})
 
 
 def executions(cp: ControlPlane, limit: int = 20) -> Iterator[dict[str, Any]]:

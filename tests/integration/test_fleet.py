@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from botocore.config import Config
 
-from layershift.controlplane import ControlPlane, history_events, wait_for_end
+from layershift.controlplane import ControlPlane, history_events, rollout_usage, wait_for_end
 from layershift.local import lambda_limits
 from layershift.local.lambda_limits import AwsLimits
 from layershift.local.server import LocalAws
@@ -78,15 +78,6 @@ def _map_runs(cp: ControlPlane, execution_arn: str) -> dict[str, list[dict[str, 
         label = listed["mapRunArn"].split("/", 1)[1].split(":", 1)[0]
         runs.setdefault(label, []).append(sfn.describe_map_run(mapRunArn=listed["mapRunArn"]))
     return runs
-
-
-def _usage(cp: ControlPlane, layer: str, execution_arn: str) -> dict[str, float]:
-    item = cp.client("dynamodb").get_item(
-        TableName=cp.table,
-        Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": f"ROLLOUT#{execution_arn.rsplit(':', 1)[-1]}"}},
-        ConsistentRead=True,
-    )["Item"]
-    return {name.removeprefix("usage:"): float(value["N"]) for name, value in item.items() if name.startswith("usage:")}
 
 
 def _alias(cp: ControlPlane, name: str) -> dict[str, Any]:
@@ -158,7 +149,7 @@ def test_a_fleet_is_promoted_then_a_bad_push_rolls_every_function_back(control_p
     assert len(promoted.history) < 250, len(promoted.history)
 
     # What the rollout spent is counted, children included.
-    usage = _usage(cp, layer, promoted.execution_arn)
+    usage = rollout_usage(cp, layer, promoted.execution_arn.rsplit(":", 1)[-1])
     children = sum(run["executionCounts"]["total"] for described in runs.values() for run in described)
     assert usage["child_executions"] == children
     assert usage["lambda:UpdateAlias"] == 3 * len(targets)  # two steps and the promotion
@@ -282,7 +273,7 @@ def test_throttles_under_aws_limits_are_absorbed(control_plane: ControlPlane, lo
 
     assert described["status"] == "SUCCEEDED", rollout.lines
     assert sum(stats["refused"].values()) > 0, stats  # the limit bit
-    usage = _usage(cp, layer, arn)
+    usage = rollout_usage(cp, layer, arn.rsplit(":", 1)[-1])
     assert usage.get("throttles", 0) > 0, usage  # and the control plane absorbed its share of them
     assert not any(
         "TooManyRequests" in (e.get("taskFailedEventDetails") or {}).get("error", "") for e in history_events(cp, arn)

@@ -94,3 +94,23 @@ def test_a_history_tail_returns_each_event_once_in_order() -> None:
         first_polls = first_polls or (len(history.calls) if seen else 0)
     assert seen == list(range(1, 160))
     assert set(history.calls[first_polls:]) == {HistoryTail.NEXT_PAGE}, "once caught up, polls ask for small pages"
+
+
+def test_a_check_that_fails_is_told_once_and_not_again_as_its_caught_exit() -> None:
+    from layershift.controlplane import describe_event
+
+    bake = {"checks": 1, "verdict": "inconclusive", "verdict_detail": "too little traffic"}
+    passed = {
+        "type": "TaskStateExited",
+        "stateExitedEventDetails": {"name": "CheckHealth", "output": json.dumps({"bake": bake})},
+    }
+    failed = {"type": "TaskFailed", "taskFailedEventDetails": {"error": "RolloutUnhealthy", "cause": "failing: orders"}}
+    caught = {
+        "type": "TaskStateExited",
+        "stateExitedEventDetails": {
+            "name": "CheckHealth",
+            "output": json.dumps({"bake": bake, "error": {"Error": "RolloutUnhealthy", "Cause": "failing: orders"}}),
+        },
+    }
+    lines = [describe_event(event) for event in (passed, failed, caught)]
+    assert lines == ["  check 1: inconclusive: too little traffic", "  ! RolloutUnhealthy: failing: orders", None]
