@@ -8,7 +8,7 @@ import pytest
 from layershift.cli import main
 from layershift.controlplane import ControlPlane, wait_for_execution
 
-from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, wait_for_state
+from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, wait_for_state, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -85,8 +85,12 @@ def test_approve_and_abort_from_the_command_line(
     execution = capsys.readouterr().out.split("execution: ")[1].strip()
     wait_for_execution(control_plane, execution)
     wait_for_state(control_plane, execution, "AwaitApproval")
-    assert main(["status", "--local", "--layer", "cli-gated"]) == 0
-    assert "waiting for approval: layershift approve|reject cli-gated" in capsys.readouterr().out
+
+    def status_says_it_waits() -> bool:  # once the AwaitApproval task has registered its token
+        assert main(["status", "--local", "--layer", "cli-gated"]) == 0
+        return "waiting for approval: layershift approve|reject cli-gated" in capsys.readouterr().out
+
+    wait_until(status_says_it_waits, timeout=60, interval=1)
     assert main(["approve", "cli-gated", "--local", "--wait"]) == 0
     approved = capsys.readouterr().out
     assert "approved rollout" in approved and "execution SUCCEEDED" in approved
