@@ -326,7 +326,8 @@ def _sum(one: VersionStats, other: VersionStats) -> VersionStats:
 
 
 class BatchAnalysis(BaseModel):
-    """One batch of the cohort at one check: a few hundred bytes, whatever the batch's size."""
+    """One batch of the cohort at one check: sums, the pool, the first failing functions, and each
+    function's verdict (a word per function, a few KB for a batch of 62)."""
 
     functions: int = 0
     failing_count: int = 0

@@ -1,13 +1,13 @@
 """PrepareVersions and RecordPreparedVersions: give every target a published version whose layers
 include the new layer version.
 
-PrepareVersions (each child batch) works in three sweeps, so that the time a function update takes
+PrepareVersions (each child batch) works in two sweeps, so that the time a function update takes
 to settle (1 to 3 s on Lambda) overlaps with the others' instead of adding up:
 
 1. put the new layers on each target's ``$LATEST``, guarded by the RevisionId the plan read, so a
    change someone else made since is never overwritten;
-2. wait for each update to settle (the ``function_updated_v2`` waiter: GetFunction, its own bucket);
-3. publish a version of each, guarded by the RevisionId after the update.
+2. for each in turn, wait for its update to settle (the ``function_updated_v2`` waiter: GetFunction,
+   its own bucket), then publish a version, guarded by the RevisionId after the update.
 
 A target that cannot be prepared (changed by someone else, or a permanent error such as a size
 limit or AccessDenied) is skipped with its reason, its ``$LATEST`` put back if this rollout changed
