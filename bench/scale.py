@@ -43,6 +43,7 @@ from layershift.local import lambda_limits
 from layershift.local.deploy import deploy_control_plane
 from layershift.local.lambda_limits import AwsLimits
 from layershift.local.server import LocalAws
+from layershift_core.usage import lambda_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "Layershift/Scale"
@@ -172,10 +173,6 @@ def throttle_failures(histories: list[list[dict[str, Any]]]) -> int:
     return failed
 
 
-def lambda_requests(usage: dict[str, float]) -> dict[str, int]:
-    return {name.removeprefix("lambda:"): int(v) for name, v in usage.items() if name.startswith("lambda:")}
-
-
 def written_bytes(cp: ControlPlane, layer: str, rollout_id: str) -> tuple[int, int]:
     """(plan and items, Map Run results): every object version the rollout wrote under its prefix."""
     s3 = cp.client("s3")
@@ -227,7 +224,7 @@ def measure(
         child_arns += [restore, *children(cp, restore)]
     child_histories = [history_events(cp, child) for child in child_arns]
     usage = rollout_usage(cp, layer, rollout_id)
-    requests = lambda_requests(usage)
+    requests = lambda_calls(usage)
     control = sum(n for op, n in requests.items() if op != "GetFunction")
     ideal = max(control / budget["control"], requests.get("GetFunction", 0) / budget["get_function"])
     start, stop = _epoch(described["startDate"]), _epoch(described["stopDate"])
@@ -356,7 +353,7 @@ def run_size(
             ):
                 break
             time.sleep(5)
-        before = lambda_requests(rollout_usage(cp, layer, pushed.execution_arn.rsplit(":", 1)[-1]))
+        before = lambda_calls(rollout_usage(cp, layer, pushed.execution_arn.rsplit(":", 1)[-1]))
         aws.client("cloudwatch").put_metric_data(
             Namespace=NAMESPACE,
             MetricData=[{"MetricName": "Broken", "Dimensions": [{"Name": "Layer", "Value": layer}], "Value": 1}],
