@@ -791,8 +791,8 @@ def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
         pip_version=installed.pip_version if installed else "unknown",
         builder_version=BUILDER_VERSION,
         timings=variant.watch.result(),
-        warnings=warnings,
-        notes=notes,
+        warnings=list(dict.fromkeys(warnings)),
+        notes=list(dict.fromkeys(notes)),
         created_at=created_at,
     )
     manifest.write(variant.root.parent / MANIFEST_JSON)
@@ -1156,9 +1156,12 @@ def _summary(manifest: Manifest) -> str:
         else f"for {manifest.architecture}"
     )
     verb = "reused (cache hit)" if manifest.cache_hit else "built"
-    runtimes = "+".join(manifest.compatible_runtimes) if len(manifest.targets) > 1 else manifest.runtime
+    runtimes, architecture = manifest.runtime, manifest.architecture
+    if len(manifest.targets) > 1:
+        runtimes = "+".join(manifest.compatible_runtimes)
+        architecture = "+".join(manifest.compatible_architectures)
     lines = [
-        f"layershift: {verb} a {runtimes} {manifest.architecture} layer, profile {manifest.profile}, "
+        f"layershift: {verb} a {runtimes} {architecture} layer, profile {manifest.profile}, "
         f"in {manifest.timings['total']:.1f} s",
         f"  layout     {', '.join(f'{p}/' for p in (manifest.layouts or [manifest.layout]))} ({arch})",
         f"  packages   {len(manifest.packages)}: "
