@@ -13,6 +13,7 @@ import re
 import stat
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -32,11 +33,13 @@ from layershift_core.builder import audit as audit_module
 from layershift_core.builder import build as build_module
 from layershift_core.builder import strip as strip_module
 from layershift_core.builder.distributions import scan
+from layershift_core.builder.elf_check import ElfReport
 from layershift_core.builder.platforms import RUNTIME_PROVIDED_PACKAGES, find_interpreter, target_for
 from layershift_core.builder.prune import prune
 from layershift_core.builder.smoke import SmokeReport
 from layershift_core.builder.zipper import FIXED_DATE_TIME, sha256_file, write_zip
 from layershift_core.errors import (
+    BinaryCheckFailed,
     BuildFailed,
     ImportSmokeTestFailed,
     InvalidLayerSpec,
@@ -46,6 +49,10 @@ from layershift_core.errors import (
 from layershift_core.requirements import RequirementSet, parse_requirements
 
 HAS_313 = find_interpreter("3.13") is not None
+# A real x86_64 shared object of the build host (it needs libc.so.6 only, up to GLIBC_2.34), for the ELF check.
+HOST_SO = Path("/usr/lib/x86_64-linux-gnu/liblzma.so.5")
+SO_BYTES = HOST_SO.read_bytes() if HOST_SO.exists() else b""
+needs_host_so = pytest.mark.skipif(not SO_BYTES, reason="needs the x86_64 Debian host's liblzma.so.5")
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +133,7 @@ def binary_layout(dest: Path) -> None:
         dest,
         "gamma",
         "3.0",
-        {"gamma/__init__.py": "", "gamma.libs/libfoo.so.1": b"\x7fELF", "gamma/tests/x.py": ""},
+        {"gamma/__init__.py": "", "gamma.libs/libfoo.so.1": SO_BYTES, "gamma/tests/x.py": ""},
         pure=False,
         tags=("cp313-cp313-manylinux_2_17_x86_64", "cp313-cp313-manylinux2014_x86_64"),
         top_level=["gamma"],
@@ -353,6 +360,7 @@ def test_pure_python_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert manifest.warnings == []
 
 
+@needs_host_so
 def test_builds_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(binary_layout))
     first = build_layer(
@@ -366,6 +374,7 @@ def test_builds_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (tmp_path / "a" / "layer.zip").read_bytes() == (tmp_path / "b" / "layer.zip").read_bytes()
 
 
+@needs_host_so
 def test_binary_build_uses_the_versioned_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(binary_layout))
     manifest = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path)
@@ -759,11 +768,32 @@ def _smoke_by_size(broken_when_stripped: bool):
     return _smoke
 
 
+def _elf_check_that(passes: Callable[[Path], bool] = lambda root: True):
+    """A stand-in for the ELF check (the fake wheels' shared objects are not real ELF files)."""
+
+    def _check(layer_root, target, owners=None):
+        objects = sorted(p for p in Path(layer_root).rglob("*.so*") if p.is_file())
+        report = ElfReport(
+            checked=len(objects),
+            needed=2 * len(objects),
+            resolved_system=2 * len(objects),
+            max_glibc="2.17",
+            runtime=target.runtime,
+            runtime_glibc="2.34",
+        )
+        if not passes(Path(layer_root)):
+            report.failures.append(f"{objects[0].relative_to(layer_root)}: not a readable ELF shared object")
+        return report
+
+    return _check
+
+
 @pytest.mark.parametrize("broken", [False, True])
 def test_stripping_is_kept_only_when_the_smoke_test_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
 ) -> None:
     monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
     monkeypatch.setattr(build_module, "strip_tool", lambda target: (_fake_strip(tmp_path), None))
     monkeypatch.setattr(build_module, "find_interpreter", lambda version: sys.executable)
     monkeypatch.setattr(build_module, "host_can_run", lambda target: True)
@@ -788,11 +818,98 @@ def test_stripping_is_kept_only_when_the_smoke_test_passes(
 
 def test_stripping_is_skipped_when_the_smoke_test_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
     monkeypatch.setattr(build_module, "host_can_run", lambda target: False)
-    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path)
+    monkeypatch.setattr(build_module, "strip_tool", lambda target: (None, "aarch64-linux-gnu-strip is not installed"))
+    monkeypatch.setattr(build_module, "find_target_interpreter", lambda target: None)
+    lines: list[str] = []
+    manifest = build_layer(
+        "gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path, echo=lines.append
+    )
     assert not manifest.stripped.ran
     assert "smoke test cannot run" in (manifest.stripped.note or "")
+    assert "aarch64-linux-gnu-strip is not installed" in (manifest.stripped.note or "")
     assert not manifest.smoke_test.ran
+    # the ELF check ran and says so with its figures; the import did not, and the build says why
+    binaries = manifest.binaries
+    assert binaries.checks == ["elf"]
+    assert (binaries.checked, binaries.needed, binaries.resolved_system, binaries.max_glibc) == (2, 4, 4, "2.17")
+    assert "did not run" in (binaries.import_note or "")
+    assert "aarch64 shared objects cannot load on this" in (binaries.import_note or "")
+    assert "no qemu-aarch64" in (binaries.import_note or "")
+    text = "\n".join(lines)
+    assert "binaries   elf: 2 shared objects checked, 4 needed libraries resolved" in text
+    assert "binaries   the import smoke test did not run for python3.13 arm64" in text
+
+
+@pytest.mark.parametrize("passes_stripped", [True, False])
+def test_arm64_extension_modules_are_stripped_when_the_elf_check_passes_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passes_stripped: bool
+) -> None:
+    def intact(root: Path) -> bool:
+        so = next(root.rglob("_fast.cpython-313-x86_64-linux-gnu.so"))
+        return passes_stripped or so.stat().st_size == 1004
+
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that(intact))
+    monkeypatch.setattr(build_module, "host_can_run", lambda target: False)
+    monkeypatch.setattr(build_module, "strip_tool", lambda target: (_fake_strip(tmp_path), None))
+    monkeypatch.setattr(build_module, "find_target_interpreter", lambda target: None)
+    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path / "out")
+    with zipfile.ZipFile(tmp_path / "out" / "layer.zip") as zf:
+        prefix = manifest.layout
+        so_size = zf.getinfo(f"{prefix}/gamma/_fast.cpython-313-x86_64-linux-gnu.so").file_size
+        assert zf.getinfo(f"{prefix}/gamma.libs/libfoo.so.1").file_size == 1004  # vendored: never stripped
+    assert manifest.stripped.ran and not manifest.smoke_test.ran
+    if passes_stripped:
+        assert so_size == 502 and manifest.stripped.files == 1
+    else:
+        assert so_size == 1004 and manifest.stripped.restored
+        assert "the ELF check failed" in (manifest.stripped.note or "")
+
+
+def test_a_failing_elf_check_fails_the_build_with_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that(lambda root: False))
+    with pytest.raises(BinaryCheckFailed, match="not a readable ELF shared object") as info:
+        build_layer("gamma==3.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "out")
+    assert "cannot load on the python3.13 runtime" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@needs_host_so
+def test_the_elf_check_runs_on_every_build_with_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(binary_layout))
+    lines: list[str] = []
+    manifest = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path, echo=lines.append
+    )
+    binaries = manifest.binaries
+    assert binaries.checked == 1 and binaries.needed >= 1
+    assert binaries.resolved_system == binaries.needed and binaries.resolved_in_layer == 0
+    assert binaries.max_glibc is not None
+    assert binaries.checks == (["elf", "import"] if HAS_313 else ["elf"])
+    assert "timings" in "\n".join(lines) and "check_binaries" in manifest.timings
+    assert f"binaries   {', '.join(binaries.checks)}: 1 shared objects checked" in "\n".join(lines)
+    # the same object is too new for python3.11's Amazon Linux 2
+    with pytest.raises(BinaryCheckFailed, match=r"gamma\.libs/libfoo\.so\.1 \(gamma 3\.0\): needs GLIBC_2\.\d+"):
+        build_layer("alpha==1.0\n", runtime="python3.11", architecture="x86_64", out_dir=tmp_path / "311")
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_an_arm64_import_runs_under_qemu_when_a_target_interpreter_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    monkeypatch.setattr(build_module, "host_can_run", lambda target: False)
+    monkeypatch.setattr(build_module, "strip_tool", lambda target: (None, "aarch64-linux-gnu-strip is not installed"))
+    # a stand-in prefix: the host's python3.13 plays the qemu-run target interpreter
+    monkeypatch.setattr(build_module, "find_target_interpreter", lambda target: [str(find_interpreter("3.13"))])
+    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path)
+    assert manifest.smoke_test.ran and manifest.smoke_test.modules == 3
+    assert manifest.binaries.checks == ["elf", "import (qemu)"]
+    assert manifest.binaries.import_note is None
 
 
 # ---------------------------------------------------------------- build cache

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from layershift_core.builder import audit as audit_module
 from layershift_core.builder import cache, distributions, install, matrix, sbom, strip, zipper
 from layershift_core.builder.audit import AuditPolicy, AuditReport, effective_policy
 from layershift_core.builder.bytecode import BytecodeReport, compile_site, restore_sources
+from layershift_core.builder.elf_check import ElfReport, check_shared_objects, find_target_interpreter
 from layershift_core.builder.key import (
     BUILDER_VERSION,
     SLIM_RUNTIME_PROFILE,
@@ -45,6 +47,7 @@ from layershift_core.builder.key import (
 )
 from layershift_core.builder.manifest import (
     AuditSummary,
+    BinariesSummary,
     BytecodeSummary,
     Manifest,
     PackageEntry,
@@ -209,6 +212,8 @@ class Site:
     strip_report: strip.StripReport = field(default_factory=lambda: strip.StripReport(ran=False))
     pending_audit: Future[AuditReport] | None = None
     scratch: Path = Path()
+    elf: list[tuple[Target, ElfReport]] = field(default_factory=list)
+    qemu: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -235,11 +240,22 @@ class Site:
         return next(t for t in self.targets if t.python_version == minor)
 
     def interpreter(self, minor: str) -> str | None:
+        """The host's CPython of ``minor``: it compiles the bytecode (which is architecture-neutral)."""
         return find_interpreter(minor)
+
+    def import_command(self, minor: str) -> str | None:
+        """What imports this site for ``minor``: the host's interpreter when the host can load the
+        target's shared objects (or there are none), else the target's Python under qemu-user, if any."""
+        target = self.target_of(minor)
+        if self.pure or host_can_run(target):
+            return self.interpreter(minor)
+        if minor not in self.qemu:
+            self.qemu[minor] = _qemu_wrapper(self.scratch, target)
+        return self.qemu[minor]
 
     def can_import(self, minor: str) -> bool:
         """Whether the smoke test can import this site with ``minor``'s interpreter on this host."""
-        return self.interpreter(minor) is not None and (self.pure or host_can_run(self.target_of(minor)))
+        return self.import_command(minor) is not None
 
 
 @dataclass
@@ -323,22 +339,72 @@ def compile_stage(job: Job, site: Site) -> None:
 
 
 def strip_stage(site: Site) -> None:
-    """Strip the extension modules, where the smoke test can check the result."""
+    """Strip the extension modules (never ``*.libs``) where a check can catch a broken result: the
+    import smoke test, or for another architecture's objects the ELF check with its cross strip."""
     with site.watch.timed("strip"):
         site.strip_report = _strip(site)
 
 
 def _strip(site: Site) -> strip.StripReport:
     target = site.targets[0]
-    if not site.can_import(target.python_version):
+    tool, why_not = strip_tool(target)
+    if not site.can_import(target.python_version) and (tool is None or host_can_run(target)):
+        reason = f" ({why_not})" if why_not else ""
         return strip.StripReport(
             ran=False,
-            note="the import smoke test cannot run for this target here, and stripped files ship only after it passes",
+            note="the import smoke test cannot run for this target here, and stripped files ship only after it "
+            f"passes{reason}",
         )
-    tool, why_not = strip_tool(target)
     if tool is None:
         return strip.StripReport(ran=False, note=why_not)
     return strip.strip_extensions(site.path, tool, site.scratch / "unstripped")
+
+
+def _owners(site: Site) -> Callable[[str], str | None]:
+    """Layer-relative path -> ``"name version"`` of the distribution that installed it."""
+    owned = distributions.owners(site.dists)
+    labels = {d.name: f"{d.name} {d.version}" for d in site.dists}
+    prefix = f"{site.prefix}/"
+
+    def owner(rel: str) -> str | None:
+        if not rel.startswith(prefix):
+            return None
+        name = distributions.owner_of(rel[len(prefix) :], owned)
+        return labels.get(name) if name else None
+
+    return owner
+
+
+def check_binaries_stage(site: Site) -> None:
+    """The static ELF check of every shared object against each target's runtime image.
+
+    Stripped files that fail it are put back unstripped and checked again; a failure that remains
+    fails the build with the check's report.
+    """
+    with site.watch.timed("check_binaries"):
+        site.elf = [(t, check_shared_objects(site.root, t, _owners(site))) for t in site.targets]
+        failed = [r for _, r in site.elf if r.failures]
+        report = site.strip_report
+        if failed and report.files and not report.restored:
+            strip.restore(
+                site.path, site.scratch / "unstripped", report, f"the ELF check failed: {failed[0].failures[0]}"[:300]
+            )
+            site.elf = [(t, check_shared_objects(site.root, t, _owners(site))) for t in site.targets]
+            failed = [r for _, r in site.elf if r.failures]
+    if failed:
+        raise failed[0].error()
+
+
+def _qemu_wrapper(scratch: Path, target: Target) -> str | None:
+    """An executable that runs the target's Python under qemu-user (the smoke test takes one program)."""
+    prefix = find_target_interpreter(target)
+    if not prefix:
+        return None
+    wrapper = scratch / f"qemu-python{target.python_version}"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(part) for part in prefix) + ' "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def build_site(job: Job, name: str, targets: list[Target], layout: str) -> Site:
@@ -350,6 +416,7 @@ def build_site(job: Job, name: str, targets: list[Target], layout: str) -> Site:
     prune_stage(site)
     compile_stage(job, site)
     strip_stage(site)
+    check_binaries_stage(site)
     return site
 
 
@@ -439,15 +506,17 @@ def assemble_stage(
 
 
 def _smoke(variant: VariantBuild, site: Site, minor: str) -> SmokeReport:
-    interpreter = site.interpreter(minor)
-    if site.can_import(minor):
-        return run_smoke_test(variant.root, site.prefix, site.modules, interpreter, raise_on_failure=False)
+    command = site.import_command(minor)
+    if command is not None:
+        return run_smoke_test(variant.root, site.prefix, site.modules, command, raise_on_failure=False)
     target = site.target_of(minor)
-    why = (
-        "no interpreter of the target Python version was found"
-        if interpreter is None
-        else f"{target.machine} shared objects cannot load on this {platform.machine()} build host"
-    )
+    if site.interpreter(minor) is None and (site.pure or host_can_run(target)):
+        why = "no interpreter of the target Python version was found"
+    else:
+        why = (
+            f"{target.machine} shared objects cannot load on this {platform.machine()} build host, and no "
+            f"qemu-{target.machine} with a {target.machine} python{minor} was found to run them"
+        )
     return SmokeReport(ran=False, modules=site.modules, notes=[f"import smoke test skipped: {why}"])
 
 
@@ -718,6 +787,41 @@ def _smoke_summary(variant: VariantBuild) -> SmokeTestSummary:
     )
 
 
+def _glibc_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _binaries(variant: VariantBuild) -> BinariesSummary:
+    """The ELF check's figures, and which checks of the binaries ran (the import is one of them)."""
+    reports = [(t, r) for site in variant.sites for t, r in site.elf]
+    checks = ["elf"]
+    notes: list[str] = []
+    for (index, minor), smoke in variant.smoke.items():
+        site = variant.sites[index]
+        target = site.target_of(minor)
+        label = "import (qemu)" if site.qemu.get(minor) else "import"
+        if smoke.ran and label not in checks:
+            checks.append(label)
+        if not smoke.ran:
+            notes += [
+                f"{target.runtime} {target.architecture}: {n.removeprefix('import smoke test skipped: ')}"
+                for n in smoke.notes
+            ]
+    glibcs = [r.max_glibc for _, r in reports if r.max_glibc]
+    multi = len(reports) > 1
+    return BinariesSummary(
+        checks=checks,
+        checked=sum(r.checked for _, r in reports),
+        needed=sum(r.needed for _, r in reports),
+        resolved_in_layer=sum(r.resolved_in_layer for _, r in reports),
+        resolved_system=sum(r.resolved_system for _, r in reports),
+        max_glibc=max(glibcs, key=_glibc_key) if glibcs else None,
+        import_note=("the import smoke test did not run for " + "; ".join(notes)) if notes else None,
+        summary="; ".join(f"{t.runtime} {t.architecture}: {r.summary()}" if multi else r.summary() for t, r in reports)
+        or None,
+    )
+
+
 def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
     """The SBOM, the audit and its gate, then the manifest; returns it with the folder holding the files."""
     sha256 = zipper.sha256_file(variant.zip_path)
@@ -785,6 +889,7 @@ def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
         stripped=_stripped(variant),
         bytecode=_bytecode(variant),
         smoke_test=_smoke_summary(variant),
+        binaries=_binaries(variant),
         sbom=SBOM_JSON,
         audit=AuditSummary(status=audit_report.status, findings=audit_report.findings, note=audit_report.note),
         cache_hit=False,
@@ -1223,6 +1328,11 @@ def _summary(manifest: Manifest) -> str:
         )
     else:
         lines.append("  smoke test not run" + (f": {runs[0].note}" if runs and runs[0].note else ""))
+    binaries = manifest.binaries
+    if binaries.summary:
+        lines.append(f"  binaries   {', '.join(binaries.checks)}: {binaries.summary}")
+    if binaries.import_note:
+        lines.append(f"  binaries   {binaries.import_note}")
     audit_line = f"  audit      {manifest.audit.status}"
     if manifest.audit.findings:
         audit_line += ": " + ", ".join(
