@@ -25,9 +25,6 @@ import math
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -206,6 +203,9 @@ def severity_of_record(record: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def fetch_advisory(vuln_id: str) -> dict[str, Any] | None:
     """The OSV record of ``vuln_id``, or None when OSV cannot be reached or does not know it. Never raises."""
+    import urllib.error  # here, not at the top: the control plane's functions import this module for AuditPolicy
+    import urllib.request
+
     request = urllib.request.Request(OSV_URL + vuln_id, headers={"Accept": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=OSV_TIMEOUT_SECONDS) as response:
@@ -238,6 +238,8 @@ def lookup_severity(finding: dict[str, Any]) -> tuple[str | None, str]:
 
 def add_severities(report: AuditReport) -> AuditReport:
     """Fill each finding's ``severity`` and ``severity_source`` that is not filled yet."""
+    from concurrent.futures import ThreadPoolExecutor
+
     pending = [f for f in report.findings if not f.get("severity")]
     if not pending:
         return report
