@@ -22,11 +22,15 @@ from moto import mock_aws
 
 from layershift_core.builder import (
     BUILDER_VERSION,
+    AuditPolicy,
     Manifest,
+    VariantIndex,
     build_job,
     build_layer,
+    build_matrix,
     command,
     compute_build_key,
+    compute_matrix_key,
     install,
 )
 from layershift_core.builder import audit as audit_module
@@ -34,6 +38,7 @@ from layershift_core.builder import build as build_module
 from layershift_core.builder import strip as strip_module
 from layershift_core.builder.distributions import scan
 from layershift_core.builder.elf_check import ElfReport
+from layershift_core.builder.matrix import parse_targets
 from layershift_core.builder.platforms import RUNTIME_PROVIDED_PACKAGES, find_interpreter, target_for
 from layershift_core.builder.prune import prune
 from layershift_core.builder.smoke import SmokeReport
@@ -1125,3 +1130,239 @@ def test_build_job_skips_a_build_already_in_the_bucket(
     assert "build job: cache hit" not in out
     assert "layershift: cache hit for build key" in out  # the builder's local cache still served it
     assert build_job.run(_job_env("artifacts", key, LAYERSHIFT_NO_CACHE="true")) == 1  # builds: pip is called
+
+
+# ---------------------------------------------------------------- the build matrix
+
+HAS_312 = find_interpreter("3.12") is not None
+needs_312_313 = pytest.mark.skipif(not (HAS_312 and HAS_313), reason="needs python3.12 and python3.13 interpreters")
+
+
+def fake_resolver(packages: dict[str, str], pure: bool | Callable[[object], bool] = True):
+    """An ``install.resolve`` replacement: every target resolves to ``packages``."""
+
+    def _resolve(reqs, target, work):
+        is_pure = pure(target) if callable(pure) else pure
+        return install.Resolution(target, dict(packages), pure=is_pure)
+
+    return _resolve
+
+
+def counting_installer(layout_for):
+    """An ``install.install`` replacement laying out ``layout_for(target)(dest)``; records the targets."""
+    calls: list[tuple[str, str]] = []
+
+    def _install(reqs, target, dest, work):
+        calls.append((target.runtime, target.architecture))
+        dest.mkdir(parents=True, exist_ok=True)
+        layout_for(target)(dest)
+        return install.InstallResult(pip_python="fake", pip_version="0", command=[])
+
+    return _install, calls
+
+
+def native_layout_for(target) -> Callable[[Path], None]:
+    """gamma with an extension module tagged for the target's minor and machine."""
+    abi = target.abi
+
+    def layout(dest: Path) -> None:
+        pure_layout(dest)
+        fake_wheel(
+            dest,
+            "gamma",
+            "3.0",
+            {
+                "gamma/__init__.py": "",
+                f"gamma/_fast.{abi.replace('cp', 'cpython-')}-{target.machine}-linux-gnu.so": b"x",
+            },
+            pure=False,
+            tags=(f"{abi}-{abi}-manylinux_2_17_{target.machine}",),
+            top_level=["gamma"],
+        )
+
+    return layout
+
+
+THREE_TARGETS = [("python3.12", "x86_64"), ("python3.13", "x86_64"), ("python3.13", "arm64")]
+
+
+@needs_312_313
+def test_a_pure_matrix_is_one_variant_with_bytecode_for_each_minor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "beta-tools": "2.0"}))
+    fake, calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    lines: list[str] = []
+    index = build_matrix("alpha==1.0\n", targets=THREE_TARGETS, out_dir=tmp_path / "out", echo=lines.append)
+    assert len(calls) == 1, "identical pure resolutions are installed once"
+    (variant,) = index.variants
+    assert variant.id == "python3.12-python3.13-any"
+    assert variant.pure_python
+    assert variant.compatible_runtimes == ["python3.12", "python3.13"]
+    assert variant.compatible_architectures == ["arm64", "x86_64"]
+    assert [(t.runtime, t.architecture) for t in variant.targets] == [
+        ("python3.12", "x86_64"),
+        ("python3.13", "arm64"),
+        ("python3.13", "x86_64"),
+    ]
+    assert variant.packages == [{"name": "alpha", "version": "1.0"}, {"name": "beta-tools", "version": "2.0"}]
+    assert (variant.zip, variant.manifest) == (f"{variant.id}/layer.zip", f"{variant.id}/manifest.json")
+    assert index.variant_for("python3.12", "arm64") == variant  # compatible, though not a target
+    assert index.variant_for("python3.11", "x86_64") is None
+    assert VariantIndex.read(tmp_path / "out" / "variants.json") == index
+    folder = tmp_path / "out" / variant.id
+    assert sorted(p.name for p in folder.iterdir()) == ["layer.zip", "manifest.json", "sbom.cdx.json"]
+    manifest = Manifest.read(folder / "manifest.json")
+    assert manifest.sha256 == variant.sha256 == sha256_file(folder / "layer.zip")
+    assert manifest.bytecode.python_versions == ["3.12", "3.13"]
+    assert [(r.python_version, r.ran, r.recompiled) for r in manifest.smoke_test.runs] == [
+        ("3.12", True, []),
+        ("3.13", True, []),
+    ]
+    assert manifest.build_key == compute_matrix_key([t.build_key for t in variant.targets]) == index.matrix_key
+    with zipfile.ZipFile(folder / "layer.zip") as zf:
+        names = zf.namelist()
+    assert "python/alpha/__pycache__/core.cpython-312.pyc" in names
+    assert "python/alpha/__pycache__/core.cpython-313.pyc" in names
+    assert "layershift: matrix" in "\n".join(lines)
+
+
+@needs_312_313
+def test_native_results_get_a_layer_per_architecture_sharing_minors_when_they_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "gamma": "3.0"}, pure=False))
+    fake, calls = counting_installer(native_layout_for)
+    monkeypatch.setattr(install, "install", fake)
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    index = build_matrix("gamma==3.0\n", targets=THREE_TARGETS, out_dir=tmp_path / "out")
+    assert sorted(calls) == sorted(THREE_TARGETS)
+    assert [v.id for v in index.variants] == ["python3.13-arm64", "python3.12-python3.13-x86_64"]
+    arm, x86 = index.variants
+    assert (arm.compatible_architectures, arm.compatible_runtimes) == (["arm64"], ["python3.13"])
+    assert (x86.compatible_architectures, x86.compatible_runtimes) == (["x86_64"], ["python3.12", "python3.13"])
+    assert index.variant_for("python3.12", "x86_64") == x86
+    assert index.variant_for("python3.12", "arm64") is None
+    with zipfile.ZipFile(tmp_path / "out" / x86.zip) as zf:
+        names = zf.namelist()
+    for minor in ("3.12", "3.13"):
+        tag = minor.replace(".", "")
+        assert f"python/lib/python{minor}/site-packages/gamma/_fast.cpython-{tag}-x86_64-linux-gnu.so" in names
+        assert f"python/lib/python{minor}/site-packages/alpha/__pycache__/core.cpython-{tag}.pyc" in names
+    manifest = Manifest.read(tmp_path / "out" / x86.manifest)
+    assert manifest.layouts == ["python/lib/python3.12/site-packages", "python/lib/python3.13/site-packages"]
+    assert {p.name: p.python_versions for p in manifest.packages}["gamma"] == ["3.12", "3.13"]
+    assert manifest.binaries.checks == ["elf", "import"]
+    arm_manifest = Manifest.read(tmp_path / "out" / arm.manifest)
+    assert arm_manifest.binaries.checks == ["elf"]
+    assert "did not run" in (arm_manifest.binaries.import_note or "")
+
+
+@needs_312_313
+def test_native_minors_over_the_budget_together_get_a_layer_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "gamma": "3.0"}, pure=False))
+    fake, _calls = counting_installer(native_layout_for)
+    monkeypatch.setattr(install, "install", fake)
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    probe = build_layer("gamma==3.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "probe")
+    # room for one minor's site-packages, not for two
+    monkeypatch.setattr(build_module, "UNZIPPED_BUDGET_BYTES", int(probe.unzipped_bytes * 1.5))
+    index = build_matrix("gamma==3.0\n", targets=THREE_TARGETS[:2], out_dir=tmp_path / "out", use_cache=False)
+    assert [v.id for v in index.variants] == ["python3.12-x86_64", "python3.13-x86_64"]
+    assert [v.compatible_runtimes for v in index.variants] == [["python3.12"], ["python3.13"]]
+
+
+def test_a_matrix_of_one_target_gives_build_layers_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+
+    def never(*args, **kwargs):
+        raise AssertionError("one target needs no resolution")
+
+    monkeypatch.setattr(install, "resolve", never)
+    manifest = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "single", use_cache=False
+    )
+    index = build_matrix(
+        "alpha==1.0\n", targets=[("python3.13", "x86_64")], out_dir=tmp_path / "matrix", use_cache=False
+    )
+    (variant,) = index.variants
+    assert variant.id == "python3.13-any"
+    assert variant.sha256 == manifest.sha256
+    assert (tmp_path / "matrix" / variant.zip).read_bytes() == (tmp_path / "single" / "layer.zip").read_bytes()
+    assert index.matrix_key == manifest.build_key == compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64")
+
+
+@needs_312_313
+def test_sourceless_pure_minors_are_variants_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "beta-tools": "2.0"}))
+    fake, calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    index = build_matrix("alpha==1.0\n", targets=THREE_TARGETS, out_dir=tmp_path, profile="sourceless")
+    assert [v.id for v in index.variants] == ["python3.12-any", "python3.13-any"]
+    assert len(calls) == 2
+    with zipfile.ZipFile(tmp_path / index.variants[1].zip) as zf:
+        assert "python/alpha/core.pyc" in zf.namelist()
+
+
+def test_different_pure_resolutions_declare_only_their_own_architectures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def resolve(reqs, target, work):
+        extra = {"uvloop-shim": "1.0"} if target.architecture == "arm64" else {}
+        return install.Resolution(target, {"alpha": "1.0", **extra}, pure=True)
+
+    monkeypatch.setattr(install, "resolve", resolve)
+    fake, _calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    targets = [("python3.13", "x86_64"), ("python3.13", "arm64")]
+    index = build_matrix("alpha==1.0\n", targets=targets, out_dir=tmp_path)
+    assert sorted((v.id, tuple(v.compatible_architectures)) for v in index.variants) == [
+        ("python3.13-arm64", ("arm64",)),
+        ("python3.13-x86_64", ("x86_64",)),
+    ]
+    assert index.variant_for("python3.13", "arm64").id == "python3.13-arm64"
+
+
+def test_a_matrix_is_served_from_the_cache_without_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "beta-tools": "2.0"}))
+    fake, _calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    kwargs = {"targets": THREE_TARGETS, "cache_dir": tmp_path / "cache"}
+    first = build_matrix("alpha==1.0\n", out_dir=tmp_path / "a", **kwargs)
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    monkeypatch.setattr(install, "resolve", never)
+    second = build_matrix(
+        "alpha==1.0\n", out_dir=tmp_path / "b", targets=list(reversed(THREE_TARGETS)), cache_dir=tmp_path / "cache"
+    )
+    assert second.matrix_key == first.matrix_key
+    assert [v.sha256 for v in second.variants] == [v.sha256 for v in first.variants]
+    (variant,) = second.variants
+    assert Manifest.read(tmp_path / "b" / variant.manifest).cache_hit
+    assert (tmp_path / "b" / variant.zip).read_bytes() == (tmp_path / "a" / variant.zip).read_bytes()
+
+
+def test_matrix_key_is_order_independent_and_one_target_is_its_build_key() -> None:
+    keys = [compute_build_key(_reqs(), r, a) for r, a in THREE_TARGETS]
+    assert compute_matrix_key(keys) == compute_matrix_key(list(reversed(keys)))
+    assert compute_matrix_key(keys[:1]) == keys[0]
+    assert compute_matrix_key(keys[:2]) != compute_matrix_key(keys)
+    assert parse_targets(" python3.12/x86_64, python3.13/arm64 ") == [("python3.12", "x86_64"), ("python3.13", "arm64")]
+    with pytest.raises(InvalidLayerSpec, match="runtime/architecture"):
+        parse_targets("python3.13")
+
+
+def test_the_audit_policy_is_part_of_the_build_key() -> None:
+    base = compute_build_key(_reqs(), "python3.13", "x86_64")
+    assert base == compute_build_key(_reqs(), "python3.13", "x86_64", audit_policy=AuditPolicy(fail_on="none"))
+    strict = compute_build_key(_reqs(), "python3.13", "x86_64", audit_policy=AuditPolicy(fail_on="high"))
+    failing = compute_build_key(
+        _reqs(), "python3.13", "x86_64", audit_policy=AuditPolicy(fail_on="high", unavailable="fail")
+    )
+    assert len({base, strict, failing}) == 3
