@@ -1366,3 +1366,290 @@ def test_the_audit_policy_is_part_of_the_build_key() -> None:
         _reqs(), "python3.13", "x86_64", audit_policy=AuditPolicy(fail_on="high", unavailable="fail")
     )
     assert len({base, strict, failing}) == 3
+
+
+# ---------------------------------------------------------------- the vulnerability gate
+
+
+def _finding(package: str, version: str, vid: str, severity: str | None, fixes: tuple[str, ...] = ("9.9",)) -> dict:
+    return {
+        "package": package,
+        "version": version,
+        "id": vid,
+        "aliases": [f"CVE-2099-{vid[-1]}"],
+        "fix_versions": list(fixes),
+        "description": "",
+        "severity": severity,
+        "severity_source": f"GHSA-{vid[-1]} database_specific.severity" if severity else "OSV could not be reached",
+    }
+
+
+def _audit_returns(monkeypatch: pytest.MonkeyPatch, *findings: dict, status: str | None = None) -> list[dict]:
+    """``run_audit`` answers with these findings (or ``status``); returns the package sets it was asked about."""
+    asked: list[dict] = []
+
+    def _run(packages):
+        asked.append(dict(packages))
+        if status is not None:
+            return audit_module.AuditReport(status, note="the vulnerability service could not be reached")
+        return audit_module.AuditReport(
+            "vulnerable" if findings else "ok", [dict(f) for f in findings], audited=len(packages)
+        )
+
+    monkeypatch.setattr(audit_module, "run_audit", _run)
+    return asked
+
+
+def _gated_build(tmp_path: Path, policy: AuditPolicy, name: str = "out", **kwargs) -> Manifest:
+    return build_layer(
+        "alpha==1.0\n",
+        runtime="python3.13",
+        architecture="x86_64",
+        out_dir=tmp_path / name,
+        audit_policy=policy,
+        cache_dir=tmp_path / "cache",
+        **kwargs,
+    )
+
+
+def test_a_vulnerability_at_the_threshold_fails_the_build_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(
+        monkeypatch,
+        _finding("alpha", "1.0", "PYSEC-1", "high", ("1.1", "2.0")),
+        _finding("beta-tools", "2.0", "PYSEC-2", "low"),
+    )
+    with pytest.raises(BuildFailed) as info:
+        _gated_build(tmp_path, AuditPolicy(fail_on="high"))
+    message = str(info.value)
+    assert "the vulnerability gate (fail_on = high) stops this layer: 1 known vulnerability" in message
+    assert (
+        "alpha 1.0: PYSEC-1 (CVE-2099-1), fixed in 1.1, 2.0; severity high (GHSA-1 database_specific.severity)"
+        in message
+    )
+    assert "beta-tools" not in message  # low is under the threshold
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_findings_under_the_threshold_pass_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-1", "moderate"))
+    manifest = _gated_build(tmp_path, AuditPolicy(fail_on="high"))
+    assert manifest.audit.status == "vulnerable"
+    assert manifest.audit.findings[0]["severity"] == "moderate"
+    assert any("below the gate's fail_on = high" in w and "PYSEC-1 (moderate)" in w for w in manifest.warnings)
+    with pytest.raises(BuildFailed, match=r"fail_on = moderate"):
+        _gated_build(tmp_path, AuditPolicy(fail_on="moderate"), name="strict")
+
+
+def test_an_unknown_severity_fails_closed_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-7", None, fixes=()))
+    with pytest.raises(BuildFailed) as info:
+        _gated_build(tmp_path, AuditPolicy(fail_on="critical"))
+    assert (
+        "alpha 1.0: PYSEC-7 (CVE-2099-7), no fixed version published; severity unknown (OSV could not be "
+        "reached): treated as critical, the threshold (fail closed)"
+    ) in str(info.value)
+    assert _gated_build(tmp_path, AuditPolicy(fail_on="none"), name="off").audit.status == "vulnerable"
+
+
+@pytest.mark.parametrize("unavailable", ["fail", "warn"])
+def test_an_audit_that_cannot_run_fails_or_warns_as_the_policy_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unavailable: str
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch, status="unavailable")
+    policy = AuditPolicy(fail_on="high", unavailable=unavailable)
+    if unavailable == "fail":
+        with pytest.raises(BuildFailed, match=r"audit could not run .*unavailable = \"fail\""):
+            _gated_build(tmp_path, policy)
+        return
+    manifest = _gated_build(tmp_path, policy)
+    assert manifest.audit.status == "unavailable"
+    assert any("the gate (fail_on = high) was not applied" in w for w in manifest.warnings)
+
+
+def test_the_gate_holds_on_a_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    asked = _audit_returns(monkeypatch)
+    first = _gated_build(tmp_path, AuditPolicy(fail_on="high"), name="a")
+    assert first.audit.status == "ok" and len(asked) == 1
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    # an advisory published since: the cached layer is audited again and refused
+    asked = _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-9", "critical"))
+    with pytest.raises(BuildFailed, match=r"alpha 1\.0: PYSEC-9 .*severity critical"):
+        _gated_build(tmp_path, AuditPolicy(fail_on="high"), name="b")
+    assert asked == [{"alpha": "1.0", "beta-tools": "2.0"}]
+    assert not (tmp_path / "b").exists()
+    # the service down on the cache hit: the build's own findings are gated, unavailable decides
+    _audit_returns(monkeypatch, status="unavailable")
+    hit = _gated_build(tmp_path, AuditPolicy(fail_on="high"), name="c")
+    assert hit.cache_hit and hit.audit.status == "unavailable"
+    assert "findings are the build's" in (hit.audit.note or "")
+    # a policy with no gate has another build key: not this cache entry, and nothing to audit again
+    assert compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64") != first.build_key
+
+
+def test_the_gate_holds_on_a_cache_hit_of_the_build_job(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="artifacts")
+        s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=b"alpha==1.0\n")
+        key = compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64", audit_policy=AuditPolicy())
+        env = _job_env("artifacts", key, LAYERSHIFT_AUDIT_FAIL_ON="high", LAYERSHIFT_NO_CACHE="true")
+        assert build_job.run(env) == 0
+        capsys.readouterr()
+        _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-9", "high"))
+        del env["LAYERSHIFT_NO_CACHE"]
+        assert build_job.run(env) == 1
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("layershift build job failed: BuildFailed: the vulnerability gate (fail_on = high)")
+        record = s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/build-failure.json")["Body"].read()
+        assert "PYSEC-9" in json.loads(record)["message"]
+
+
+def test_severity_comes_from_osv_ghsa_first_then_cvss(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = {
+        "PYSEC-1": {"id": "PYSEC-1", "severity": []},
+        "GHSA-aaaa": {"id": "GHSA-aaaa", "database_specific": {"severity": "MODERATE"}},
+        "PYSEC-2": {
+            "id": "PYSEC-2",
+            "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+        },
+        "PYSEC-3": {"id": "PYSEC-3"},
+    }
+    monkeypatch.setattr(audit_module, "fetch_advisory", lambda vid: records.get(vid))
+    report = audit_module.AuditReport(
+        "vulnerable",
+        [
+            {"package": "a", "version": "1", "id": "PYSEC-1", "aliases": ["GHSA-aaaa"]},
+            {"package": "b", "version": "1", "id": "PYSEC-2", "aliases": []},
+            {"package": "c", "version": "1", "id": "PYSEC-3", "aliases": []},
+            {"package": "d", "version": "1", "id": "PYSEC-404", "aliases": []},
+        ],
+    )
+    audit_module.add_severities(report)
+    found = [(f["severity"], f["severity_source"]) for f in report.findings]
+    assert found == [
+        ("moderate", "GHSA-aaaa database_specific.severity"),
+        ("critical", "PYSEC-2 CVSS 9.8"),
+        (None, "the advisory records no severity"),
+        (None, "OSV could not be reached for its severity"),
+    ]
+    assert audit_module.cvss3_base_score("CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:N/I:N/A:H") == 5.9
+    assert audit_module.cvss3_base_score("CVSS:3.1/AV:N/AC:L/PR:L/UI:N/S:C/C:H/I:H/A:H") == 9.9
+    assert audit_module.cvss3_base_score("AV:N/AC:L/Au:N/C:P/I:P/A:P") is None  # CVSS v2: not rated here
+
+
+def test_the_job_reads_the_audit_policy_from_its_environment() -> None:
+    assert build_job.audit_policy({}) is None
+    assert build_job.audit_policy({"LAYERSHIFT_FAIL_ON_VULNERABILITY": "true"}) == AuditPolicy(fail_on="low")
+    assert build_job.audit_policy(
+        {"LAYERSHIFT_AUDIT_FAIL_ON": "critical", "LAYERSHIFT_AUDIT_UNAVAILABLE": "fail"}
+    ) == AuditPolicy(fail_on="critical", unavailable="fail")
+    assert build_job.audit_policy({"LAYERSHIFT_AUDIT_UNAVAILABLE": "fail"}) == AuditPolicy(
+        fail_on="none", unavailable="fail"
+    )
+    with pytest.raises(build_job.JobConfigError, match="LAYERSHIFT_AUDIT_FAIL_ON='severe'"):
+        build_job.audit_policy({"LAYERSHIFT_AUDIT_FAIL_ON": "severe"})
+
+
+def test_layer_toml_audit_defaults_come_from_the_template_parameters() -> None:
+    from layershift_core.settings import Settings
+    from layershift_core.spec import parse_layer_spec
+
+    defaults = Settings(bucket="bkt", table="tbl").spec_defaults
+    assert parse_layer_spec(None, defaults).audit == AuditPolicy(fail_on="high", unavailable="warn")
+    strict = Settings(bucket="bkt", table="tbl", audit_fail_on="moderate", audit_unavailable="fail").spec_defaults
+    assert parse_layer_spec(None, strict).audit == AuditPolicy(fail_on="moderate", unavailable="fail")
+    spec = parse_layer_spec(b'[audit]\nfail_on = "critical"\n', strict)
+    assert spec.audit == AuditPolicy(fail_on="critical", unavailable="fail")
+    with pytest.raises(InvalidLayerSpec, match=r"audit\.fail_on"):
+        parse_layer_spec(b'[audit]\nfail_on = "severe"\n', defaults)
+
+
+# ---------------------------------------------------------------- the build job's matrix
+
+
+class _RecordingS3:
+    """An S3 client that records the order of uploads."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.uploaded: list[str] = []
+
+    def upload_file(self, filename, bucket, key, ExtraArgs=None):
+        self.uploaded.append(key)
+        return self._client.upload_file(filename, bucket, key, ExtraArgs=ExtraArgs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+@mock_aws
+def test_the_build_job_builds_a_matrix_and_uploads_variants_json_last(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "gamma": "3.0"}, pure=False))
+    fake, _calls = counting_installer(native_layout_for)
+    monkeypatch.setattr(install, "install", fake)
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    s3 = _RecordingS3(boto3.client("s3", region_name="us-east-1"))
+    s3.create_bucket(Bucket="artifacts")
+    s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=b"gamma==3.0\n")
+    targets = [("python3.13", "x86_64"), ("python3.13", "arm64")]
+    key = compute_matrix_key([compute_build_key(_reqs("gamma==3.0\n"), r, a) for r, a in targets])
+    env = _job_env("artifacts", key, LAYERSHIFT_TARGETS="python3.13/x86_64,python3.13/arm64")
+    del env["LAYERSHIFT_RUNTIME"], env["LAYERSHIFT_ARCH"]
+    assert build_job.run(env, s3_client=s3) == 0
+    prefix = f"artifacts/api/{key}/"
+    assert s3.uploaded[-1] == prefix + "variants.json"
+    assert sorted(s3.uploaded[:-1]) == sorted(
+        f"{prefix}{vid}/{name}"
+        for vid in ("python3.13-arm64", "python3.13-x86_64")
+        for name in ("layer.zip", "manifest.json", "sbom.cdx.json")
+    )
+    index = VariantIndex.model_validate_json(
+        s3.get_object(Bucket="artifacts", Key=prefix + "variants.json")["Body"].read()
+    )
+    assert index.matrix_key == key
+    for variant in index.variants:
+        zipped = s3.get_object(Bucket="artifacts", Key=prefix + variant.zip)
+        assert hashlib.sha256(zipped["Body"].read()).hexdigest() == variant.sha256
+        assert zipped["Metadata"] == {"build-key": key, "sha256": variant.sha256}
+    capsys.readouterr()
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    monkeypatch.setattr(install, "resolve", never)
+    assert build_job.run(env, s3_client=s3) == 0
+    assert "cache hit" in capsys.readouterr().out
+    # a listed zip gone: not the job's cache hit; the builder's local cache serves the matrix again
+    s3.delete_object(Bucket="artifacts", Key=prefix + index.variants[0].zip)
+    assert build_job.run(env, s3_client=s3) == 0
+    out = capsys.readouterr().out
+    assert "build job: cache hit" not in out and "layershift: cache hit for build key" in out
+    s3.head_object(Bucket="artifacts", Key=prefix + index.variants[0].zip)
+    # the key the workflow expects is the matrix key
+    assert (
+        build_job.run(
+            {**env, "LAYERSHIFT_BUILD_KEY": compute_build_key(_reqs("gamma==3.0\n"), *targets[0])}, s3_client=s3
+        )
+        == 1
+    )
+    assert "build key mismatch" in capsys.readouterr().err
+    assert build_job.run({**env, "LAYERSHIFT_TARGETS": "python3.13"}, s3_client=s3) == 2
