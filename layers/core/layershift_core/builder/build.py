@@ -515,7 +515,7 @@ def _smoke(variant: VariantBuild, site: Site, minor: str) -> SmokeReport:
     else:
         why = (
             f"{target.machine} shared objects cannot load on this {platform.machine()} build host, and no "
-            f"qemu-{target.machine} with a {target.machine} python{minor} was found to run them"
+            f"qemu-{target.machine} with a python{minor} built for {target.machine} was found to run them"
         )
     return SmokeReport(ran=False, modules=site.modules, notes=[f"import smoke test skipped: {why}"])
 
