@@ -822,22 +822,14 @@ def _binaries(variant: VariantBuild) -> BinariesSummary:
     )
 
 
-def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
-    """The SBOM, the audit and its gate, then the manifest; returns it with the folder holding the files."""
-    sha256 = zipper.sha256_file(variant.zip_path)
-    unzipped = zipper.tree_size(variant.root)
-    build_key = _variant_key(job, variant.targets)
-    created_at = datetime.now(UTC)
-    sbom_stage(job, variant, sha256, created_at, build_key)
-    audit_report = audit_stage(job, variant)
-
+def _warnings_and_notes(job: Job, variant: VariantBuild, audit_report: AuditReport) -> tuple[list[str], list[str]]:
+    """What the build warns about (cold-start compiles, vulnerabilities, ...) and what it notes."""
     warnings = [w for site in variant.sites for w in site.warnings]
     notes: list[str] = []
     multi = len(variant.smoke) > 1
-    for (_, minor), smoke in variant.smoke.items():
-        notes += [f"python{minor}: {n}" if multi else n for n in smoke.notes]
     compiled = all(r.compiled for site in variant.sites for r in site.bytecode.values())
     for (_, minor), smoke in variant.smoke.items():
+        notes += [f"python{minor}: {n}" if multi else n for n in smoke.notes]
         if smoke.recompiled and compiled:
             warnings.append(
                 f"{len(smoke.recompiled)} module(s) compiled from source at import, on every cold start"
@@ -851,11 +843,24 @@ def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
         report = site.strip_report
         if report.note and not report.restored and not report.files:
             notes.append(f"extension modules not stripped: {report.note}")
-    pruned = _pruned(variant, job.profile)
-    if pruned.kept:
-        notes.append(f"pruning kept {', '.join(pruned.kept)}")
+    kept = [k for site in variant.sites for k in site.pruned.kept]
+    if kept:
+        notes.append(f"pruning kept {', '.join(_pruned(variant, job.profile).kept)}")
     if (text := audit_module.warning(audit_report, job.policy)) is not None:
         warnings.append(text)
+    return list(dict.fromkeys(warnings)), list(dict.fromkeys(notes))
+
+
+def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
+    """The SBOM, the audit and its gate, then the manifest; returns it with the folder holding the files."""
+    sha256 = zipper.sha256_file(variant.zip_path)
+    unzipped = zipper.tree_size(variant.root)
+    build_key = _variant_key(job, variant.targets)
+    created_at = datetime.now(UTC)
+    sbom_stage(job, variant, sha256, created_at, build_key)
+    audit_report = audit_stage(job, variant)
+    warnings, notes = _warnings_and_notes(job, variant, audit_report)
+    skipped = sorted({s for site in variant.sites for s in (site.installed.skipped if site.installed else [])})
 
     packages = _packages(variant)
     dists = [d for site in variant.sites for d in site.dists]
@@ -884,7 +889,7 @@ def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
         top_level_modules=sorted({m for d in dists for m in d.top_level}),
         wheel_tags=sorted({t for d in dists for t in d.tags}),
         skipped_requirements=skipped,
-        pruned=pruned,
+        pruned=_pruned(variant, job.profile),
         runtime_packages_removed=[r for site in variant.sites for r in site.runtime_removed],
         stripped=_stripped(variant),
         bytecode=_bytecode(variant),
@@ -896,8 +901,8 @@ def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
         pip_version=installed.pip_version if installed else "unknown",
         builder_version=BUILDER_VERSION,
         timings=variant.watch.result(),
-        warnings=list(dict.fromkeys(warnings)),
-        notes=list(dict.fromkeys(notes)),
+        warnings=warnings,
+        notes=notes,
         created_at=created_at,
     )
     manifest.write(variant.root.parent / MANIFEST_JSON)
