@@ -74,9 +74,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"layershift: {exc}", file=sys.stderr)
         return 1
     steps = ", ".join([*(f"{step.weight}% for {step.bake_seconds}s" for step in checked.spec.steps), "100%"])
+    targets = (
+        ", ".join(f"{label} (build key {key[:12]})" for label, key in checked.build_keys.items())
+        if checked.build_keys
+        else "the runtimes and architectures of the layer's functions"
+    )
     print(
-        f"{args.file}: OK, {len(checked.requirements.requirements)} requirement(s), build key "
-        f"{checked.build_key[:12]} ({checked.runtime} {checked.architecture}), steps {steps}"
+        f"{args.file}: OK, {len(checked.requirements.requirements)} requirement(s), builds for {targets}, steps {steps}"
     )
     return 0
 

@@ -1,14 +1,14 @@
-"""FindReusableBuild: a published version with the same build key is reused, not rebuilt."""
+"""FindReusableBuild: the rollout's targets, the published versions that serve some, and what to build."""
 
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from layershift_core.matrix import find_reusable_build
 from layershift_core.metering import metered
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer
-from layershift_core.publish import find_reusable_build
 from layershift_core.settings import load_settings
 
 

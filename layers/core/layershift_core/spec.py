@@ -2,8 +2,8 @@
 
 ```toml
 [build]
-runtimes = ["python3.13"]
-architectures = ["x86_64"]
+runtimes = ["python3.13"]        # leave out to build for the runtimes the layer's functions use
+architectures = ["x86_64", "arm64"]   # likewise for their architectures
 allow_ranges = false
 profile = "default"             # or "sourceless" (bytecode only), "slim-runtime" (drops what Lambda ships)
 license = "MIT"
@@ -30,7 +30,9 @@ min_invocations = 20            # new-version invocations needed for a verdict
 max_extension_seconds = 600     # how long an inconclusive bake may be extended
 inconclusive = "rollback"       # or "promote", once the extension is used up
 ```
-Every key is optional; what is missing comes from the template's defaults.
+Every key is optional; what is missing comes from the template's defaults. Without runtimes or
+architectures, a rollout builds for those of the layer's functions (see ``matrix.py``); the
+template's DefaultRuntime and DefaultArchitecture apply only when no function uses the layer yet.
 """
 
 from __future__ import annotations
@@ -183,6 +185,17 @@ _SECTION_OF = {
 }
 
 
+def _matrix_list(source: str, key: str, values: list[str] | None) -> list[str]:
+    """``build.runtimes`` or ``build.architectures`` without repeats; absent means "the consumers'"."""
+    if values is None:
+        return []
+    if not values:
+        raise InvalidLayerSpec(
+            f"{source}: build.{key}: is empty; leave it out to build for the {key} of the layer's functions"
+        )
+    return list(dict.fromkeys(values))
+
+
 def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -237,8 +250,8 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
             )
 
     candidate = {
-        "runtimes": _given(parsed.build.runtimes, [defaults.runtime]),
-        "architectures": _given(parsed.build.architectures, [defaults.architecture]),
+        "runtimes": _matrix_list(source, "runtimes", parsed.build.runtimes),
+        "architectures": _matrix_list(source, "architectures", parsed.build.architectures),
         "allow_ranges": parsed.build.allow_ranges,
         "profile": parsed.build.profile,
         "license": parsed.build.license,
