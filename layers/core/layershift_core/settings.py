@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 from functools import lru_cache
 
 from pydantic import BaseModel, Field
@@ -27,7 +28,7 @@ class Settings(BaseModel):
     canary_min_p99_increase_ms: float = 25
     canary_min_invocations: int = 20
     canary_max_extension_seconds: int = 600
-    canary_inconclusive: str = "rollback"
+    canary_inconclusive: Literal["promote", "rollback"] = "rollback"
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
     lock_wait_seconds: int = Field(default=3600, ge=0, le=86_400)
     codecommit_repository: str | None = None
@@ -57,7 +58,7 @@ class Settings(BaseModel):
                 min_p99_increase_ms=self.canary_min_p99_increase_ms,
                 min_invocations=self.canary_min_invocations,
                 max_extension_seconds=self.canary_max_extension_seconds,
-                inconclusive=self.canary_inconclusive,  # type: ignore[arg-type]
+                inconclusive=self.canary_inconclusive,
             ),
         )
 

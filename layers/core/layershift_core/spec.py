@@ -229,10 +229,10 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
             raise InvalidLayerSpec(
                 f'{source}: rollout.steps: is empty; to go straight to 100% set rollout.strategy = "AllAtOnce"'
             )
-        steps = []
-        for index, step in enumerate(rollout.steps):
+        steps: list[TrafficStep] = []
+        for index, given in enumerate(rollout.steps):
             try:
-                steps.append(TrafficStep.model_validate(step, strict=True))
+                steps.append(TrafficStep.model_validate(given, strict=True))
             except ValidationError as exc:
                 raise _problem(source, exc, "rollout", "steps", index) from None
         strategy = "Custom"
