@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
