@@ -230,6 +230,20 @@ def _output(event: dict[str, Any], key: str) -> dict[str, Any]:
         return {}
 
 
+def promoted_parameters(cp: ControlPlane, layer: str) -> dict[str, str]:
+    """``/layershift/<layer>/arn`` and each ``/layershift/<layer>/<runtime>/<architecture>/arn``: name -> ARN."""
+    ssm = cp.client("ssm")
+    names = []
+    filters = [{"Key": "Name", "Option": "BeginsWith", "Values": [f"/layershift/{layer}/"]}]
+    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=filters):
+        names += [p["Name"] for p in page["Parameters"]]
+    found = {}
+    for start in range(0, len(names), 10):  # GetParameters takes 10 names at a time
+        for parameter in ssm.get_parameters(Names=names[start : start + 10])["Parameters"]:
+            found[parameter["Name"]] = parameter["Value"]
+    return dict(sorted(found.items()))
+
+
 def describe_event(event: dict[str, Any]) -> str | None:
     """One line for an operator, for the history events worth a line."""
     kind = event["type"]

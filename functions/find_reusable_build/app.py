@@ -5,7 +5,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from layershift_core.matrix import find_reusable_build
+from layershift_core.targets import find_reusable_build
 from layershift_core.metering import metered
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer

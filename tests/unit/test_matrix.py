@@ -15,7 +15,7 @@ from moto import mock_aws
 from layershift.local import revisions
 from layershift_core import aws
 from layershift_core.errors import BuildFailed, InvalidRequirements
-from layershift_core.matrix import choose_targets, find_reusable_build
+from layershift_core.targets import choose_targets, find_reusable_build
 from layershift_core.models import (
     ErrorInfo,
     LayerSpec,

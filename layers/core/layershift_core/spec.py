@@ -31,7 +31,7 @@ max_extension_seconds = 600     # how long an inconclusive bake may be extended
 inconclusive = "rollback"       # or "promote", once the extension is used up
 ```
 Every key is optional; what is missing comes from the template's defaults. Without runtimes or
-architectures, a rollout builds for those of the layer's functions (see ``matrix.py``); the
+architectures, a rollout builds for those of the layer's functions (see ``targets.py``); the
 template's DefaultRuntime and DefaultArchitecture apply only when no function uses the layer yet.
 """
 
