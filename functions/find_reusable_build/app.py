@@ -5,11 +5,11 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from layershift_core.targets import find_reusable_build
 from layershift_core.metering import metered
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer
 from layershift_core.settings import load_settings
+from layershift_core.targets import find_reusable_build
 
 
 @logger.inject_lambda_context(log_event=False)

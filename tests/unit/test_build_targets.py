@@ -15,7 +15,6 @@ from moto import mock_aws
 from layershift.local import revisions
 from layershift_core import aws
 from layershift_core.errors import BuildFailed, InvalidRequirements
-from layershift_core.targets import choose_targets, find_reusable_build
 from layershift_core.models import (
     ErrorInfo,
     LayerSpec,
@@ -28,6 +27,7 @@ from layershift_core.models import (
 from layershift_core.planner import find_candidates_task, load_plan
 from layershift_core.publish import publish_layer
 from layershift_core.registry import Registry
+from layershift_core.targets import choose_targets, find_reusable_build
 
 from .map_runs import plan, prepare, promote, rolled_back, shift
 from .registry_table import create_registry_table
