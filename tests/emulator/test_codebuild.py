@@ -7,6 +7,7 @@ variables), and the CoreLayer is the project's own ``layers/core`` (dependencies
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from layershift.local.deploy import build_python_layer, layer_cache_dir
 from layershift.local.server import LocalAws
 from layershift.local.template import load_template
+from layershift_core.builder.manifest import VariantIndex
 
 from .support import wait_for
 
@@ -95,12 +97,13 @@ def _build_state(project: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _job_environment(bucket: str, layer: str, requirements: str, aws: LocalAws) -> list[dict[str, str]]:
+def _job_environment(
+    bucket: str, layer: str, requirements: str, aws: LocalAws, targets: str = "python3.13/x86_64"
+) -> list[dict[str, str]]:
     aws.client("s3").put_object(Bucket=bucket, Key=f"rollouts/{layer}/r1/requirements.txt", Body=requirements.encode())
     values = {
         "LAYERSHIFT_REQUIREMENTS_URI": f"s3://{bucket}/rollouts/{layer}/r1/requirements.txt",
-        "LAYERSHIFT_RUNTIME": "python3.13",
-        "LAYERSHIFT_ARCH": "x86_64",
+        "LAYERSHIFT_TARGETS": targets,
         "LAYERSHIFT_OUTPUT_URI": f"s3://{bucket}/artifacts/{layer}/out/",
         "LAYERSHIFT_ALLOW_RANGES": "false",
     }
@@ -215,11 +218,13 @@ def test_request_response_start_build_returns_while_the_build_runs(
 
 
 @pytest.mark.network
-def test_a_good_build_succeeds_and_uploads_the_layer(aws: LocalAws, build_project: dict[str, str]) -> None:
+def test_a_good_build_succeeds_and_uploads_every_variant(aws: LocalAws, build_project: dict[str, str]) -> None:
     machine = _machine(
         aws, build_project, {"BuildLayer": _build_state(build_project["project"], End=True)}, "BuildLayer"
     )
-    environment = _job_environment(build_project["bucket"], "six", "six==1.16.0\n", aws)
+    environment = _job_environment(
+        build_project["bucket"], "six", "six==1.16.0\n", aws, targets="python3.13/x86_64,python3.13/arm64"
+    )
 
     execution = _run(aws, machine, {"environment": environment}, timeout=600)
 
@@ -229,6 +234,17 @@ def test_a_good_build_succeeds_and_uploads_the_layer(aws: LocalAws, build_projec
     assert build["BuildComplete"] is True
     assert [phase["PhaseType"] for phase in build["Phases"]][-1] == "COMPLETED"
     assert _build_phase(build)["PhaseStatus"] == "SUCCEEDED"
-    listed = aws.client("s3").list_objects_v2(Bucket=build_project["bucket"], Prefix="artifacts/six/out/")
-    keys = {item["Key"].rsplit("/", 1)[-1] for item in listed.get("Contents", [])}
-    assert {"layer.zip", "manifest.json"} <= keys
+    s3 = aws.client("s3")
+    prefix = "artifacts/six/out/"
+    index = VariantIndex.model_validate_json(
+        s3.get_object(Bucket=build_project["bucket"], Key=prefix + "variants.json")["Body"].read()
+    )
+    # six is pure Python: one layer serves python3.13 on both architectures
+    (variant,) = index.variants
+    assert variant.id == "python3.13-any"
+    assert variant.compatible_architectures == ["arm64", "x86_64"]
+    listed = s3.list_objects_v2(Bucket=build_project["bucket"], Prefix=prefix)
+    keys = {item["Key"].removeprefix(prefix) for item in listed.get("Contents", [])}
+    assert keys == {"variants.json", variant.zip, variant.manifest, f"{variant.id}/sbom.cdx.json"}
+    zipped = s3.get_object(Bucket=build_project["bucket"], Key=prefix + variant.zip)
+    assert zipped["Metadata"]["sha256"] == variant.sha256 == hashlib.sha256(zipped["Body"].read()).hexdigest()

@@ -11,8 +11,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from layershift_core.builder import Manifest, build_job, build_layer, compute_build_key, install
-from layershift_core.builder.platforms import find_interpreter
+from layershift_core.builder import Manifest, build_job, build_layer, build_matrix, compute_build_key, install
+from layershift_core.builder.platforms import find_interpreter, host_can_run, target_for
 from layershift_core.errors import SdistOnlyPackage
 from layershift_core.requirements import parse_requirements
 
@@ -65,6 +65,32 @@ def test_arm64_binary_build_uses_aarch64_wheels(tmp_path: Path) -> None:
     orjson = next(p for p in manifest.packages if p.name == "orjson")
     assert all("aarch64" in tag for tag in orjson.wheel_tags)
     assert manifest.compatible_architectures == ["arm64"]
+    # the ELF check ran on the aarch64 objects with its figures; the import could not, and says why
+    binaries = manifest.binaries
+    assert binaries.checked >= 1 and binaries.needed >= 1
+    assert binaries.resolved_system + binaries.resolved_in_layer == binaries.needed
+    assert binaries.max_glibc is not None
+    if not host_can_run(target_for("python3.13", "arm64")):
+        assert binaries.checks in (["elf"], ["elf", "import (qemu)"])
+        if binaries.checks == ["elf"]:
+            assert not manifest.smoke_test.ran
+            assert "did not run" in (binaries.import_note or "")
+            assert "aarch64 shared objects cannot load" in (binaries.import_note or "")
+
+
+def test_a_matrix_shares_one_pure_layer_and_builds_native_ones_per_architecture(tmp_path: Path) -> None:
+    targets = [("python3.12", "x86_64"), ("python3.13", "x86_64"), ("python3.13", "arm64")]
+    pure = build_matrix(PURE, targets=targets, out_dir=tmp_path / "pure", use_cache=False)
+    assert [v.id for v in pure.variants] == ["python3.12-python3.13-any"]
+    assert pure.variants[0].compatible_architectures == ["arm64", "x86_64"]
+    native = build_matrix(BINARY, targets=targets, out_dir=tmp_path / "native", use_cache=False)
+    assert [v.id for v in native.variants] == ["python3.13-arm64", "python3.12-python3.13-x86_64"]
+    with zipfile.ZipFile(tmp_path / "native" / native.variants[1].zip) as zf:
+        names = zf.namelist()
+    assert any(n.startswith("python/lib/python3.12/site-packages/orjson/orjson.cpython-312-x86_64") for n in names)
+    assert any(n.startswith("python/lib/python3.13/site-packages/orjson/orjson.cpython-313-x86_64") for n in names)
+    single = _build(BINARY, tmp_path / "single", arch="arm64")
+    assert native.variant_for("python3.13", "arm64").sha256 == single.sha256
 
 
 def test_sdist_only_pin_fails_naming_the_package(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import re
 import stat
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -21,22 +22,29 @@ from moto import mock_aws
 
 from layershift_core.builder import (
     BUILDER_VERSION,
+    AuditPolicy,
     Manifest,
+    VariantIndex,
     build_job,
     build_layer,
+    build_matrix,
     command,
     compute_build_key,
+    compute_matrix_key,
     install,
 )
 from layershift_core.builder import audit as audit_module
 from layershift_core.builder import build as build_module
 from layershift_core.builder import strip as strip_module
 from layershift_core.builder.distributions import scan
+from layershift_core.builder.elf_check import ElfReport
+from layershift_core.builder.matrix import parse_targets
 from layershift_core.builder.platforms import RUNTIME_PROVIDED_PACKAGES, find_interpreter, target_for
 from layershift_core.builder.prune import prune
 from layershift_core.builder.smoke import SmokeReport
 from layershift_core.builder.zipper import FIXED_DATE_TIME, sha256_file, write_zip
 from layershift_core.errors import (
+    BinaryCheckFailed,
     BuildFailed,
     ImportSmokeTestFailed,
     InvalidLayerSpec,
@@ -46,6 +54,10 @@ from layershift_core.errors import (
 from layershift_core.requirements import RequirementSet, parse_requirements
 
 HAS_313 = find_interpreter("3.13") is not None
+# A real x86_64 shared object of the build host (it needs libc.so.6 only, up to GLIBC_2.34), for the ELF check.
+HOST_SO = Path("/usr/lib/x86_64-linux-gnu/liblzma.so.5")
+SO_BYTES = HOST_SO.read_bytes() if HOST_SO.exists() else b""
+needs_host_so = pytest.mark.skipif(not SO_BYTES, reason="needs the x86_64 Debian host's liblzma.so.5")
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +138,7 @@ def binary_layout(dest: Path) -> None:
         dest,
         "gamma",
         "3.0",
-        {"gamma/__init__.py": "", "gamma.libs/libfoo.so.1": b"\x7fELF", "gamma/tests/x.py": ""},
+        {"gamma/__init__.py": "", "gamma.libs/libfoo.so.1": SO_BYTES, "gamma/tests/x.py": ""},
         pure=False,
         tags=("cp313-cp313-manylinux_2_17_x86_64", "cp313-cp313-manylinux2014_x86_64"),
         top_level=["gamma"],
@@ -353,6 +365,7 @@ def test_pure_python_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert manifest.warnings == []
 
 
+@needs_host_so
 def test_builds_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(binary_layout))
     first = build_layer(
@@ -366,6 +379,7 @@ def test_builds_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (tmp_path / "a" / "layer.zip").read_bytes() == (tmp_path / "b" / "layer.zip").read_bytes()
 
 
+@needs_host_so
 def test_binary_build_uses_the_versioned_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(binary_layout))
     manifest = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path)
@@ -759,11 +773,32 @@ def _smoke_by_size(broken_when_stripped: bool):
     return _smoke
 
 
+def _elf_check_that(passes: Callable[[Path], bool] = lambda root: True):
+    """A stand-in for the ELF check (the fake wheels' shared objects are not real ELF files)."""
+
+    def _check(layer_root, target, owners=None):
+        objects = sorted(p for p in Path(layer_root).rglob("*.so*") if p.is_file())
+        report = ElfReport(
+            checked=len(objects),
+            needed=2 * len(objects),
+            resolved_system=2 * len(objects),
+            max_glibc="2.17",
+            runtime=target.runtime,
+            runtime_glibc="2.34",
+        )
+        if not passes(Path(layer_root)):
+            report.failures.append(f"{objects[0].relative_to(layer_root)}: not a readable ELF shared object")
+        return report
+
+    return _check
+
+
 @pytest.mark.parametrize("broken", [False, True])
 def test_stripping_is_kept_only_when_the_smoke_test_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
 ) -> None:
     monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
     monkeypatch.setattr(build_module, "strip_tool", lambda target: (_fake_strip(tmp_path), None))
     monkeypatch.setattr(build_module, "find_interpreter", lambda version: sys.executable)
     monkeypatch.setattr(build_module, "host_can_run", lambda target: True)
@@ -788,11 +823,98 @@ def test_stripping_is_kept_only_when_the_smoke_test_passes(
 
 def test_stripping_is_skipped_when_the_smoke_test_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
     monkeypatch.setattr(build_module, "host_can_run", lambda target: False)
-    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path)
+    monkeypatch.setattr(build_module, "strip_tool", lambda target: (None, "aarch64-linux-gnu-strip is not installed"))
+    monkeypatch.setattr(build_module, "find_target_interpreter", lambda target: None)
+    lines: list[str] = []
+    manifest = build_layer(
+        "gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path, echo=lines.append
+    )
     assert not manifest.stripped.ran
     assert "smoke test cannot run" in (manifest.stripped.note or "")
+    assert "aarch64-linux-gnu-strip is not installed" in (manifest.stripped.note or "")
     assert not manifest.smoke_test.ran
+    # the ELF check ran and says so with its figures; the import did not, and the build says why
+    binaries = manifest.binaries
+    assert binaries.checks == ["elf"]
+    assert (binaries.checked, binaries.needed, binaries.resolved_system, binaries.max_glibc) == (2, 4, 4, "2.17")
+    assert "did not run" in (binaries.import_note or "")
+    assert "aarch64 shared objects cannot load on this" in (binaries.import_note or "")
+    assert "no qemu-aarch64" in (binaries.import_note or "")
+    text = "\n".join(lines)
+    assert "binaries   elf: 2 shared objects checked, 4 needed libraries resolved" in text
+    assert "binaries   the import smoke test did not run for python3.13 arm64" in text
+
+
+@pytest.mark.parametrize("passes_stripped", [True, False])
+def test_arm64_extension_modules_are_stripped_when_the_elf_check_passes_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passes_stripped: bool
+) -> None:
+    def intact(root: Path) -> bool:
+        so = next(root.rglob("_fast.cpython-313-x86_64-linux-gnu.so"))
+        return passes_stripped or so.stat().st_size == 1004
+
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that(intact))
+    monkeypatch.setattr(build_module, "host_can_run", lambda target: False)
+    monkeypatch.setattr(build_module, "strip_tool", lambda target: (_fake_strip(tmp_path), None))
+    monkeypatch.setattr(build_module, "find_target_interpreter", lambda target: None)
+    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path / "out")
+    with zipfile.ZipFile(tmp_path / "out" / "layer.zip") as zf:
+        prefix = manifest.layout
+        so_size = zf.getinfo(f"{prefix}/gamma/_fast.cpython-313-x86_64-linux-gnu.so").file_size
+        assert zf.getinfo(f"{prefix}/gamma.libs/libfoo.so.1").file_size == 1004  # vendored: never stripped
+    assert manifest.stripped.ran and not manifest.smoke_test.ran
+    if passes_stripped:
+        assert so_size == 502 and manifest.stripped.files == 1
+    else:
+        assert so_size == 1004 and manifest.stripped.restored
+        assert "the ELF check failed" in (manifest.stripped.note or "")
+
+
+def test_a_failing_elf_check_fails_the_build_with_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that(lambda root: False))
+    with pytest.raises(BinaryCheckFailed, match="not a readable ELF shared object") as info:
+        build_layer("gamma==3.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "out")
+    assert "cannot load on the python3.13 runtime" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@needs_host_so
+def test_the_elf_check_runs_on_every_build_with_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(binary_layout))
+    lines: list[str] = []
+    manifest = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path, echo=lines.append
+    )
+    binaries = manifest.binaries
+    assert binaries.checked == 1 and binaries.needed >= 1
+    assert binaries.resolved_system == binaries.needed and binaries.resolved_in_layer == 0
+    assert binaries.max_glibc is not None
+    assert binaries.checks == (["elf", "import"] if HAS_313 else ["elf"])
+    assert "timings" in "\n".join(lines) and "check_binaries" in manifest.timings
+    assert f"binaries   {', '.join(binaries.checks)}: 1 shared objects checked" in "\n".join(lines)
+    # the same object is too new for python3.11's Amazon Linux 2
+    with pytest.raises(BinaryCheckFailed, match=r"gamma\.libs/libfoo\.so\.1 \(gamma 3\.0\): needs GLIBC_2\.\d+"):
+        build_layer("alpha==1.0\n", runtime="python3.11", architecture="x86_64", out_dir=tmp_path / "311")
+
+
+@pytest.mark.skipif(not HAS_313, reason="needs a python3.13 interpreter")
+def test_an_arm64_import_runs_under_qemu_when_a_target_interpreter_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(_extension_layout))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    monkeypatch.setattr(build_module, "host_can_run", lambda target: False)
+    monkeypatch.setattr(build_module, "strip_tool", lambda target: (None, "aarch64-linux-gnu-strip is not installed"))
+    # a stand-in prefix: the host's python3.13 plays the qemu-run target interpreter
+    monkeypatch.setattr(build_module, "find_target_interpreter", lambda target: [str(find_interpreter("3.13"))])
+    manifest = build_layer("gamma==3.0\n", runtime="python3.13", architecture="arm64", out_dir=tmp_path)
+    assert manifest.smoke_test.ran and manifest.smoke_test.modules == 3
+    assert manifest.binaries.checks == ["elf", "import (qemu)"]
+    assert manifest.binaries.import_note is None
 
 
 # ---------------------------------------------------------------- build cache
@@ -1008,3 +1130,526 @@ def test_build_job_skips_a_build_already_in_the_bucket(
     assert "build job: cache hit" not in out
     assert "layershift: cache hit for build key" in out  # the builder's local cache still served it
     assert build_job.run(_job_env("artifacts", key, LAYERSHIFT_NO_CACHE="true")) == 1  # builds: pip is called
+
+
+# ---------------------------------------------------------------- the build matrix
+
+HAS_312 = find_interpreter("3.12") is not None
+needs_312_313 = pytest.mark.skipif(not (HAS_312 and HAS_313), reason="needs python3.12 and python3.13 interpreters")
+
+
+def fake_resolver(packages: dict[str, str], pure: bool | Callable[[object], bool] = True):
+    """An ``install.resolve`` replacement: every target resolves to ``packages``."""
+
+    def _resolve(reqs, target, work):
+        is_pure = pure(target) if callable(pure) else pure
+        return install.Resolution(target, dict(packages), pure=is_pure)
+
+    return _resolve
+
+
+def counting_installer(layout_for):
+    """An ``install.install`` replacement laying out ``layout_for(target)(dest)``; records the targets."""
+    calls: list[tuple[str, str]] = []
+
+    def _install(reqs, target, dest, work):
+        calls.append((target.runtime, target.architecture))
+        dest.mkdir(parents=True, exist_ok=True)
+        layout_for(target)(dest)
+        return install.InstallResult(pip_python="fake", pip_version="0", command=[])
+
+    return _install, calls
+
+
+def native_layout_for(target) -> Callable[[Path], None]:
+    """gamma with an extension module tagged for the target's minor and machine."""
+    abi = target.abi
+
+    def layout(dest: Path) -> None:
+        pure_layout(dest)
+        fake_wheel(
+            dest,
+            "gamma",
+            "3.0",
+            {
+                "gamma/__init__.py": "",
+                f"gamma/_fast.{abi.replace('cp', 'cpython-')}-{target.machine}-linux-gnu.so": b"x",
+            },
+            pure=False,
+            tags=(f"{abi}-{abi}-manylinux_2_17_{target.machine}",),
+            top_level=["gamma"],
+        )
+
+    return layout
+
+
+THREE_TARGETS = [("python3.12", "x86_64"), ("python3.13", "x86_64"), ("python3.13", "arm64")]
+
+
+@needs_312_313
+def test_a_pure_matrix_is_one_variant_with_bytecode_for_each_minor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "beta-tools": "2.0"}))
+    fake, calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    lines: list[str] = []
+    index = build_matrix("alpha==1.0\n", targets=THREE_TARGETS, out_dir=tmp_path / "out", echo=lines.append)
+    assert len(calls) == 1, "identical pure resolutions are installed once"
+    (variant,) = index.variants
+    assert variant.id == "python3.12-python3.13-any"
+    assert variant.pure_python
+    assert variant.compatible_runtimes == ["python3.12", "python3.13"]
+    assert variant.compatible_architectures == ["arm64", "x86_64"]
+    assert [(t.runtime, t.architecture) for t in variant.targets] == [
+        ("python3.12", "x86_64"),
+        ("python3.13", "arm64"),
+        ("python3.13", "x86_64"),
+    ]
+    assert variant.packages == [{"name": "alpha", "version": "1.0"}, {"name": "beta-tools", "version": "2.0"}]
+    assert (variant.zip, variant.manifest) == (f"{variant.id}/layer.zip", f"{variant.id}/manifest.json")
+    assert index.variant_for("python3.12", "arm64") == variant  # compatible, though not a target
+    assert index.variant_for("python3.11", "x86_64") is None
+    assert VariantIndex.read(tmp_path / "out" / "variants.json") == index
+    folder = tmp_path / "out" / variant.id
+    assert sorted(p.name for p in folder.iterdir()) == ["layer.zip", "manifest.json", "sbom.cdx.json"]
+    manifest = Manifest.read(folder / "manifest.json")
+    assert manifest.sha256 == variant.sha256 == sha256_file(folder / "layer.zip")
+    assert manifest.bytecode.python_versions == ["3.12", "3.13"]
+    assert [(r.python_version, r.ran, r.recompiled) for r in manifest.smoke_test.runs] == [
+        ("3.12", True, []),
+        ("3.13", True, []),
+    ]
+    assert manifest.build_key == compute_matrix_key([t.build_key for t in variant.targets]) == index.matrix_key
+    with zipfile.ZipFile(folder / "layer.zip") as zf:
+        names = zf.namelist()
+    assert "python/alpha/__pycache__/core.cpython-312.pyc" in names
+    assert "python/alpha/__pycache__/core.cpython-313.pyc" in names
+    assert "layershift: matrix" in "\n".join(lines)
+
+
+@needs_312_313
+def test_native_results_get_a_layer_per_architecture_sharing_minors_when_they_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "gamma": "3.0"}, pure=False))
+    fake, calls = counting_installer(native_layout_for)
+    monkeypatch.setattr(install, "install", fake)
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    index = build_matrix("gamma==3.0\n", targets=THREE_TARGETS, out_dir=tmp_path / "out")
+    assert sorted(calls) == sorted(THREE_TARGETS)
+    assert [v.id for v in index.variants] == ["python3.13-arm64", "python3.12-python3.13-x86_64"]
+    arm, x86 = index.variants
+    assert (arm.compatible_architectures, arm.compatible_runtimes) == (["arm64"], ["python3.13"])
+    assert (x86.compatible_architectures, x86.compatible_runtimes) == (["x86_64"], ["python3.12", "python3.13"])
+    assert index.variant_for("python3.12", "x86_64") == x86
+    assert index.variant_for("python3.12", "arm64") is None
+    with zipfile.ZipFile(tmp_path / "out" / x86.zip) as zf:
+        names = zf.namelist()
+    for minor in ("3.12", "3.13"):
+        tag = minor.replace(".", "")
+        assert f"python/lib/python{minor}/site-packages/gamma/_fast.cpython-{tag}-x86_64-linux-gnu.so" in names
+        assert f"python/lib/python{minor}/site-packages/alpha/__pycache__/core.cpython-{tag}.pyc" in names
+    manifest = Manifest.read(tmp_path / "out" / x86.manifest)
+    assert manifest.layouts == ["python/lib/python3.12/site-packages", "python/lib/python3.13/site-packages"]
+    assert {p.name: p.python_versions for p in manifest.packages}["gamma"] == ["3.12", "3.13"]
+    assert manifest.binaries.checks == ["elf", "import"]
+    arm_manifest = Manifest.read(tmp_path / "out" / arm.manifest)
+    assert arm_manifest.binaries.checks == ["elf"]
+    assert "did not run" in (arm_manifest.binaries.import_note or "")
+
+
+@needs_312_313
+def test_native_minors_over_the_budget_together_get_a_layer_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "gamma": "3.0"}, pure=False))
+    fake, _calls = counting_installer(native_layout_for)
+    monkeypatch.setattr(install, "install", fake)
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    probe = build_layer("gamma==3.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "probe")
+    # room for one minor's site-packages, not for two
+    monkeypatch.setattr(build_module, "UNZIPPED_BUDGET_BYTES", int(probe.unzipped_bytes * 1.5))
+    index = build_matrix("gamma==3.0\n", targets=THREE_TARGETS[:2], out_dir=tmp_path / "out", use_cache=False)
+    assert [v.id for v in index.variants] == ["python3.12-x86_64", "python3.13-x86_64"]
+    assert [v.compatible_runtimes for v in index.variants] == [["python3.12"], ["python3.13"]]
+
+
+def test_a_matrix_of_one_target_gives_build_layers_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+
+    def never(*args, **kwargs):
+        raise AssertionError("one target needs no resolution")
+
+    monkeypatch.setattr(install, "resolve", never)
+    manifest = build_layer(
+        "alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path / "single", use_cache=False
+    )
+    index = build_matrix(
+        "alpha==1.0\n", targets=[("python3.13", "x86_64")], out_dir=tmp_path / "matrix", use_cache=False
+    )
+    (variant,) = index.variants
+    assert variant.id == "python3.13-any"
+    assert variant.sha256 == manifest.sha256
+    assert (tmp_path / "matrix" / variant.zip).read_bytes() == (tmp_path / "single" / "layer.zip").read_bytes()
+    assert index.matrix_key == manifest.build_key == compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64")
+
+
+@needs_312_313
+def test_sourceless_pure_minors_are_variants_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "beta-tools": "2.0"}))
+    fake, calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    index = build_matrix("alpha==1.0\n", targets=THREE_TARGETS, out_dir=tmp_path, profile="sourceless")
+    assert [v.id for v in index.variants] == ["python3.12-any", "python3.13-any"]
+    assert len(calls) == 2
+    with zipfile.ZipFile(tmp_path / index.variants[1].zip) as zf:
+        assert "python/alpha/core.pyc" in zf.namelist()
+
+
+def test_different_pure_resolutions_declare_only_their_own_architectures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def resolve(reqs, target, work):
+        extra = {"uvloop-shim": "1.0"} if target.architecture == "arm64" else {}
+        return install.Resolution(target, {"alpha": "1.0", **extra}, pure=True)
+
+    monkeypatch.setattr(install, "resolve", resolve)
+    fake, _calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    targets = [("python3.13", "x86_64"), ("python3.13", "arm64")]
+    index = build_matrix("alpha==1.0\n", targets=targets, out_dir=tmp_path)
+    assert sorted((v.id, tuple(v.compatible_architectures)) for v in index.variants) == [
+        ("python3.13-arm64", ("arm64",)),
+        ("python3.13-x86_64", ("x86_64",)),
+    ]
+    assert index.variant_for("python3.13", "arm64").id == "python3.13-arm64"
+
+
+def test_a_matrix_is_served_from_the_cache_without_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "beta-tools": "2.0"}))
+    fake, _calls = counting_installer(lambda target: pure_layout)
+    monkeypatch.setattr(install, "install", fake)
+    kwargs = {"targets": THREE_TARGETS, "cache_dir": tmp_path / "cache"}
+    first = build_matrix("alpha==1.0\n", out_dir=tmp_path / "a", **kwargs)
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    monkeypatch.setattr(install, "resolve", never)
+    second = build_matrix(
+        "alpha==1.0\n", out_dir=tmp_path / "b", targets=list(reversed(THREE_TARGETS)), cache_dir=tmp_path / "cache"
+    )
+    assert second.matrix_key == first.matrix_key
+    assert [v.sha256 for v in second.variants] == [v.sha256 for v in first.variants]
+    (variant,) = second.variants
+    assert Manifest.read(tmp_path / "b" / variant.manifest).cache_hit
+    assert (tmp_path / "b" / variant.zip).read_bytes() == (tmp_path / "a" / variant.zip).read_bytes()
+
+
+def test_matrix_key_is_order_independent_and_one_target_is_its_build_key() -> None:
+    keys = [compute_build_key(_reqs(), r, a) for r, a in THREE_TARGETS]
+    assert compute_matrix_key(keys) == compute_matrix_key(list(reversed(keys)))
+    assert compute_matrix_key(keys[:1]) == keys[0]
+    assert compute_matrix_key(keys[:2]) != compute_matrix_key(keys)
+    assert parse_targets(" python3.12/x86_64, python3.13/arm64 ") == [("python3.12", "x86_64"), ("python3.13", "arm64")]
+    with pytest.raises(InvalidLayerSpec, match="runtime/architecture"):
+        parse_targets("python3.13")
+
+
+def test_the_audit_policy_is_part_of_the_build_key() -> None:
+    base = compute_build_key(_reqs(), "python3.13", "x86_64")
+    assert base == compute_build_key(_reqs(), "python3.13", "x86_64", audit_policy=AuditPolicy(fail_on="none"))
+    strict = compute_build_key(_reqs(), "python3.13", "x86_64", audit_policy=AuditPolicy(fail_on="high"))
+    failing = compute_build_key(
+        _reqs(), "python3.13", "x86_64", audit_policy=AuditPolicy(fail_on="high", unavailable="fail")
+    )
+    assert len({base, strict, failing}) == 3
+
+
+# ---------------------------------------------------------------- the vulnerability gate
+
+
+def _finding(package: str, version: str, vid: str, severity: str | None, fixes: tuple[str, ...] = ("9.9",)) -> dict:
+    return {
+        "package": package,
+        "version": version,
+        "id": vid,
+        "aliases": [f"CVE-2099-{vid[-1]}"],
+        "fix_versions": list(fixes),
+        "description": "",
+        "severity": severity,
+        "severity_source": f"GHSA-{vid[-1]} database_specific.severity" if severity else "OSV could not be reached",
+    }
+
+
+def _audit_returns(monkeypatch: pytest.MonkeyPatch, *findings: dict, status: str | None = None) -> list[dict]:
+    """``run_audit`` answers with these findings (or ``status``); returns the package sets it was asked about."""
+    asked: list[dict] = []
+
+    def _run(packages):
+        asked.append(dict(packages))
+        if status is not None:
+            return audit_module.AuditReport(status, note="the vulnerability service could not be reached")
+        return audit_module.AuditReport(
+            "vulnerable" if findings else "ok", [dict(f) for f in findings], audited=len(packages)
+        )
+
+    monkeypatch.setattr(audit_module, "run_audit", _run)
+    return asked
+
+
+def _gated_build(tmp_path: Path, policy: AuditPolicy, name: str = "out", **kwargs) -> Manifest:
+    return build_layer(
+        "alpha==1.0\n",
+        runtime="python3.13",
+        architecture="x86_64",
+        out_dir=tmp_path / name,
+        audit_policy=policy,
+        cache_dir=tmp_path / "cache",
+        **kwargs,
+    )
+
+
+def test_a_vulnerability_at_the_threshold_fails_the_build_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(
+        monkeypatch,
+        _finding("alpha", "1.0", "PYSEC-1", "high", ("1.1", "2.0")),
+        _finding("beta-tools", "2.0", "PYSEC-2", "low"),
+    )
+    with pytest.raises(BuildFailed) as info:
+        _gated_build(tmp_path, AuditPolicy(fail_on="high"))
+    message = str(info.value)
+    assert "the vulnerability gate (fail_on = high) stops this layer: 1 known vulnerability" in message
+    assert (
+        "alpha 1.0: PYSEC-1 (CVE-2099-1), fixed in 1.1, 2.0; severity high (GHSA-1 database_specific.severity)"
+        in message
+    )
+    assert "beta-tools" not in message  # low is under the threshold
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_findings_under_the_threshold_pass_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-1", "moderate"))
+    manifest = _gated_build(tmp_path, AuditPolicy(fail_on="high"))
+    assert manifest.audit.status == "vulnerable"
+    assert manifest.audit.findings[0]["severity"] == "moderate"
+    assert any("below the gate's fail_on = high" in w and "PYSEC-1 (moderate)" in w for w in manifest.warnings)
+    with pytest.raises(BuildFailed, match=r"fail_on = moderate"):
+        _gated_build(tmp_path, AuditPolicy(fail_on="moderate"), name="strict")
+
+
+def test_an_unknown_severity_fails_closed_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-7", None, fixes=()))
+    with pytest.raises(BuildFailed) as info:
+        _gated_build(tmp_path, AuditPolicy(fail_on="critical"))
+    assert (
+        "alpha 1.0: PYSEC-7 (CVE-2099-7), no fixed version published; severity unknown (OSV could not be "
+        "reached): treated as critical, the threshold (fail closed)"
+    ) in str(info.value)
+    assert _gated_build(tmp_path, AuditPolicy(fail_on="none"), name="off").audit.status == "vulnerable"
+
+
+@pytest.mark.parametrize("unavailable", ["fail", "warn"])
+def test_an_audit_that_cannot_run_fails_or_warns_as_the_policy_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unavailable: str
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch, status="unavailable")
+    policy = AuditPolicy(fail_on="high", unavailable=unavailable)
+    if unavailable == "fail":
+        with pytest.raises(BuildFailed, match=r"audit could not run .*unavailable = \"fail\""):
+            _gated_build(tmp_path, policy)
+        return
+    manifest = _gated_build(tmp_path, policy)
+    assert manifest.audit.status == "unavailable"
+    assert any("the gate (fail_on = high) was not applied" in w for w in manifest.warnings)
+
+
+def test_the_gate_holds_on_a_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    asked = _audit_returns(monkeypatch)
+    first = _gated_build(tmp_path, AuditPolicy(fail_on="high"), name="a")
+    assert first.audit.status == "ok" and len(asked) == 1
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    # an advisory published since: the cached layer is audited again and refused
+    asked = _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-9", "critical"))
+    with pytest.raises(BuildFailed, match=r"alpha 1\.0: PYSEC-9 .*severity critical"):
+        _gated_build(tmp_path, AuditPolicy(fail_on="high"), name="b")
+    assert asked == [{"alpha": "1.0", "beta-tools": "2.0"}]
+    assert not (tmp_path / "b").exists()
+    # the service down on the cache hit: the build's own findings are gated, unavailable decides
+    _audit_returns(monkeypatch, status="unavailable")
+    hit = _gated_build(tmp_path, AuditPolicy(fail_on="high"), name="c")
+    assert hit.cache_hit and hit.audit.status == "unavailable"
+    assert "findings are the build's" in (hit.audit.note or "")
+    # a policy with no gate has another build key: not this cache entry, and nothing to audit again
+    assert compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64") != first.build_key
+
+
+def test_the_gate_holds_on_a_cache_hit_of_the_build_job(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    _audit_returns(monkeypatch)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="artifacts")
+        s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=b"alpha==1.0\n")
+        key = compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64", audit_policy=AuditPolicy())
+        env = _job_env("artifacts", key, LAYERSHIFT_AUDIT_FAIL_ON="high", LAYERSHIFT_NO_CACHE="true")
+        assert build_job.run(env) == 0
+        capsys.readouterr()
+        _audit_returns(monkeypatch, _finding("alpha", "1.0", "PYSEC-9", "high"))
+        del env["LAYERSHIFT_NO_CACHE"]
+        assert build_job.run(env) == 1
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("layershift build job failed: BuildFailed: the vulnerability gate (fail_on = high)")
+        record = s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/build-failure.json")["Body"].read()
+        assert "PYSEC-9" in json.loads(record)["message"]
+
+
+def test_severity_comes_from_osv_ghsa_first_then_cvss(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = {
+        "PYSEC-1": {"id": "PYSEC-1", "severity": []},
+        "GHSA-aaaa": {"id": "GHSA-aaaa", "database_specific": {"severity": "MODERATE"}},
+        "PYSEC-2": {
+            "id": "PYSEC-2",
+            "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+        },
+        "PYSEC-3": {"id": "PYSEC-3"},
+    }
+    monkeypatch.setattr(audit_module, "fetch_advisory", lambda vid: records.get(vid))
+    report = audit_module.AuditReport(
+        "vulnerable",
+        [
+            {"package": "a", "version": "1", "id": "PYSEC-1", "aliases": ["GHSA-aaaa"]},
+            {"package": "b", "version": "1", "id": "PYSEC-2", "aliases": []},
+            {"package": "c", "version": "1", "id": "PYSEC-3", "aliases": []},
+            {"package": "d", "version": "1", "id": "PYSEC-404", "aliases": []},
+        ],
+    )
+    audit_module.add_severities(report)
+    found = [(f["severity"], f["severity_source"]) for f in report.findings]
+    assert found == [
+        ("moderate", "GHSA-aaaa database_specific.severity"),
+        ("critical", "PYSEC-2 CVSS 9.8"),
+        (None, "the advisory records no severity"),
+        (None, "OSV could not be reached for its severity"),
+    ]
+    assert audit_module.cvss3_base_score("CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:N/I:N/A:H") == 5.9
+    assert audit_module.cvss3_base_score("CVSS:3.1/AV:N/AC:L/PR:L/UI:N/S:C/C:H/I:H/A:H") == 9.9
+    assert audit_module.cvss3_base_score("AV:N/AC:L/Au:N/C:P/I:P/A:P") is None  # CVSS v2: not rated here
+
+
+def test_the_job_reads_the_audit_policy_from_its_environment() -> None:
+    assert build_job.audit_policy({}) is None
+    assert build_job.audit_policy({"LAYERSHIFT_FAIL_ON_VULNERABILITY": "true"}) == AuditPolicy(fail_on="low")
+    assert build_job.audit_policy(
+        {"LAYERSHIFT_AUDIT_FAIL_ON": "critical", "LAYERSHIFT_AUDIT_UNAVAILABLE": "fail"}
+    ) == AuditPolicy(fail_on="critical", unavailable="fail")
+    assert build_job.audit_policy({"LAYERSHIFT_AUDIT_UNAVAILABLE": "fail"}) == AuditPolicy(
+        fail_on="none", unavailable="fail"
+    )
+    with pytest.raises(build_job.JobConfigError, match="LAYERSHIFT_AUDIT_FAIL_ON='severe'"):
+        build_job.audit_policy({"LAYERSHIFT_AUDIT_FAIL_ON": "severe"})
+
+
+def test_layer_toml_audit_defaults_come_from_the_template_parameters() -> None:
+    from layershift_core.settings import Settings
+    from layershift_core.spec import parse_layer_spec
+
+    defaults = Settings(bucket="bkt", table="tbl").spec_defaults
+    assert parse_layer_spec(None, defaults).audit == AuditPolicy(fail_on="high", unavailable="warn")
+    strict = Settings(bucket="bkt", table="tbl", audit_fail_on="moderate", audit_unavailable="fail").spec_defaults
+    assert parse_layer_spec(None, strict).audit == AuditPolicy(fail_on="moderate", unavailable="fail")
+    spec = parse_layer_spec(b'[audit]\nfail_on = "critical"\n', strict)
+    assert spec.audit == AuditPolicy(fail_on="critical", unavailable="fail")
+    with pytest.raises(InvalidLayerSpec, match=r"audit\.fail_on"):
+        parse_layer_spec(b'[audit]\nfail_on = "severe"\n', defaults)
+
+
+# ---------------------------------------------------------------- the build job's matrix
+
+
+class _RecordingS3:
+    """An S3 client that records the order of uploads."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.uploaded: list[str] = []
+
+    def upload_file(self, filename, bucket, key, ExtraArgs=None):
+        self.uploaded.append(key)
+        return self._client.upload_file(filename, bucket, key, ExtraArgs=ExtraArgs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+@mock_aws
+def test_the_build_job_builds_a_matrix_and_uploads_variants_json_last(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "gamma": "3.0"}, pure=False))
+    fake, _calls = counting_installer(native_layout_for)
+    monkeypatch.setattr(install, "install", fake)
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    s3 = _RecordingS3(boto3.client("s3", region_name="us-east-1"))
+    s3.create_bucket(Bucket="artifacts")
+    s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=b"gamma==3.0\n")
+    targets = [("python3.13", "x86_64"), ("python3.13", "arm64")]
+    key = compute_matrix_key([compute_build_key(_reqs("gamma==3.0\n"), r, a) for r, a in targets])
+    env = _job_env("artifacts", key, LAYERSHIFT_TARGETS="python3.13/x86_64,python3.13/arm64")
+    del env["LAYERSHIFT_RUNTIME"], env["LAYERSHIFT_ARCH"]
+    assert build_job.run(env, s3_client=s3) == 0
+    prefix = f"artifacts/api/{key}/"
+    assert s3.uploaded[-1] == prefix + "variants.json"
+    assert sorted(s3.uploaded[:-1]) == sorted(
+        f"{prefix}{vid}/{name}"
+        for vid in ("python3.13-arm64", "python3.13-x86_64")
+        for name in ("layer.zip", "manifest.json", "sbom.cdx.json")
+    )
+    index = VariantIndex.model_validate_json(
+        s3.get_object(Bucket="artifacts", Key=prefix + "variants.json")["Body"].read()
+    )
+    assert index.matrix_key == key
+    for variant in index.variants:
+        zipped = s3.get_object(Bucket="artifacts", Key=prefix + variant.zip)
+        assert hashlib.sha256(zipped["Body"].read()).hexdigest() == variant.sha256
+        assert zipped["Metadata"] == {"build-key": key, "sha256": variant.sha256}
+    capsys.readouterr()
+
+    def never(*args, **kwargs):
+        raise AssertionError("pip must not run on a cache hit")
+
+    monkeypatch.setattr(install, "install", never)
+    monkeypatch.setattr(install, "resolve", never)
+    assert build_job.run(env, s3_client=s3) == 0
+    assert "cache hit" in capsys.readouterr().out
+    # a listed zip gone: not the job's cache hit; the builder's local cache serves the matrix again
+    s3.delete_object(Bucket="artifacts", Key=prefix + index.variants[0].zip)
+    assert build_job.run(env, s3_client=s3) == 0
+    out = capsys.readouterr().out
+    assert "build job: cache hit" not in out and "layershift: cache hit for build key" in out
+    s3.head_object(Bucket="artifacts", Key=prefix + index.variants[0].zip)
+    # the key the workflow expects is the matrix key
+    assert (
+        build_job.run(
+            {**env, "LAYERSHIFT_BUILD_KEY": compute_build_key(_reqs("gamma==3.0\n"), *targets[0])}, s3_client=s3
+        )
+        == 1
+    )
+    assert "build key mismatch" in capsys.readouterr().err
+    assert build_job.run({**env, "LAYERSHIFT_TARGETS": "python3.13"}, s3_client=s3) == 2

@@ -51,6 +51,11 @@ class ImportSmokeTestFailed(BuildFailed):
     """A top-level module of the built layer does not import."""
 
 
+class BinaryCheckFailed(BuildFailed):
+    """A shared object of the built layer cannot load on the target runtime: wrong machine type, a needed
+    library that neither the layer nor the Lambda base image has, or a glibc/libstdc++ newer than the image's."""
+
+
 class ArtifactMissing(LayershiftError):
     """A build reported success but its layer zip or manifest is not in the artifact bucket."""
 

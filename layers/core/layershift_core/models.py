@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from .builder.audit import AuditPolicy
+
 LAYER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 LayerName = Annotated[str, Field(pattern=LAYER_NAME_PATTERN)]
 
@@ -106,6 +108,9 @@ class LayerSpec(BaseModel):
         ge=0,
         le=100,
         description="share of the targets that may be skipped because they cannot be prepared; past it, all roll back",
+    )
+    audit: AuditPolicy = Field(
+        default_factory=AuditPolicy, description="the vulnerability gate of the build ([audit] fail_on, unavailable)"
     )
 
     @field_validator("alias")

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from .builder.audit import AuditPolicy, FailOn
 from .models import CanaryAnalysis, FanOut
 from .spec import SpecDefaults
 
@@ -37,6 +38,8 @@ class Settings(BaseModel):
     fanout_batch_size: int = Field(default=25, ge=1, le=1000)
     fanout_concurrency: int = Field(default=10, ge=1, le=1000)
     tolerated_failure_percent: float = Field(default=5.0, ge=0, le=100)
+    audit_fail_on: FailOn = "high"
+    audit_unavailable: Literal["fail", "warn"] = "warn"
 
     @property
     def fanout(self) -> FanOut:
@@ -60,6 +63,7 @@ class Settings(BaseModel):
                 max_extension_seconds=self.canary_max_extension_seconds,
                 inconclusive=self.canary_inconclusive,
             ),
+            audit=AuditPolicy(fail_on=self.audit_fail_on, unavailable=self.audit_unavailable),
         )
 
 
@@ -88,6 +92,8 @@ _ENV = {
     "fanout_batch_size": "LAYERSHIFT_FANOUT_BATCH_SIZE",
     "fanout_concurrency": "LAYERSHIFT_FANOUT_CONCURRENCY",
     "tolerated_failure_percent": "LAYERSHIFT_TOLERATED_FAILURE_PERCENT",
+    "audit_fail_on": "LAYERSHIFT_AUDIT_FAIL_ON",
+    "audit_unavailable": "LAYERSHIFT_AUDIT_UNAVAILABLE",
 }
 
 

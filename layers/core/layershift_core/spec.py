@@ -29,6 +29,11 @@ min_p99_increase_ms = 25        # ... and more than this many ms slower
 min_invocations = 20            # new-version invocations needed for a verdict
 max_extension_seconds = 600     # how long an inconclusive bake may be extended
 inconclusive = "rollback"       # or "promote", once the extension is used up
+
+[audit]                         # the vulnerability gate of the build
+fail_on = "high"                # none, low, moderate, high or critical: a known vulnerability at or above
+                                # it fails the build before publication (unknown severity counts as at it)
+unavailable = "warn"            # or "fail": when the audit cannot run or reach its service
 ```
 Every key is optional; what is missing comes from the template's defaults. Without runtimes or
 architectures, a rollout builds for those of the layer's functions (see ``targets.py``); the
@@ -44,6 +49,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .builder.audit import AuditPolicy
 from .errors import InvalidLayerSpec
 from .models import CanaryAnalysis, LayerSpec, TrafficStep
 from .requirements import decode_text
@@ -63,6 +69,7 @@ class SpecDefaults(BaseModel):
     final_bake_seconds: int = 0
     tolerated_failure_percent: float = 5.0
     analysis: CanaryAnalysis = CanaryAnalysis()
+    audit: AuditPolicy = AuditPolicy()
 
 
 class _Section(BaseModel):
@@ -104,11 +111,17 @@ class _Analysis(_Section):
     inconclusive: str | None = None
 
 
+class _Audit(_Section):
+    fail_on: str | None = None
+    unavailable: str | None = None
+
+
 class _File(_Section):
     build: _Build = _Build()
     targets: _Targets = _Targets()
     rollout: _Rollout = _Rollout()
     analysis: _Analysis = _Analysis()
+    audit: _Audit = _Audit()
 
 
 def strategy_steps(strategy: str) -> list[TrafficStep]:
@@ -270,6 +283,10 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
         "analysis": {
             **defaults.analysis.model_dump(),
             **parsed.analysis.model_dump(exclude_none=True),
+        },
+        "audit": {
+            **defaults.audit.model_dump(),
+            **parsed.audit.model_dump(exclude_none=True),
         },
     }
     if rollout.approval_timeout_seconds is not None:

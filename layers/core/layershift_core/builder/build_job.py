@@ -1,25 +1,44 @@
-"""The CodeBuild entry: download the requirements, build the layer, upload zip and manifest.
+"""The CodeBuild entry: download the requirements, build the matrix of layer variants, upload them.
 
 Environment:
 - ``LAYERSHIFT_REQUIREMENTS_URI``  s3://bucket/key of the requirements file
-- ``LAYERSHIFT_RUNTIME``           e.g. python3.13
-- ``LAYERSHIFT_ARCH``              x86_64 or arm64
-- ``LAYERSHIFT_OUTPUT_URI``        s3://bucket/artifacts/<layer>/<build_key>/
-- ``LAYERSHIFT_BUILD_KEY``         the build key the workflow expects (optional; a mismatch fails)
+- ``LAYERSHIFT_TARGETS``           the build matrix: comma-separated runtime/architecture, e.g.
+                                   ``python3.12/x86_64,python3.13/arm64``
+- ``LAYERSHIFT_RUNTIME``, ``LAYERSHIFT_ARCH``  the older one-target form (e.g. python3.13 and
+                                   x86_64), used when ``LAYERSHIFT_TARGETS`` is not set
+- ``LAYERSHIFT_OUTPUT_URI``        s3://bucket/artifacts/<layer>/<matrix_key>/
+- ``LAYERSHIFT_BUILD_KEY``         the matrix key the workflow expects (optional; a mismatch fails).
+                                   A one-target matrix's key is that target's build key.
 - ``LAYERSHIFT_ALLOW_RANGES``      true/false (default false)
 - ``LAYERSHIFT_PROFILE``           build profile (default "default")
 - ``LAYERSHIFT_NO_CACHE``          true/false (default false): build even when the output already holds
-                                   this build key
-- ``LAYERSHIFT_FAIL_ON_VULNERABILITY`` true/false (default false): fail when pip-audit reports a known
-                                   vulnerability
+                                   this matrix key
+- ``LAYERSHIFT_AUDIT_FAIL_ON``     none, low, moderate, high or critical: a known vulnerability at or
+                                   above it fails the build (default none; severity unknown counts as
+                                   at it)
+- ``LAYERSHIFT_AUDIT_UNAVAILABLE`` fail or warn (default warn): whether an audit that cannot run fails
+- ``LAYERSHIFT_FAIL_ON_VULNERABILITY`` true means ``LAYERSHIFT_AUDIT_FAIL_ON=low`` (the older form;
+                                   ``LAYERSHIFT_AUDIT_FAIL_ON`` wins when both are set)
 
-When ``layer.zip`` and ``manifest.json`` already exist at the output URI with this build key in
-their object metadata (and the same sha256), the build is a no-op: the job reports the cache hit and
-exits 0 without running pip.
+The audit policy is part of every target's build key, so the workflow computes the key with the
+same policy it passes here. Without any of the three audit variables the policy is "audit, never
+fail", the key a workflow that passes none of them computes.
 
+Output, at ``LAYERSHIFT_OUTPUT_URI``: each variant's ``layer.zip``, ``manifest.json`` and
+``sbom.cdx.json`` under ``<id>/``, then ``variants.json`` (the VariantIndex) LAST, so its presence
+means every variant is uploaded. Every object carries the metadata ``build-key`` (the matrix key)
+and, for a variant's files, ``sha256`` (its zip's). The one-target form also puts its variant's
+three files at the output URI itself, where a workflow that reads that layout finds them.
+
+When ``variants.json`` already exists at the output URI with this matrix key and every zip it
+lists is there with its sha256 (and, in the one-target form, the files at the URI itself), the
+build is a no-op: pip does not run, the job applies the vulnerability gate to the built packages
+again (advisories appear after a build), reports the cache hit and exits 0.
+
+On failure the job leaves ``build-failure.json`` (error name and message) at the output URI.
 boto3 honours ``AWS_ENDPOINT_URL``, so the job runs unchanged against any S3-compatible endpoint.
-Run as ``python -m layershift_core.builder.build_job``. Exit code 0 on success; on failure the
-last line of output states the error.
+Run as ``python -m layershift_core.builder.build_job``. Exit code 0 on success, 1 when the build
+fails, 2 when the environment is malformed; on failure the last line of output states the error.
 """
 
 from __future__ import annotations
@@ -29,16 +48,33 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
-from layershift_core.builder.build import BUILD_FAILURE_JSON, LAYER_ZIP, MANIFEST_JSON, SBOM_JSON, build_layer
-from layershift_core.builder.key import compute_build_key
+from layershift_core.builder.audit import AuditPolicy, FailOn
+from layershift_core.builder.build import (
+    BUILD_FAILURE_JSON,
+    LAYER_ZIP,
+    MANIFEST_JSON,
+    SBOM_JSON,
+    VARIANTS_JSON,
+    build_matrix,
+    regate,
+)
+from layershift_core.builder.key import compute_build_key, compute_matrix_key
+from layershift_core.builder.manifest import Manifest, VariantIndex
+from layershift_core.builder.matrix import parse_targets
 from layershift_core.errors import BuildFailed, LayershiftError
 from layershift_core.requirements import parse_requirements
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
+_CONTENT_TYPES = {
+    LAYER_ZIP: "application/zip",
+    MANIFEST_JSON: "application/json",
+    SBOM_JSON: "application/vnd.cyclonedx+json",
+    VARIANTS_JSON: "application/json",
+}
 
 
 class JobConfigError(Exception):
@@ -69,19 +105,48 @@ def _flag(name: str, environ: dict[str, str]) -> bool:
     raise JobConfigError(f"environment variable {name}={value!r} must be true or false")
 
 
+def job_targets(environ: dict[str, str]) -> tuple[list[tuple[str, str]], bool]:
+    """The (runtime, architecture) targets, and whether they came in the older one-target form."""
+    listed = environ.get("LAYERSHIFT_TARGETS", "").strip()
+    if listed:
+        try:
+            return parse_targets(listed), False
+        except LayershiftError as exc:
+            raise JobConfigError(f"LAYERSHIFT_TARGETS: {exc}") from None
+    if not environ.get("LAYERSHIFT_RUNTIME", "").strip():
+        raise JobConfigError("environment variable LAYERSHIFT_RUNTIME is not set (nor LAYERSHIFT_TARGETS)")
+    return [(_env("LAYERSHIFT_RUNTIME", environ), _env("LAYERSHIFT_ARCH", environ))], True
+
+
+def audit_policy(environ: dict[str, str]) -> AuditPolicy | None:
+    """The vulnerability gate the environment asks for; None when it asks for none."""
+    fail_on = environ.get("LAYERSHIFT_AUDIT_FAIL_ON", "").strip().lower()
+    unavailable = environ.get("LAYERSHIFT_AUDIT_UNAVAILABLE", "").strip().lower()
+    legacy = _flag("LAYERSHIFT_FAIL_ON_VULNERABILITY", environ)
+    if not (fail_on or unavailable or legacy):
+        return None
+    if fail_on and fail_on not in get_args(FailOn):
+        raise JobConfigError(f"LAYERSHIFT_AUDIT_FAIL_ON={fail_on!r} must be one of {', '.join(get_args(FailOn))}")
+    if unavailable and unavailable not in ("fail", "warn"):
+        raise JobConfigError(f"LAYERSHIFT_AUDIT_UNAVAILABLE={unavailable!r} must be fail or warn")
+    return AuditPolicy(
+        fail_on=fail_on or ("low" if legacy else "none"),  # type: ignore[arg-type]
+        unavailable=unavailable or "warn",  # type: ignore[arg-type]
+    )
+
+
 def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
     """Run one build from the environment. Returns the process exit code."""
     env = dict(os.environ if environ is None else environ)
     try:
         req_bucket, req_key = parse_s3_uri(_env("LAYERSHIFT_REQUIREMENTS_URI", env))
         out_bucket, out_prefix = parse_s3_uri(_env("LAYERSHIFT_OUTPUT_URI", env))
-        runtime = _env("LAYERSHIFT_RUNTIME", env)
-        architecture = _env("LAYERSHIFT_ARCH", env)
+        targets, one_target_form = job_targets(env)
         allow_ranges = _flag("LAYERSHIFT_ALLOW_RANGES", env)
         profile = env.get("LAYERSHIFT_PROFILE", "").strip() or "default"
         expected_key = env.get("LAYERSHIFT_BUILD_KEY", "").strip()
         no_cache = _flag("LAYERSHIFT_NO_CACHE", env)
-        fail_on_vulnerability = _flag("LAYERSHIFT_FAIL_ON_VULNERABILITY", env)
+        policy = audit_policy(env)
     except JobConfigError as exc:
         print(f"layershift build job: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -92,96 +157,133 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
         import boto3
 
         s3_client = boto3.client("s3")
+    output = Output(s3_client, out_bucket, out_prefix)
     try:
         print(f"layershift build job: reading s3://{req_bucket}/{req_key}", flush=True)
         body = s3_client.get_object(Bucket=req_bucket, Key=req_key)["Body"].read()
         reqs = parse_requirements(body, allow_ranges=allow_ranges, source=req_key.rsplit("/", 1)[-1])
-        build_key = compute_build_key(reqs, runtime, architecture, profile)
-        if expected_key and expected_key != build_key:
+        matrix_key = compute_matrix_key([compute_build_key(reqs, r, a, profile, policy) for r, a in targets])
+        if expected_key and expected_key != matrix_key:
             raise BuildFailed(
-                f"build key mismatch: the workflow expects {expected_key} but these inputs give {build_key} "
-                "(the requirements changed, or the builder version differs from the workflow's)"
+                f"build key mismatch: the workflow expects {expected_key} but these inputs give {matrix_key} "
+                "(the requirements, targets or audit policy changed, or the builder version differs from the "
+                "workflow's)"
             )
-        if not no_cache and _already_built(s3_client, out_bucket, out_prefix, build_key):
-            print(
-                f"layershift build job: cache hit: s3://{out_bucket}/{out_prefix} already holds {LAYER_ZIP} and "
-                f"{MANIFEST_JSON} of build key {build_key}; nothing was built",
-                flush=True,
-            )
-            return 0
+        if not no_cache:
+            index = output.built(matrix_key, one_target_form)
+            if index is not None:
+                if policy is not None:
+                    output.regate(index, policy)
+                print(
+                    f"layershift build job: cache hit: s3://{out_bucket}/{out_prefix} already holds {VARIANTS_JSON} "
+                    f"of matrix key {matrix_key} and its {len(index.variants)} variant(s); nothing was built",
+                    flush=True,
+                )
+                return 0
         with tempfile.TemporaryDirectory(prefix="layershift-job-") as tmp:
             out_dir = Path(tmp)
-            manifest = build_layer(
+            index = build_matrix(
                 body,
-                runtime=runtime,
-                architecture=architecture,
+                targets=targets,
                 out_dir=out_dir,
                 allow_ranges=allow_ranges,
                 profile=profile,
+                audit_policy=policy,
                 use_cache=not no_cache,
-                fail_on_vulnerability=fail_on_vulnerability,
             )
-            metadata = {"build-key": manifest.build_key, "sha256": manifest.sha256}
-            if manifest.sbom and (out_dir / manifest.sbom).is_file():
-                s3_client.upload_file(
-                    str(out_dir / manifest.sbom),
-                    out_bucket,
-                    out_prefix + SBOM_JSON,
-                    ExtraArgs={"ContentType": "application/vnd.cyclonedx+json", "Metadata": metadata},
-                )
-            s3_client.upload_file(
-                str(out_dir / LAYER_ZIP),
-                out_bucket,
-                out_prefix + LAYER_ZIP,
-                ExtraArgs={"ContentType": "application/zip", "Metadata": metadata},
-            )
-            s3_client.upload_file(
-                str(out_dir / MANIFEST_JSON),
-                out_bucket,
-                out_prefix + MANIFEST_JSON,
-                ExtraArgs={"ContentType": "application/json", "Metadata": metadata},
-            )
+            output.upload(out_dir, index, one_target_form)
         print(
-            f"layershift build job: uploaded {LAYER_ZIP}, {MANIFEST_JSON} and {SBOM_JSON} to s3://{out_bucket}/{out_prefix}"
+            f"layershift build job: uploaded {len(index.variants)} variant(s) and {VARIANTS_JSON} to "
+            f"s3://{out_bucket}/{out_prefix}"
         )
-        print(f"layershift build job: succeeded, sha256 {manifest.sha256}", flush=True)
+        for variant in index.variants:
+            print(f"layershift build job: succeeded, {variant.id} sha256 {variant.sha256}", flush=True)
         return 0
     except LayershiftError as exc:
         message = str(exc)
         print(message, file=sys.stderr, flush=True)
         first = message.splitlines()[0] if message else ""
         print(f"layershift build job failed: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
-        _record_failure(s3_client, out_bucket, out_prefix, exc)
+        output.record_failure(exc)
         return 1
     except Exception as exc:
         print(f"layershift build job failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        _record_failure(s3_client, out_bucket, out_prefix, exc)
+        output.record_failure(exc)
         return 1
 
 
-def _already_built(s3_client: Any, bucket: str, prefix: str, build_key: str) -> bool:
-    """Whether the output already holds the zip and manifest of ``build_key`` (same sha256 on both)."""
-    heads = []
-    for name in (LAYER_ZIP, MANIFEST_JSON):
+class Output:
+    """The job's output prefix in S3."""
+
+    def __init__(self, s3_client: Any, bucket: str, prefix: str) -> None:
+        self.s3 = s3_client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def _put_file(self, path: Path, key: str, metadata: dict[str, str]) -> None:
+        self.s3.upload_file(
+            str(path),
+            self.bucket,
+            self.prefix + key,
+            ExtraArgs={"ContentType": _CONTENT_TYPES[path.name], "Metadata": metadata},
+        )
+
+    def upload(self, out_dir: Path, index: VariantIndex, one_target_form: bool) -> None:
+        """Every variant's files under ``<id>/``, the one-target layout when asked, then variants.json."""
+        for variant in index.variants:
+            metadata = {"build-key": index.matrix_key, "sha256": variant.sha256}
+            folder = out_dir / variant.id
+            for name in (SBOM_JSON, LAYER_ZIP, MANIFEST_JSON):
+                if (folder / name).is_file():
+                    self._put_file(folder / name, f"{variant.id}/{name}", metadata)
+            if one_target_form:
+                for name in (SBOM_JSON, LAYER_ZIP, MANIFEST_JSON):
+                    if (folder / name).is_file():
+                        self._put_file(folder / name, name, metadata)
+        self._put_file(out_dir / VARIANTS_JSON, VARIANTS_JSON, {"build-key": index.matrix_key})
+
+    def _head(self, key: str) -> dict[str, str] | None:
         try:
-            heads.append(s3_client.head_object(Bucket=bucket, Key=prefix + name))
+            return self.s3.head_object(Bucket=self.bucket, Key=self.prefix + key).get("Metadata", {})
         except Exception:
-            return False
-    metadata = [head.get("Metadata", {}) for head in heads]
-    return (
-        all(m.get("build-key") == build_key for m in metadata)
-        and bool(metadata[0].get("sha256"))
-        and (metadata[0].get("sha256") == metadata[1].get("sha256"))
-    )
+            return None
 
+    def built(self, matrix_key: str, one_target_form: bool) -> VariantIndex | None:
+        """The index already at the output, when it is this matrix key's and every zip it lists is there."""
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + VARIANTS_JSON)["Body"].read()
+            index = VariantIndex.model_validate_json(body)
+        except Exception:
+            return None
+        if index.matrix_key != matrix_key or not index.variants:
+            return None
+        wanted = [(v.zip, v.sha256) for v in index.variants] + [(v.manifest, v.sha256) for v in index.variants]
+        if one_target_form:
+            wanted += [(name, index.variants[0].sha256) for name in (LAYER_ZIP, MANIFEST_JSON)]
+        for key, sha256 in wanted:
+            metadata = self._head(key)
+            if metadata is None or metadata.get("build-key") != matrix_key or metadata.get("sha256") != sha256:
+                return None
+        return index
 
-def _record_failure(s3_client: Any, bucket: str, prefix: str, exc: Exception) -> None:
-    """Leave the reason beside where the zip would have been, so the workflow can say it plainly."""
-    body = json.dumps({"error": type(exc).__name__, "message": str(exc)[:8000]}).encode()
-    try:
-        s3_client.put_object(Bucket=bucket, Key=prefix + BUILD_FAILURE_JSON, Body=body, ContentType="application/json")
-    except Exception as upload_error:
-        print(f"layershift build job: could not record the failure: {upload_error}", file=sys.stderr, flush=True)
+    def regate(self, index: VariantIndex, policy: AuditPolicy) -> None:
+        """The vulnerability gate on the variants already built (raises BuildFailed)."""
+        if not policy.gates:
+            return
+        for variant in index.variants:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + variant.manifest)["Body"].read()
+            manifest = regate(Manifest.model_validate_json(body), policy)
+            print(f"layershift build job: {variant.id}: audit {manifest.audit.status} ({manifest.audit.note})")
+
+    def record_failure(self, exc: Exception) -> None:
+        """Leave the reason beside where the zips would have been, so the workflow can say it plainly."""
+        body = json.dumps({"error": type(exc).__name__, "message": str(exc)[:8000]}).encode()
+        try:
+            self.s3.put_object(
+                Bucket=self.bucket, Key=self.prefix + BUILD_FAILURE_JSON, Body=body, ContentType="application/json"
+            )
+        except Exception as upload_error:
+            print(f"layershift build job: could not record the failure: {upload_error}", file=sys.stderr, flush=True)
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
-"""The local build cache: one folder per build key holding the zip, its manifest and its SBOM.
+"""The local build cache: one folder per key, holding a variant's zip, manifest and SBOM, or a matrix's
+variants.json (both, for a matrix of one target, whose key is its build key).
 
-A rebuild with an unchanged build key copies the cached artifacts instead of building, after
-checking that the cached zip still has the sha256 its manifest records.
+A variant's key is its one target's build key, or the matrix key of its targets. A rebuild with
+unchanged keys copies the cached artifacts instead of building, after checking that each cached
+zip still has the sha256 its manifest records.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
-"""``layershift build``: build a layer zip locally from a requirements file."""
+"""``layershift build``: build a layer zip locally from a requirements file (or every variant of a matrix)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
-from layershift_core.builder.build import build_layer
+from layershift_core.builder.audit import AuditPolicy, FailOn
+from layershift_core.builder.build import build_layer, build_matrix
 from layershift_core.builder.key import PROFILES
+from layershift_core.builder.matrix import parse_targets
 from layershift_core.builder.platforms import ARCHITECTURES, RUNTIMES
 from layershift_core.errors import LayershiftError
 
@@ -47,9 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="build cache folder (default: $LAYERSHIFT_BUILD_CACHE or ~/.cache/layershift/builds)",
     )
     parser.add_argument(
+        "--targets",
+        default=None,
+        help="build a matrix instead of one layer: comma-separated runtime/architecture "
+        "(e.g. python3.12/x86_64,python3.13/arm64); OUTDIR gets variants.json and a folder per variant",
+    )
+    parser.add_argument(
+        "--audit-fail-on",
+        choices=get_args(FailOn),
+        default=None,
+        help="fail the build on a known vulnerability of this severity or above (default: none, never)",
+    )
+    parser.add_argument(
+        "--audit-unavailable",
+        choices=("fail", "warn"),
+        default="warn",
+        help="whether a vulnerability audit that cannot run fails the build (default: warn)",
+    )
+    parser.add_argument(
         "--fail-on-vulnerability",
         action="store_true",
-        help="fail the build when pip-audit reports a known vulnerability",
+        help="the same as --audit-fail-on low: fail on any known vulnerability",
     )
 
 
@@ -61,25 +82,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"layershift build: cannot read {args.requirements}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        build_layer(
-            data,
-            runtime=args.runtime,
-            architecture=args.arch,
-            out_dir=args.out,
-            allow_ranges=args.allow_ranges,
-            profile=args.profile,
-            cache_dir=getattr(args, "cache_dir", None),
-            use_cache=not getattr(args, "no_cache", False),
-            fail_on_vulnerability=getattr(args, "fail_on_vulnerability", False),
-        )
+        common = {
+            "out_dir": args.out,
+            "allow_ranges": args.allow_ranges,
+            "profile": args.profile,
+            "cache_dir": getattr(args, "cache_dir", None),
+            "use_cache": not getattr(args, "no_cache", False),
+            "audit_policy": policy(args),
+        }
+        if getattr(args, "targets", None):
+            build_matrix(data, targets=parse_targets(args.targets), **common)
+        else:
+            build_layer(data, runtime=args.runtime, architecture=args.arch, **common)
     except LayershiftError as exc:
         print(f"layershift build: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+def policy(args: argparse.Namespace) -> AuditPolicy | None:
+    """The vulnerability gate the options ask for; None (audit, never fail) when they ask for none."""
+    fail_on = getattr(args, "audit_fail_on", None) or ("low" if getattr(args, "fail_on_vulnerability", False) else None)
+    unavailable = getattr(args, "audit_unavailable", "warn") or "warn"
+    if fail_on is None and unavailable == "warn":
+        return None
+    return AuditPolicy(fail_on=fail_on or "none", unavailable=unavailable)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``layershift build -r REQS --runtime python3.13 --arch x86_64 -o OUTDIR [--profile P] [--no-cache]``."""
+    """``layershift build -r REQS --runtime python3.13 --arch x86_64 -o OUTDIR [--profile P] [--no-cache]``
+    (or ``--targets python3.12/x86_64,python3.13/arm64`` for a matrix)."""
     parser = argparse.ArgumentParser(prog="layershift build", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

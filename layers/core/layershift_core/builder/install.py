@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -144,6 +145,8 @@ def wheels_from_report(path: Path) -> dict[str, dict[str, str]]:
 
 
 def _pip_env() -> dict[str, str]:
+    """pip's environment. Every pip run inherits the same cache (``PIP_CACHE_DIR``, else pip's default),
+    so what one target's resolution or install downloaded is there for the next target of the job."""
     env = dict(os.environ)
     env.update(PIP_NO_INPUT="1", PIP_ROOT_USER_ACTION="ignore", PYTHONDONTWRITEBYTECODE="1")
     env.pop("PIP_TARGET", None)
@@ -247,6 +250,26 @@ def _diagnose(pip_python: str, target: Target, req: Requirement, work: Path) -> 
     return None
 
 
+def _fail(proc: subprocess.CompletedProcess[str], pip_python: str, target: Target, work: Path, what: str) -> None:
+    """Raise the clearest error for a failed pip run: SdistOnlyPackage when a pin has no wheel, else BuildFailed."""
+    output = proc.stdout + "\n" + proc.stderr
+    for missing in _unmatched_requirements(output):
+        diagnosis = _diagnose(pip_python, target, missing, work)
+        if diagnosis is not None:
+            raise diagnosis
+    lines = key_error_lines(output)
+    raise BuildFailed(f"{what} failed for {target.runtime} {target.architecture}:\n" + "\n".join(lines))
+
+
+def _run_pip(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS, check=False, env=_pip_env()
+        )
+    except subprocess.TimeoutExpired:
+        raise BuildFailed(f"{what} did not finish within {PIP_TIMEOUT_SECONDS} s") from None
+
+
 def install(reqs: RequirementSet, target: Target, dest: Path, work: Path) -> InstallResult:
     """Install ``reqs`` (and their dependencies) as wheels for ``target`` into ``dest``.
 
@@ -265,26 +288,87 @@ def install(reqs: RequirementSet, target: Target, dest: Path, work: Path) -> Ins
     dest.mkdir(parents=True, exist_ok=True)
     if not text:
         return result
+    work.mkdir(parents=True, exist_ok=True)
     req_file = work / "requirements.selected.txt"
     req_file.write_text(text, encoding="utf-8")
     report = work / "pip-report.json"
     cmd = pip_command(pip_python, target, req_file, dest, reqs.require_hashes, report=report)
     result.command = cmd
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS, check=False, env=_pip_env()
-        )
-    except subprocess.TimeoutExpired:
-        raise BuildFailed(f"pip install did not finish within {PIP_TIMEOUT_SECONDS} s") from None
+    proc = _run_pip(cmd, "pip install")
     (work / "pip.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-    if proc.returncode == 0:
-        result.wheels = wheels_from_report(report)
-        result.pip_version = pip_version_from_report(report)
-        return result
-    output = proc.stdout + "\n" + proc.stderr
-    for missing in _unmatched_requirements(output):
-        diagnosis = _diagnose(pip_python, target, missing, work)
-        if diagnosis is not None:
-            raise diagnosis
-    lines = key_error_lines(output)
-    raise BuildFailed(f"pip install failed for {target.runtime} {target.architecture}:\n" + "\n".join(lines))
+    if proc.returncode != 0:
+        _fail(proc, pip_python, target, work, "pip install")
+    result.wheels = wheels_from_report(report)
+    result.pip_version = pip_version_from_report(report)
+    return result
+
+
+@dataclass
+class Resolution:
+    """What pip would install for one target: ``{name: version}`` and whether every wheel is pure Python."""
+
+    target: Target
+    packages: dict[str, str]
+    pure: bool
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def signature(self) -> tuple[tuple[str, str], ...]:
+        """The resolved names and versions, comparable across targets."""
+        return tuple(sorted(self.packages.items()))
+
+
+def _is_pure_wheel(url: str) -> bool:
+    filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    try:
+        _name, _version, _build, tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename:
+        return False
+    return all(tag.interpreter.startswith("py") and tag.abi == "none" and tag.platform == "any" for tag in tags)
+
+
+def parse_resolution(target: Target, report: dict, skipped: list[str]) -> Resolution:
+    """A Resolution from pip's ``--report`` JSON of a dry run."""
+    packages: dict[str, str] = {}
+    pure = True
+    for item in report.get("install", []):
+        metadata = item.get("metadata") or {}
+        if not metadata.get("name"):
+            continue
+        packages[canonicalize_name(str(metadata["name"]))] = str(metadata.get("version", ""))
+        pure = pure and _is_pure_wheel(str((item.get("download_info") or {}).get("url", "")))
+    return Resolution(target, packages, pure=pure and bool(packages), skipped=skipped)
+
+
+def resolve(reqs: RequirementSet, target: Target, work: Path) -> Resolution:
+    """What ``install`` would install for ``target``, from pip's dry run (metadata only, nothing installed).
+
+    The same wheel-only options as the install; raises as :func:`install` does when nothing fits.
+    """
+    started = time.monotonic()
+    pip_python, _warnings = pip_interpreter(target)
+    text, skipped = selected_requirements_text(reqs, target)
+    if not text:
+        return Resolution(target, {}, pure=False, skipped=skipped)
+    work.mkdir(parents=True, exist_ok=True)
+    req_file = work / "requirements.selected.txt"
+    req_file.write_text(text, encoding="utf-8")
+    # pip refuses --platform without --target, even for a dry run; nothing is written there.
+    cmd = [pip_python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", "-"]
+    cmd += ["--target", str(work / "dry-run-target"), *target_options(target)]
+    if reqs.require_hashes:
+        cmd.append("--require-hashes")
+    cmd += ["-r", str(req_file)]
+    proc = _run_pip(cmd, "pip's resolution (--dry-run)")
+    (work / "pip-resolve.log").write_text(proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        _fail(proc, pip_python, target, work, "pip's resolution (--dry-run)")
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise BuildFailed(
+            f"pip's dry run for {target.runtime} {target.architecture} printed no report: {proc.stdout[-300:]}"
+        ) from None
+    resolution = parse_resolution(target, report, skipped)
+    resolution.seconds = time.monotonic() - started
+    return resolution

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+from layershift_core.builder.audit import AuditPolicy, effective_policy
 from layershift_core.errors import InvalidLayerSpec
 from layershift_core.requirements import RequirementSet
 
-# Bump whenever a change to the builder changes what a layer zip contains.
-BUILDER_VERSION = "3"
+# Bump whenever a change to the builder changes what a layer zip or its manifest contains.
+BUILDER_VERSION = "4"
 
 DEFAULT_PROFILE = "default"
 SOURCELESS_PROFILE = "sourceless"
@@ -38,14 +39,45 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def compute_build_key(reqs: RequirementSet, runtime: str, architecture: str, profile: str = "default") -> str:
-    """Hex sha256 over the normalised requirements, runtime, architecture, profile and builder version."""
+def compute_build_key(
+    reqs: RequirementSet,
+    runtime: str,
+    architecture: str,
+    profile: str = "default",
+    audit_policy: AuditPolicy | None = None,
+) -> str:
+    """Hex sha256 over the normalised requirements, runtime, architecture, profile, audit policy and
+    builder version.
+
+    The audit policy is part of the key, so a build that passed a lenient gate is never reused
+    under a stricter one. ``None`` is the policy a build without one applies (audit, never fail).
+    """
+    policy = effective_policy(audit_policy)
     payload = {
         "builder_version": BUILDER_VERSION,
         "requirements": reqs.normalised_text(),
         "runtime": runtime,
         "architecture": architecture,
         "profile": profile,
+        "audit": {"fail_on": policy.fail_on, "unavailable": policy.unavailable},
     }
+    return _digest(payload)
+
+
+def compute_matrix_key(target_keys: list[str]) -> str:
+    """The key of a build matrix: the same set of target build keys gives the same key, in any order.
+
+    A matrix of one target has that target's build key, so a one-target job and ``build_layer``
+    share their artifacts and their cache entry.
+    """
+    unique = sorted(set(target_keys))
+    if not unique:
+        raise ValueError("a build matrix needs at least one target")
+    if len(unique) == 1:
+        return unique[0]
+    return _digest({"builder_version": BUILDER_VERSION, "matrix": unique})
+
+
+def _digest(payload: dict) -> str:
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(encoded).hexdigest()
