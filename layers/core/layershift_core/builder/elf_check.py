@@ -75,24 +75,23 @@ _GCC_RUNTIME = frozenset({"libgcc_s.so.1", "libstdc++.so.6"})
 
 # Libraries the runtime's own standard library links, so they are on the image at those sonames:
 # CPython's zlib, _ssl/_hashlib, _ctypes, _sqlite3, _lzma and _bz2 extension modules load them
-# dynamically (CPython vendors none of them, unlike expat), and the Lambda runtime imports those
-# modules. They are in /lib64 or /var/lang/lib, both on Lambda's LD_LIBRARY_PATH
+# dynamically (CPython vendors none of them, unlike expat), and zlib, ssl, ctypes, sqlite3, lzma and
+# bz2 import on the Lambda runtimes. They are in /lib64 or /var/lang/lib, both on Lambda's LD_LIBRARY_PATH
 # (docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime).
-# Versions: Amazon Linux 2 has OpenSSL 1.0.2k as libssl.so.10 in /lib64 (a /lib64 listing from the
-# Lambda python3.8 AL2 runtime in awslabs/aws-media-replay-engine#13), and Python 3.10+ needs OpenSSL
-# 1.1.1 (PEP 644), which AL2's openssl11 package provides as libssl.so.1.1; the python3.11 image's
-# libffi is libffi.so.6 (aws/aws-lambda-base-images#129 and #133, a regression AWS fixed) and it
-# ships /var/lang/lib/liblzma.so.5 (aws/aws-lambda-base-images#127). Amazon Linux 2023 has OpenSSL
-# 3.0 (libssl.so.3, libcrypto.so.3: amazonlinux/amazon-linux-2023#625 shows both in /lib64 and in
-# the Lambda image's /var/lang/lib) and libffi 3.4 (libffi.so.8).
+# Versions: Python 3.10+ needs OpenSSL 1.1.1 (PEP 644), which Amazon Linux 2 has only as its
+# openssl11 package, libssl.so.1.1 (AL2's own OpenSSL 1.0.2k, libssl.so.10, is left out: it was in
+# /lib64 of the python3.8 runtime, awslabs/aws-media-replay-engine#13, but nothing says the rebuilt
+# python3.11 image keeps it); the python3.11 image's libffi is libffi.so.6
+# (aws/aws-lambda-base-images#129 and #133, a regression AWS fixed) and it ships
+# /var/lang/lib/liblzma.so.5 (aws/aws-lambda-base-images#127). Amazon Linux 2023 has OpenSSL 3.0
+# (libssl.so.3, libcrypto.so.3: amazonlinux/amazon-linux-2023#625 shows both in /lib64, and in a
+# Lambda image's /var/lang/lib) and libffi 3.4 (libffi.so.8).
 # Not listed, though the images may have them: libexpat (CPython vendors its own expat), libuuid,
 # libcrypt, ncurses/readline. A wheel needing one of them fails this check until it is shown here.
 _STDLIB_LIBRARIES: dict[str, frozenset[str]] = {
     "al2": frozenset(
         {
             "libz.so.1",
-            "libssl.so.10",
-            "libcrypto.so.10",
             "libssl.so.1.1",
             "libcrypto.so.1.1",
             "libffi.so.6",
