@@ -270,3 +270,19 @@ def test_metadata_requirements_and_extras_are_read(tmp_path: Path) -> None:
     black = next(d for d in scan(tmp_path / SITE) if d.name == "black")
     assert black.extras == ["colorama", "d"]
     assert 'aiohttp>=3.10; extra == "d"' in black.requires
+
+
+@needs_313
+def test_a_distribution_none_of_whose_modules_imports_fails_even_for_extras(tmp_path: Path) -> None:
+    wheel(
+        tmp_path / SITE,
+        "plugins-pack",
+        "1.0",
+        {"plugin_a.py": "import numpy\n", "plugin_b.py": "import pandas\n"},
+        requires=('numpy; extra == "a"', 'pandas; extra == "b"'),
+        extras=("a", "b"),
+    )
+    report = smoke(tmp_path)
+    assert report.optional_extras == []
+    assert report.failed_modules == ["plugin_a", "plugin_b"]
+    assert "none of its top-level modules imports, and plugin_a needs numpy" in report.failures[0]

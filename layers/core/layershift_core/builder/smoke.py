@@ -428,7 +428,7 @@ def _report(
         why = _optional_extra(failure, mine, site, dists, env)
         if why is not None:
             dist, name, extras = why
-            others_import = any(m not in failed_names for m in dist.top_level)
+            others_import = any(m in modules and m not in failed_names for m in dist.top_level)
             wording = "; ".join(
                 f"{dist.name} requires it only with the extra{'s' if len(e.extras) > 1 else ''} "
                 + ", ".join(repr(x) for x in e.extras)
