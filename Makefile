@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 help:
 	@echo "make demo   a real rollout on the local emulated AWS: one promotion, one automatic rollback"
 	@echo "make test   lint, statelint, sam validate and the whole pytest suite"
-	@echo "make lint   ruff, statelint and sam validate --lint only"
+	@echo "make lint   ruff, mypy, statelint and sam validate --lint only"
 
 $(STAMP):
 	@if [ -z "$(PY313)" ]; then echo "note: python3.13 not found; using $$($(PYTHON) --version). Layers are built without bytecode and 'sam build' needs python3.13 on PATH."; fi
@@ -35,6 +35,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy layers/core/layershift_core functions/*/app.py
 	$(BIN)/python -m layershift.asl_lint statemachines/*.asl.json
 	$(BIN)/sam validate --lint --template template.yaml
 

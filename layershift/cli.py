@@ -74,9 +74,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"layershift: {exc}", file=sys.stderr)
         return 1
     steps = ", ".join([*(f"{step.weight}% for {step.bake_seconds}s" for step in checked.spec.steps), "100%"])
+    targets = (
+        ", ".join(f"{label} (build key {key[:12]})" for label, key in checked.build_keys.items())
+        if checked.build_keys
+        else "the runtimes and architectures of the layer's functions"
+    )
     print(
-        f"{args.file}: OK, {len(checked.requirements.requirements)} requirement(s), build key "
-        f"{checked.build_key[:12]} ({checked.runtime} {checked.architecture}), steps {steps}"
+        f"{args.file}: OK, {len(checked.requirements.requirements)} requirement(s), builds for {targets}, steps {steps}"
     )
     return 0
 
@@ -101,15 +105,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             if item["sk"]["S"] == "WAIT" and item["kind"]["S"] == "approval":
                 rollout = item["rollout_id"]["S"]
                 print(f"  rollout {rollout} may be waiting for approval: layershift approve|reject {layer}")
-        try:
-            arn = cp.client("ssm").get_parameter(Name=f"/layershift/{layer}/arn")["Parameter"]["Value"]
-            print(f"  promoted: {arn}")
-        except Exception:
-            print("  promoted: (none yet)")
+        promoted = controlplane.promoted_parameters(cp, layer)
+        print(f"  promoted: {promoted.pop(f'/layershift/{layer}/arn', '(none yet)')}")
+        for name, arn in promoted.items():
+            print(f"    {name.removeprefix(f'/layershift/{layer}/').removesuffix('/arn')}: {arn}")
         for item in sorted(items, key=lambda r: r["sk"]["S"]):
             sk = item["sk"]["S"]
             if sk.startswith("VERSION#"):
-                print(f"  version {int(sk[8:])}: {item['status']['S']}  build {item['build_key']['S'][:12]}")
+                variant = item.get("variant", {}).get("S", "")
+                print(
+                    f"  version {int(sk[8:])}: {item['status']['S']}  {variant + '  ' if variant else ''}"
+                    f"build {item['build_key']['S'][:12]}"
+                )
         for item in sorted(items, key=lambda r: r.get("updated_at", {}).get("S", ""))[-5:]:
             sk = item["sk"]["S"]
             if sk.startswith("ROLLOUT#"):

@@ -230,6 +230,20 @@ def _output(event: dict[str, Any], key: str) -> dict[str, Any]:
         return {}
 
 
+def promoted_parameters(cp: ControlPlane, layer: str) -> dict[str, str]:
+    """``/layershift/<layer>/arn`` and each ``/layershift/<layer>/<runtime>/<architecture>/arn``: name -> ARN."""
+    ssm = cp.client("ssm")
+    names = []
+    filters = [{"Key": "Name", "Option": "BeginsWith", "Values": [f"/layershift/{layer}/"]}]
+    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=filters):
+        names += [p["Name"] for p in page["Parameters"]]
+    found = {}
+    for start in range(0, len(names), 10):  # GetParameters takes 10 names at a time
+        for parameter in ssm.get_parameters(Names=names[start : start + 10])["Parameters"]:
+            found[parameter["Name"]] = parameter["Value"]
+    return dict(sorted(found.items()))
+
+
 def describe_event(event: dict[str, Any]) -> str | None:
     """One line for an operator, for the history events worth a line."""
     kind = event["type"]
@@ -256,7 +270,7 @@ def describe_event(event: dict[str, Any]) -> str | None:
             steps = ", ".join(
                 f"{s['weight']}% for {s['bake_seconds']}s" for s in rollout.get("spec", {}).get("steps", [])
             )
-            return f"valid: build key {rollout.get('build_key', '?')[:12]}, steps [{steps}] then 100%"
+            return f"valid: steps [{steps}] then 100%"
         if name == "AcquireLayerLock" and output.get("lock_wait"):
             wait = output["lock_wait"]
             since = f" since {wait['holder_since']}" if wait.get("holder_since") else ""
@@ -264,15 +278,25 @@ def describe_event(event: dict[str, Any]) -> str | None:
                 f"waiting for the layer lock: rollout {wait.get('holder')} holds it{since}; "
                 f"asking again in {wait.get('retry_seconds')}s (attempt {wait.get('attempts', 1)})"
             )
-        if name == "FindReusableBuild" and output.get("build", {}).get("reused"):
-            return f"reusing published {output['layer_version']['arn']} (same build key)"
+        if name == "FindCandidates":
+            candidates = output.get("candidates") or {}
+            platforms = ", ".join(f"{label} {n}" for label, n in (candidates.get("platforms") or {}).items())
+            return f"candidates: {candidates.get('count', 0)} function(s)" + (f" ({platforms})" if platforms else "")
+        if name == "FindReusableBuild" and output.get("matrix"):
+            matrix = output["matrix"]
+            targets = ", ".join(t["runtime"] + "/" + t["architecture"] for t in matrix.get("targets", []))
+            line = f"targets ({matrix.get('source')}): {targets}"
+            reused = [f"{v['arn']} for {', '.join(v.get('targets', []))}" for v in output.get("layer_versions", [])]
+            if reused:
+                line += "; reusing " + "; ".join(reused)
+            building = ", ".join(t["runtime"] + "/" + t["architecture"] for t in matrix.get("to_build", []))
+            return line + (f"; building {building}" if building else "; nothing to build")
         if name == "BuildLayer":
-            build = output.get("build", {}).get("codebuild", {})
+            build = output.get("matrix", {}).get("codebuild", {})
             return f"build {build.get('status', '?')} ({build.get('id', '')})"
         if name == "PublishLayerVersion":
-            return f"published {output.get('layer_version', {}).get('arn')}"
-        if name == "FindCandidates":
-            return f"candidates: {(output.get('candidates') or {}).get('count', 0)} function(s)"
+            versions = [v for v in output.get("layer_versions", []) if not v.get("reused")]
+            return "published " + "; ".join(f"{v['arn']} ({v.get('variant')})" for v in versions)
         if name in ("PlanRollout", "RecordPreparedVersions"):
             plan = output.get("plan", {})
             if name == "RecordPreparedVersions":

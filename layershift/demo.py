@@ -27,7 +27,13 @@ from .controlplane import ControlPlane, follow, push, wait_for_execution
 from .invariants import check_invariants
 
 LAYER = "demo-shared"
-CONSUMERS = ("orders", "invoices", "reports")
+# A mixed fleet: each consumer's runtime and architecture. The layer is built for what they run on.
+PLATFORMS = {
+    "orders": ("python3.13", "x86_64"),
+    "invoices": ("python3.12", "x86_64"),
+    "reports": ("python3.13", "arm64"),
+}
+CONSUMERS = tuple(PLATFORMS)
 ALIAS = "live"
 
 
@@ -78,11 +84,11 @@ def create_consumers(cp: ControlPlane, examples: Path, layer_arn: str) -> None:
         AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
         '"Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}',
     )["Role"]["Arn"]
-    for name in CONSUMERS:
+    for name, (runtime, architecture) in PLATFORMS.items():
         lam.create_function(
             FunctionName=name,
-            Runtime="python3.13",
-            Architectures=["x86_64"],
+            Runtime=runtime,
+            Architectures=[architecture],
             Role=role,
             Handler="app.handler",
             Code={"ZipFile": _zip_dir(examples / "consumers" / name)},
@@ -93,7 +99,7 @@ def create_consumers(cp: ControlPlane, examples: Path, layer_arn: str) -> None:
         lam.get_waiter("function_active_v2").wait(FunctionName=name)
         version = lam.publish_version(FunctionName=name)["Version"]
         lam.create_alias(FunctionName=name, Name=ALIAS, FunctionVersion=version)
-        say(f"  consumer {name}: version {version} behind alias {ALIAS!r}")
+        say(f"  consumer {name} ({runtime}, {architecture}): version {version} behind alias {ALIAS!r}")
 
 
 @dataclass

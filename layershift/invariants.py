@@ -34,13 +34,16 @@ def _s3_has(cp: ControlPlane, key: str, version_id: str | None = None) -> bool:
     return True
 
 
-def _parameter(cp: ControlPlane, name: str) -> tuple[str | None, str]:
-    """The parameter's value and description (who put it there)."""
+def _promoted_parameters(cp: ControlPlane, layer: str) -> dict[str, tuple[str | None, str]]:
+    """Every ``/layershift/<layer>/...`` parameter: name -> (value, who put it there)."""
     ssm = cp.client("ssm")
-    described = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
-    if not described:
-        return None, ""
-    return str(ssm.get_parameter(Name=name)["Parameter"]["Value"]), str(described[0].get("Description", ""))
+    found: dict[str, tuple[str | None, str]] = {}
+    filters = [{"Key": "Name", "Option": "BeginsWith", "Values": [f"/layershift/{layer}/"]}]
+    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=filters):
+        for described in page["Parameters"]:
+            value = str(ssm.get_parameter(Name=described["Name"])["Parameter"]["Value"])
+            found[described["Name"]] = (value, str(described.get("Description", "")))
+    return found
 
 
 def _routing(alias: dict[str, Any]) -> dict[str, float]:
@@ -103,12 +106,12 @@ def _violations(cp: ControlPlane, execution_arn: str) -> list[str]:
         TableName=cp.table, Key={"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": f"ROLLOUT#{name}"}}, ConsistentRead=True
     ).get("Item")
     status = rollout.get("status", {}).get("S") if rollout else None
-    arn = rollout.get("layer_version_arn", {}).get("S") if rollout else None
+    arns = [a for a in (rollout.get("layer_version_arns", {}).get("S", "") if rollout else "").split(",") if a]
     if promoted and status != "promoted":
         problems.append(f"the registry says rollout {name} is {status!r}, but the execution succeeded")
     if not promoted and status not in (None, "rejected", "rolled_back"):
         problems.append(f"the registry says rollout {name} is {status!r}, but the execution failed")
-    if arn:
+    for arn in arns:
         layer_arn, _, version = arn.rpartition(":")
         try:
             lam.get_layer_version(LayerName=layer_arn, VersionNumber=int(version))
@@ -120,15 +123,16 @@ def _violations(cp: ControlPlane, execution_arn: str) -> list[str]:
         if record is None:
             problems.append(f"the registry has no record of {arn}")
         else:
-            build_key = record["build_key"]["S"]
+            folder = record["manifest_key"]["S"].rpartition("/")[0]
             for artifact in ("layer.zip", "manifest.json"):
-                if not _s3_has(cp, f"artifacts/{layer}/{build_key}/{artifact}"):
+                if not _s3_has(cp, f"{folder}/{artifact}"):
                     problems.append(f"the built {artifact} of {arn} is gone")
-        parameter, writer = _parameter(cp, f"/layershift/{layer}/arn")
-        if promoted and parameter != arn:
-            problems.append(f"/layershift/{layer}/arn is {parameter}, but {arn} was promoted")
+    parameters = _promoted_parameters(cp, layer)
+    for parameter_name, (parameter, writer) in parameters.items():
+        if promoted and writer.endswith(f" {name}") and parameter not in arns:
+            problems.append(f"{parameter_name} is {parameter}, which rollout {name} did not publish or reuse")
         if not promoted and writer.endswith(f" {name}"):
-            problems.append(
-                f"/layershift/{layer}/arn is {parameter}, put there by rollout {name}, which was not promoted"
-            )
+            problems.append(f"{parameter_name} is {parameter}, put there by rollout {name}, which was not promoted")
+    if promoted and arns and f"/layershift/{layer}/arn" not in parameters:
+        problems.append(f"/layershift/{layer}/arn is not set, but rollout {name} was promoted")
     return problems

@@ -1,4 +1,4 @@
-"""FindReusableBuild: a published version with the same build key is reused, not rebuilt."""
+"""FindReusableBuild: the rollout's targets, the published versions that serve some, and what to build."""
 
 from typing import Any
 
@@ -8,8 +8,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from layershift_core.metering import metered
 from layershift_core.models import RolloutState
 from layershift_core.observability import logger, metrics, tracer
-from layershift_core.publish import find_reusable_build
 from layershift_core.settings import load_settings
+from layershift_core.targets import find_reusable_build
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -127,12 +127,15 @@ def create_consumer(
     alias: str | None = "live",
     source: str = CONSUMER,
     tags: dict[str, str] | None = None,
+    runtime: str = "python3.13",
+    architecture: str = "x86_64",
 ) -> str | None:
     lam = cp.client("lambda")
     role = _role(cp)
     lam.create_function(
         FunctionName=name,
-        Runtime="python3.13",
+        Runtime=runtime,
+        Architectures=[architecture],
         Role=role,
         Handler="app.handler",
         Code={"ZipFile": zip_source(source)},

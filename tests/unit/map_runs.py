@@ -88,7 +88,7 @@ def plan(state: RolloutState, settings: Settings, batch_size: int = 25) -> Rollo
     if state.candidates.count:
         head = {
             **_head(state),
-            "layer_version": state.layer_version.model_dump(mode="json") if state.layer_version else None,
+            "layer_versions": [version.model_dump(mode="json") for version in state.layer_versions],
             "alias": state.rollout.spec.alias,
             "pilots": state.rollout.spec.pilots,
         }

@@ -189,8 +189,8 @@ def test_a_function_that_already_has_five_layers_is_skipped(world: World) -> Non
 
 def test_a_function_over_250_mb_unzipped_with_the_new_layer_is_skipped(world: World) -> None:
     state = _state(world.new)
-    assert state.layer_version is not None
-    state.layer_version.unzipped_bytes = UNZIPPED_LIMIT_BYTES - 10_000  # "good" still fits
+    assert state.layer_versions
+    state.layer_versions[0].unzipped_bytes = UNZIPPED_LIMIT_BYTES - 10_000  # "good" still fits
     bulky = io.BytesIO()
     with zipfile.ZipFile(bulky, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr("python/blob.bin", os.urandom(20_000))
@@ -232,8 +232,8 @@ def test_an_alias_codedeploy_manages_is_skipped(world: World) -> None:
 @pytest.mark.parametrize(
     ("properties", "fact"),
     [
-        ({"Runtime": "python3.11"}, "runtime python3.11 is not one the layer supports (python3.13)"),
-        ({"Architectures": ["arm64"]}, "architecture arm64 is not one the layer supports (x86_64)"),
+        ({"Runtime": "python3.11"}, "python3.11/x86_64 is not a runtime and architecture this rollout builds for"),
+        ({"Architectures": ["arm64"]}, "python3.13/arm64 is not a runtime and architecture this rollout builds for"),
     ],
     ids=["runtime", "architecture"],
 )
@@ -241,7 +241,7 @@ def test_a_runtime_or_architecture_the_layer_does_not_support_is_skipped(
     world: World, properties: dict[str, Any], fact: str
 ) -> None:
     world.create("misfit", [world.old], **properties)
-    _assert_skipped(world, "misfit", fact)
+    _assert_skipped(world, "misfit", fact, "it serves python3.13/x86_64", "build.runtimes")
 
 
 @pytest.mark.parametrize("when", ["since the plan", "while its layers were being updated"])

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from layershift_core.builder import elf_check
-from layershift_core.builder.elf_check import check_shared_objects, find_target_interpreter
+from layershift_core.builder.distributions import scan
+from layershift_core.builder.elf_check import check_shared_objects, find_target_interpreter, owners_from
 from layershift_core.builder.platforms import host_can_run, target_for
 from layershift_core.errors import BinaryCheckFailed, BuildFailed
 
@@ -66,6 +67,9 @@ def test_a_too_new_glibc_names_the_file_the_distribution_and_both_versions(tmp_p
     assert isinstance(error, BinaryCheckFailed) and isinstance(error, BuildFailed)
     assert "foo/_bar.so (foo 1.2): needs GLIBC_2.34" in str(error)
     assert "glibc <= 2.34 required (runtime has 2.26), 1 problem(s)" in report.summary()
+    # the build passes owners from the distributions it scanned: the same names
+    owners = owners_from(scan(tmp_path / SITE_311), SITE_311)
+    assert check_shared_objects(tmp_path, target_for("python3.11", "x86_64"), owners=owners) == report
 
 
 def test_the_same_object_passes_on_amazon_linux_2023(tmp_path: Path) -> None:

@@ -217,8 +217,14 @@ def test_validate_command_runs_the_same_checks_offline(
 
     assert main(["validate", str(requirements), "--config", str(config), "--layer", "api"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{requirements}: OK, 2 requirement(s), build key ")
-    assert out.endswith("(python3.13 x86_64), steps 10% for 60s, 50% for 120s, 100%\n")
+    assert out == (
+        f"{requirements}: OK, 2 requirement(s), builds for the runtimes and architectures of the layer's "
+        "functions, steps 10% for 60s, 50% for 120s, 100%\n"
+    )
+    config.write_text('[build]\nruntimes = ["python3.12", "python3.13"]\narchitectures = ["arm64"]\n')
+    assert main(["validate", str(requirements), "--config", str(config), "--layer", "api"]) == 0
+    out = capsys.readouterr().out
+    assert "builds for python3.12/arm64 (build key " in out and ", python3.13/arm64 (build key " in out
 
     requirements.write_text("six==1.16.0\nrequests==2.32.3 --index-url https://evil.example/simple\n")
     assert main(["validate", str(requirements)]) == 1

@@ -90,12 +90,7 @@ def _state(rollout_id: str, request: RolloutRequest | None = None) -> RolloutSta
         rollout_id=rollout_id,
         layer="shared",
         spec=spec,
-        build_key="k" * 64,
-        runtime="python3.13",
-        architecture="x86_64",
         requirements_uri="s3://x/y",
-        artifact_prefix="artifacts/shared/k/",
-        build_environment=[],
     )
     request = request or RolloutRequest(layer="shared", bucket=BUCKET, requirements_key=KEY)
     return RolloutState(request=request, rollout=rollout)
@@ -351,7 +346,9 @@ def test_a_redriven_rollout_touches_no_alias_after_its_lock_went_to_another(env:
         RolloutPlan(
             rollout_id="old",
             layer="shared",
-            layer_version_arn="arn:aws:lambda:us-east-1:123456789012:layer:shared:2",
+            layer_versions=[
+                LayerVersionRef(arn="arn:aws:lambda:us-east-1:123456789012:layer:shared:2", version=2, build_key="k")
+            ],
             alias="live",
             steps=[TrafficStep(weight=10, bake_seconds=0)],
             targets=[target],
@@ -374,9 +371,9 @@ def test_a_redriven_rollout_touches_no_alias_after_its_lock_went_to_another(env:
     with pytest.raises(LockLost, match="held by rollout newer"):
         shift_aliases(BatchEvent(batch=batch), SETTINGS, 900)
     state = _state("old")
-    state.layer_version = LayerVersionRef(
-        arn="arn:aws:lambda:us-east-1:123456789012:layer:shared:2", version=2, build_key="k"
-    )
+    state.layer_versions = [
+        LayerVersionRef(arn="arn:aws:lambda:us-east-1:123456789012:layer:shared:2", version=2, build_key="k")
+    ]
     state.plan = PlanSummary(plan_key=plan_key, targets_key=targets_key, target_count=1, skipped_count=0, steps=[])
     with pytest.raises(LockLost):
         promote(state, SETTINGS)
@@ -461,7 +458,7 @@ def test_the_workflow_waits_and_asks_again() -> None:
     assert states["AcquireLayerLock"]["Next"] == "LockAcquired"
     choice = states["LockAcquired"]
     assert choice["Choices"] == [{"Variable": "$.lock_wait", "IsPresent": True, "Next": "WaitForLayerLock"}]
-    assert choice["Default"] == "FindReusableBuild"
+    assert choice["Default"] == "FindCandidates"
     wait = states["WaitForLayerLock"]
     assert (wait["Type"], wait["SecondsPath"], wait["Next"]) == (
         "Wait",

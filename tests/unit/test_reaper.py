@@ -15,7 +15,14 @@ from moto import mock_aws
 
 from layershift_core import aws, reaper
 from layershift_core.fanout import items_key, write_items
-from layershift_core.models import ExecutionStatusChange, RolloutPlan, TargetPlan, TrafficStep, Verdict
+from layershift_core.models import (
+    ExecutionStatusChange,
+    LayerVersionRef,
+    RolloutPlan,
+    TargetPlan,
+    TrafficStep,
+    Verdict,
+)
 from layershift_core.planner import plan_key, save_plan
 from layershift_core.registry import Registry
 from layershift_core.settings import Settings
@@ -162,7 +169,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         plan = RolloutPlan(
             rollout_id=ROLLOUT,
             layer=LAYER,
-            layer_version_arn=new_layer,
+            layer_versions=[LayerVersionRef(arn=new_layer, version=2, build_key="k" * 64)],
             alias="live",
             steps=[TrafficStep(weight=10, bake_seconds=60)],
             targets=[target],
@@ -170,8 +177,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         save_plan(settings.bucket, plan_key(LAYER, ROLLOUT), plan)
         write_items(settings.bucket, items_key(LAYER, ROLLOUT, "targets"), [target.model_dump(mode="json")])
         registry = Registry(settings.table)
-        registry.put_rollout(LAYER, ROLLOUT, status="shifting", layer_version_arn=new_layer)
-        registry.record_version(LAYER, 2, new_layer, "k" * 64, "m", "sha", ROLLOUT)
+        registry.put_rollout(LAYER, ROLLOUT, status="shifting", layer_version_arns=new_layer)
+        registry.record_version(LAYER, 2, new_layer, ["k" * 64], "m", "sha", ROLLOUT)
         registry.acquire_lock(LAYER, ROLLOUT, 3600)
 
         executions: dict[str, dict[str, Any]] = {}

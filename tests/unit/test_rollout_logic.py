@@ -16,6 +16,8 @@ from layershift.local import revisions
 from layershift_core import aws
 from layershift_core.errors import ConcurrentModification, LayerLocked, RollbackIncomplete, RolloutAborted
 from layershift_core.models import (
+    BuildMatrix,
+    BuildTarget,
     ErrorInfo,
     LayerSpec,
     LayerVersionRef,
@@ -103,28 +105,34 @@ def _state(new_arn: str, steps: list[TrafficStep] | None = None) -> RolloutState
         rollout_id="shared-abc",
         layer="shared",
         spec=spec,
-        build_key="k" * 64,
-        runtime="python3.13",
-        architecture="x86_64",
         requirements_uri="s3://x/y",
-        artifact_prefix="artifacts/shared/k/",
-        build_environment=[],
     )
-    Registry(SETTINGS.table).record_version("shared", 2, new_arn, "k" * 64, "m", "sha", "shared-abc")
+    Registry(SETTINGS.table).record_version("shared", 2, new_arn, ["k" * 64], "m", "sha", "shared-abc")
     Registry(SETTINGS.table).acquire_lock("shared", "shared-abc", 3600)  # every forward step checks it holds it
     return RolloutState(
         request=RolloutRequest(
             layer="shared", bucket=SETTINGS.bucket, requirements_key="layers/shared/requirements.txt"
         ),
         rollout=rollout,
-        layer_version=LayerVersionRef(
-            arn=new_arn,
-            version=2,
-            build_key="k" * 64,
-            compatible_runtimes=["python3.13"],
-            compatible_architectures=["x86_64"],
-        ),
+        matrix=one_target_matrix(),
+        layer_versions=[
+            LayerVersionRef(
+                arn=new_arn,
+                version=2,
+                build_key="k" * 64,
+                compatible_runtimes=["python3.13"],
+                compatible_architectures=["x86_64"],
+                variant="python3.13-x86_64",
+                targets=["python3.13/x86_64"],
+            )
+        ],
     )
+
+
+def one_target_matrix() -> BuildMatrix:
+    """The build matrix of a rollout for python3.13 on x86_64 alone, already built."""
+    target = BuildTarget(runtime="python3.13", architecture="x86_64", build_key="k" * 64)
+    return BuildMatrix(source="spec", targets=[target], matrix_key="m" * 64, artifact_prefix="artifacts/shared/m/")
 
 
 def test_replace_layer_keeps_position_and_order() -> None:
@@ -142,7 +150,7 @@ def test_plan_targets_users_of_the_layer_and_skips_with_reasons(env: dict[str, s
     verdicts = {t.function_name: (t.verdict.value, t.reason) for t in planned.targets}
     assert verdicts["good"] == ("target", None)
     assert "no alias 'live'" in verdicts["no-alias"][1]
-    assert "runtime python3.11" in verdicts["old-runtime"][1]
+    assert "python3.11/x86_64 is not a runtime and architecture this rollout builds for" in verdicts["old-runtime"][1]
     assert "already routing" in verdicts["split"][1]
     assert "not opted in: tag it layershift:managed=true" in verdicts["not-opted-in"][1]
     assert "unrelated" not in verdicts

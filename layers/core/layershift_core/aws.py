@@ -25,7 +25,8 @@ _LAMBDA_CONFIG = Config(retries={"mode": "standard", "max_attempts": 12}, connec
 
 @cache
 def client(service: str) -> Any:
-    made = count_requests(boto3.client(service, config=_LAMBDA_CONFIG if service == "lambda" else _CONFIG))
+    make: Any = boto3.client  # typed per service literal; the service here is a run-time name
+    made = count_requests(make(service, config=_LAMBDA_CONFIG if service == "lambda" else _CONFIG))
     return pace(made) if service == "lambda" else made
 
 

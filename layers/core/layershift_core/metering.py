@@ -26,7 +26,7 @@ def rollout_of(value: Any, depth: int = 0) -> tuple[str, str] | None:
         layer, rollout_id = value.get("layer"), value.get("rollout_id")
         if isinstance(layer, str) and isinstance(rollout_id, str):
             return layer, rollout_id
-        children = value.values()
+        children = list(value.values())
     elif isinstance(value, list):
         children = value[:1]  # a list's elements have one shape: the first tells
     else:

@@ -2,7 +2,8 @@
 
 Every Lambda task receives the execution state and returns it with its own section filled in, so
 the state reads top to bottom in the Step Functions console: `request` (what was pushed),
-`rollout` (the validated request), `build`, `layer_version`, `plan`, then `outcome`. The plan
+`rollout` (the validated request), `candidates`, `matrix` (what to build), `layer_versions` (one per
+variant), `plan`, then `outcome`. The plan
 itself lives in S3 and DynamoDB; the state carries only its key and counts, far below Step
 Functions' 256 KB payload limit.
 """
@@ -78,8 +79,12 @@ class LayerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runtimes: list[Runtime] = Field(min_length=1)
-    architectures: list[Architecture] = Field(min_length=1)
+    runtimes: list[Runtime] = Field(
+        default_factory=list, description="runtimes to build for; empty: those of the layer's functions"
+    )
+    architectures: list[Architecture] = Field(
+        default_factory=list, description="architectures to build for; empty: those of the layer's functions"
+    )
     allow_ranges: bool = False
     profile: Literal["default", "sourceless", "slim-runtime"] = "default"
     license: str | None = Field(default=None, max_length=512)
@@ -148,27 +153,67 @@ class ValidatedRollout(Model):
     rollout_id: str
     layer: LayerName
     spec: LayerSpec
-    build_key: str
-    runtime: Runtime
-    architecture: Architecture
     requirements_uri: str
-    artifact_prefix: str
-    build_environment: list[BuildEnvironmentVariable]
     fanout: FanOut = Field(default_factory=FanOut)
 
 
+def platform_label(runtime: str, architecture: str) -> str:
+    """``python3.13/arm64``: how a (runtime, architecture) pair is named in plans and messages."""
+    return f"{runtime}/{architecture}"
+
+
+class BuildTarget(BaseModel):
+    """One (runtime, architecture) the rollout serves, with the build key of its inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: Runtime
+    architecture: Architecture
+    build_key: str
+
+    @property
+    def label(self) -> str:
+        return platform_label(self.runtime, self.architecture)
+
+
+class BuildMatrix(Model):
+    """FindReusableBuild's answer: every target of the rollout, and those no published version serves yet."""
+
+    source: Literal["spec", "consumers", "defaults"] = Field(
+        description="where the targets come from: layer.toml, the layer's functions, or the template's defaults"
+    )
+    targets: list[BuildTarget] = Field(min_length=1)
+    to_build: list[BuildTarget] = Field(default_factory=list)
+    build_needed: bool = Field(default=False, description="whether to_build is not empty (for ReuseOrBuild)")
+    matrix_key: str = Field(description="the build key of to_build as one CodeBuild job")
+    artifact_prefix: str = Field(description="where that job writes variants.json and each variant's files")
+    build_environment: list[BuildEnvironmentVariable] = Field(default_factory=list)
+
+
 class LayerVersionRef(Model):
+    """One published layer version of the rollout: the variant serving some of its targets."""
+
     arn: str
     version: int
     build_key: str
     compatible_runtimes: list[str] = Field(default_factory=list)
     compatible_architectures: list[str] = Field(default_factory=list)
     unzipped_bytes: int = 0
+    variant: str = ""
+    targets: list[str] = Field(default_factory=list, description="the platform labels it serves in this rollout")
+    reused: bool = False
+    manifest_key: str | None = None
+
+    def serves(self, runtime: str | None, architecture: str) -> bool:
+        if self.targets:
+            return platform_label(str(runtime), architecture) in self.targets
+        runtimes_ok = not self.compatible_runtimes or runtime in self.compatible_runtimes
+        return runtimes_ok and (not self.compatible_architectures or architecture in self.compatible_architectures)
 
 
-class BuildDecision(Model):
-    reused: bool
-    layer_version: LayerVersionRef | None = None
+def variant_for(versions: list[LayerVersionRef], runtime: str | None, architecture: str) -> LayerVersionRef | None:
+    """The layer version of ``versions`` that serves a function of this runtime and architecture."""
+    return next((version for version in versions if version.serves(runtime, architecture)), None)
 
 
 class Verdict(StrEnum):
@@ -209,12 +254,15 @@ class TargetPlan(Model):
     new_layers: list[str] = Field(default_factory=list)
     revision_id: str | None = None
     new_version: str | None = None
+    platform: str | None = Field(default=None, description="the function's runtime/architecture")
+    variant: str | None = Field(default=None, description="the layer variant it moves to")
+    layer_version_arn: str | None = Field(default=None, description="that variant's layer version")
 
 
 class RolloutPlan(Model):
     rollout_id: str
     layer: str
-    layer_version_arn: str
+    layer_versions: list[LayerVersionRef]
     alias: str
     steps: list[TrafficStep]
     targets: list[TargetPlan]
@@ -233,6 +281,7 @@ class PlanSummary(Model):
     steps: list[TrafficStep]
     shift_steps: list[ShiftStep] = Field(default_factory=list)
     step_count: int = 0
+    variant_counts: dict[str, int] = Field(default_factory=dict, description="active targets per layer variant")
 
 
 class CandidateList(Model):
@@ -240,6 +289,9 @@ class CandidateList(Model):
 
     key: str
     count: int
+    platforms: dict[str, int] = Field(
+        default_factory=dict, description="candidates per runtime/architecture, from ListFunctions"
+    )
 
 
 class MapRunRef(Model):
@@ -338,8 +390,8 @@ class RolloutState(Model):
     request: RolloutRequest
     rollout: ValidatedRollout | None = None
     lock_wait: LockWait | None = None
-    build: BuildDecision | None = None
-    layer_version: LayerVersionRef | None = None
+    matrix: BuildMatrix | None = None
+    layer_versions: list[LayerVersionRef] = Field(default_factory=list)
     candidates: CandidateList | None = None
     plan: PlanSummary | None = None
     preflight: Preflight | None = None

@@ -113,6 +113,21 @@ def publish_ending(settings: Settings, event: str, layer: str, body: dict[str, A
     )
 
 
+def variant_lines(state: RolloutState) -> list[dict[str, Any]]:
+    """Each layer version of the rollout: its variant, what it serves, and how many targets moved to it."""
+    counts = state.plan.variant_counts if state.plan is not None else {}
+    return [
+        {
+            "variant": version.variant,
+            "layer_version": version.arn,
+            "serves": version.targets,
+            "reused": version.reused,
+            "targets": counts.get(version.variant, 0),
+        }
+        for version in state.layer_versions
+    ]
+
+
 def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
     state = request.state
     if request.event in {"rejected", "rollback_incomplete"}:
@@ -131,7 +146,8 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
         "event": request.event,
         "layer": layer,
         "rollout_id": rollout.rollout_id if rollout else None,
-        "layer_version": state.layer_version.arn if state.layer_version else None,
+        "layer_version": state.layer_versions[0].arn if state.layer_versions else None,
+        "variants": variant_lines(state),
         "outcome": state.outcome.model_dump(mode="json") if state.outcome else None,
         "targets": state.plan.target_count if state.plan else 0,
         "skipped_count": state.plan.skipped_count if state.plan else 0,

@@ -15,6 +15,7 @@ why not where not.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ from .models import (
     TargetPlan,
     Verdict,
     Wave,
+    platform_label,
+    variant_for,
 )
 from .registry import Registry
 from .schedule import shift_schedule
@@ -97,27 +100,42 @@ def tagged_for(layer: str) -> set[str]:
     return names
 
 
+def function_platform(config: dict[str, Any]) -> str:
+    """A function's ``runtime/architecture`` (``Image`` for a container image)."""
+    architecture = (config.get("Architectures") or ["x86_64"])[0]
+    return platform_label(config.get("Runtime") or config.get("PackageType") or "unknown", architecture)
+
+
+def discover(layer: str, extra: list[str]) -> dict[str, str | None]:
+    """The functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec,
+    each with its runtime/architecture (None when ListFunctions did not list it)."""
+    wanted = tagged_for(layer) | set(extra)
+    found: dict[str, str | None] = {}
+    for page in client("lambda").get_paginator("list_functions").paginate():
+        for config in page["Functions"]:
+            name = config["FunctionName"]
+            if name in wanted or any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", [])):
+                found[name] = function_platform(config)
+    return {name: found.get(name) for name in sorted(wanted | set(found))}
+
+
 def find_candidates(layer: str, extra: list[str]) -> list[str]:
     """The names of the functions whose $LATEST uses any version of `layer`, tagged for it, or named
     in the spec, sorted."""
-    names = tagged_for(layer) | set(extra)
-    for page in client("lambda").get_paginator("list_functions").paginate():
-        for config in page["Functions"]:
-            if any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", [])):
-                names.add(config["FunctionName"])
-    return sorted(names)
+    return list(discover(layer, extra))
 
 
 def find_candidates_task(state: RolloutState, settings: Settings) -> RolloutState:
-    """FindCandidates: the AssessCandidates Map Run's items."""
+    """FindCandidates: the AssessCandidates Map Run's items, and the platforms they run on."""
     ensure_rollout_not_aborted(state, settings)
     if state.rollout is None:
         raise ValueError("finding candidates needs a validated rollout")
     rollout, spec = state.rollout, state.rollout.spec
-    names = find_candidates(rollout.layer, [*spec.functions, *spec.pilots])
+    found = discover(rollout.layer, [*spec.functions, *spec.pilots])
     key = items_key(rollout.layer, rollout.rollout_id, "candidates")
-    write_items(settings.bucket, key, [{"function_name": name} for name in names])
-    state.candidates = CandidateList(key=key, count=len(names))
+    write_items(settings.bucket, key, [{"function_name": name} for name in found])
+    platforms = Counter(label for label in found.values() if label)
+    state.candidates = CandidateList(key=key, count=len(found), platforms=dict(sorted(platforms.items())))
     return state
 
 
@@ -126,9 +144,10 @@ def find_candidates_task(state: RolloutState, settings: Settings) -> RolloutStat
 
 @dataclass
 class Assessment:
-    """What the functions of one batch share: the new layer, the alias, and what was looked up once."""
+    """What the functions of one batch share: the new layer versions (one per variant), the alias,
+    and what was looked up once."""
 
-    layer_version: LayerVersionRef
+    layer_versions: list[LayerVersionRef]
     alias: str
     pilots: set[str]
     layer_sizes: dict[str, int] = field(default_factory=dict)
@@ -147,8 +166,9 @@ def _skip(plan: TargetPlan, reason: str) -> TargetPlan:
     return plan
 
 
-def _static_problem(config: dict[str, Any], tags: dict[str, str], new_layer: LayerVersionRef) -> str | None:
-    """Why the function cannot take part, from its configuration and tags alone."""
+def _static_problem(config: dict[str, Any], tags: dict[str, str], new_layer: LayerVersionRef | None) -> str | None:
+    """Why the function cannot take part, from its configuration and tags alone (``new_layer``: the
+    variant for its runtime and architecture, None when the rollout built none)."""
     if config.get("PackageType") == "Image":
         return "container image functions cannot use layers"
     if tags.get(MANAGED_TAG) != "true" and TARGET_TAG not in tags:
@@ -156,12 +176,8 @@ def _static_problem(config: dict[str, Any], tags: dict[str, str], new_layer: Lay
             f"not opted in: tag it {MANAGED_TAG}=true (or {TARGET_TAG}=<layer>) to let layershift change it; "
             "the control plane's IAM policy allows changes only to functions that carry one of these tags"
         )
-    runtime = config.get("Runtime")
-    if new_layer.compatible_runtimes and runtime not in new_layer.compatible_runtimes:
-        return f"runtime {runtime} is not one the layer supports ({', '.join(new_layer.compatible_runtimes)})"
-    arch = (config.get("Architectures") or ["x86_64"])[0]
-    if new_layer.compatible_architectures and arch not in new_layer.compatible_architectures:
-        return f"architecture {arch} is not one the layer supports ({', '.join(new_layer.compatible_architectures)})"
+    if new_layer is None:
+        return f"{function_platform(config)} is not a runtime and architecture this rollout builds for"
     if new_layer.arn in [entry["Arn"] for entry in config.get("Layers", [])]:
         return f"already uses {new_layer.arn}"
     return None
@@ -170,7 +186,7 @@ def _static_problem(config: dict[str, Any], tags: dict[str, str], new_layer: Lay
 def assess(name: str, context: Assessment) -> TargetPlan:
     """One function's verdict: a target with its before and after, or skipped with the reason."""
     lam = client("lambda")
-    new_layer, alias_name = context.layer_version, context.alias
+    alias_name = context.alias
     plan = TargetPlan(function_name=name, alias=alias_name, verdict=Verdict.SKIPPED)
     try:
         function = lam.get_function(FunctionName=name)
@@ -179,11 +195,22 @@ def assess(name: str, context: Assessment) -> TargetPlan:
     config, tags = function["Configuration"], function.get("Tags") or {}
     current = [entry["Arn"] for entry in config.get("Layers", [])]
     plan.current_layers = current
+    plan.platform = function_platform(config)
     if name in context.pilots or tags.get(WAVE_TAG) == Wave.PILOT:
         plan.wave = Wave.PILOT
+    architecture = (config.get("Architectures") or ["x86_64"])[0]
+    new_layer = variant_for(context.layer_versions, config.get("Runtime"), architecture)
     problem = _static_problem(config, tags, new_layer)
     if problem:
+        if new_layer is None and context.layer_versions:
+            served = sorted({label for version in context.layer_versions for label in version.targets})
+            problem += (
+                f" (it serves {', '.join(served)}; layer.toml's build.runtimes and build.architectures choose them, "
+                "and without them a rollout builds for every function's)"
+            )
         return _skip(plan, problem)
+    assert new_layer is not None
+    plan.variant, plan.layer_version_arn = new_layer.variant, new_layer.arn
     new_layers = replace_layer(current, new_layer.arn)
     if len(new_layers) > MAX_LAYERS:
         return _skip(
@@ -222,7 +249,7 @@ class AssessInput(BaseModel):
 
     rollout_id: str
     layer: str
-    layer_version: LayerVersionRef
+    layer_versions: list[LayerVersionRef]
     alias: str
     pilots: list[str] = []
 
@@ -233,7 +260,7 @@ def assess_targets(event: BatchEvent, settings: Settings, seconds_left: float) -
     def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
         given = AssessInput.model_validate(head)
         ensure_not_aborted(settings, given.layer, given.rollout_id)
-        context = Assessment(layer_version=given.layer_version, alias=given.alias, pilots=set(given.pilots))
+        context = Assessment(layer_versions=given.layer_versions, alias=given.alias, pilots=set(given.pilots))
         return until_out_of_time(items, lambda item: assess(item["function_name"], context).model_dump(mode="json"))
 
     return run_pass(event, seconds_left, process)
@@ -261,6 +288,7 @@ def plan_summary(plan: RolloutPlan, key: str, targets_key: str, spec: LayerSpec)
         steps=spec.steps,
         shift_steps=steps,
         step_count=len(steps),
+        variant_counts=dict(sorted(Counter(t.variant or "" for t in active).items())),
     )
 
 
@@ -274,8 +302,8 @@ def write_targets(bucket: str, plan: RolloutPlan, key: str) -> None:
 def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
     """PlanRollout: the plan from AssessCandidates' verdicts (none when no function was a candidate)."""
     ensure_rollout_not_aborted(state, settings)
-    if state.rollout is None or state.layer_version is None:
-        raise ValueError("planning needs a validated rollout and a layer version")
+    if state.rollout is None or not state.layer_versions:
+        raise ValueError("planning needs a validated rollout and its layer versions")
     rollout, spec = state.rollout, state.rollout.spec
     targets: list[TargetPlan] = []
     if state.candidates is not None and state.candidates.count and state.map_run is not None:
@@ -286,7 +314,7 @@ def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
     plan = RolloutPlan(
         rollout_id=rollout.rollout_id,
         layer=rollout.layer,
-        layer_version_arn=state.layer_version.arn,
+        layer_versions=state.layer_versions,
         alias=spec.alias,
         steps=spec.steps,
         targets=targets,
@@ -297,7 +325,8 @@ def plan_rollout(state: RolloutState, settings: Settings) -> RolloutState:
     write_targets(settings.bucket, plan, targets_key)
     registry = Registry(settings.table)
     registry.put_rollout(rollout.layer, rollout.rollout_id, status="planned", plan_key=key)
-    registry.set_version_status(rollout.layer, state.layer_version.version, "rolling_out")
+    for version in state.layer_versions:
+        registry.set_version_status(rollout.layer, version.version, "rolling_out")
     state.plan = plan_summary(plan, key, targets_key, spec)
     state.candidates = None
     state.map_run = None

@@ -1,4 +1,4 @@
-"""Steps 3 and 4: reuse a published version with the same build key, or publish the new build."""
+"""Step 4: publish a layer version for each variant the build job made (its variants.json)."""
 
 from __future__ import annotations
 
@@ -10,61 +10,50 @@ from .aborts import ensure_rollout_not_aborted
 from .artifacts import read_json
 from .aws import client, error_code
 from .errors import ArtifactMissing, BuildFailed
-from .models import BuildDecision, LayerVersionRef, RolloutState, ValidatedRollout
+from .models import LayerVersionRef, RolloutState, ValidatedRollout, platform_label
 from .registry import Registry
 from .settings import Settings
 
 DESCRIPTION_LIMIT = 256
 
 
-class ManifestView(BaseModel):
-    """The fields of the builder's manifest.json that publishing needs."""
+VARIANTS_JSON = "variants.json"
+
+
+class VariantTargetView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    runtime: str
+    architecture: str
+    build_key: str
+
+
+class VariantView(BaseModel):
+    """The fields of one entry of the build job's variants.json that publishing needs."""
 
     model_config = ConfigDict(extra="ignore")
 
-    build_key: str
-    sha256: str
-    unzipped_bytes: int
+    id: str
+    targets: list[VariantTargetView]
     compatible_runtimes: list[str]
     compatible_architectures: list[str]
-    packages: list[dict[str, Any]]
+    sha256: str
+    unzipped_bytes: int
+    packages: list[dict[str, Any]] = []
+    manifest: str
+    zip: str
 
 
-def _rollout(state: RolloutState) -> ValidatedRollout:
-    if state.rollout is None:
-        raise ValueError("the execution state has no validated rollout")
-    return state.rollout
+class VariantIndexView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    matrix_key: str
+    variants: list[VariantView]
 
 
-def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState:
-    ensure_rollout_not_aborted(state, settings)
-    rollout = _rollout(state)
-    record = Registry(settings.table).find_build(rollout.layer, rollout.build_key)
-    state.build = BuildDecision(reused=False)
-    if record is None:
-        return state
-    try:
-        layer = client("lambda").get_layer_version(LayerName=rollout.layer, VersionNumber=int(record["version"]))
-    except client("lambda").exceptions.ResourceNotFoundException:
-        Registry(settings.table).forget_build(rollout.layer, rollout.build_key)
-        return state
-    manifest = ManifestView.model_validate(read_json(settings.bucket, record["manifest_key"]))
-    reused = LayerVersionRef(
-        arn=layer["LayerVersionArn"],
-        version=layer["Version"],
-        build_key=rollout.build_key,
-        compatible_runtimes=layer.get("CompatibleRuntimes", []),
-        compatible_architectures=layer.get("CompatibleArchitectures", []),
-        unzipped_bytes=manifest.unzipped_bytes,
-    )
-    state.build = BuildDecision(reused=True, layer_version=reused)
-    state.layer_version = reused
-    return state
-
-
-def describe(build_key: str, packages: list[dict[str, Any]]) -> str:
-    """The layer version's description: the build key, then as many package pins as fit."""
-    text = f"layershift {build_key[:16]}"
+def describe(build_key: str, packages: list[dict[str, Any]], variant: str = "") -> str:
+    """The layer version's description: the build key and variant, then as many package pins as fit."""
+    text = f"layershift {build_key[:16]}" + (f" {variant}" if variant else "")
     for package in sorted(packages, key=lambda p: str(p.get("name", "")).lower()):
         piece = f" {package.get('name')}=={package.get('version')}"
         if len(text) + len(piece) > DESCRIPTION_LIMIT - 4:
@@ -73,50 +62,95 @@ def describe(build_key: str, packages: list[dict[str, Any]]) -> str:
     return text
 
 
-def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
-    ensure_rollout_not_aborted(state, settings)
-    rollout = _rollout(state)
-    manifest_key = rollout.artifact_prefix + "manifest.json"
-    zip_key = rollout.artifact_prefix + "layer.zip"
+def read_variant_index(bucket: str, prefix: str) -> VariantIndexView:
+    """The build job's variants.json (written last, so every listed file is there), or ArtifactMissing."""
+    key = prefix + VARIANTS_JSON
     try:
-        manifest = ManifestView.model_validate(read_json(settings.bucket, manifest_key))
-        client("s3").head_object(Bucket=settings.bucket, Key=zip_key)
+        return VariantIndexView.model_validate(read_json(bucket, key))
     except Exception as exc:
         if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
-            raise ArtifactMissing(f"the build left no {zip_key} or {manifest_key} in {settings.bucket}") from None
+            raise ArtifactMissing(f"the build left no {key} in {bucket}") from None
         raise
-    if manifest.build_key != rollout.build_key:
-        raise BuildFailed(f"manifest build key {manifest.build_key} is not the requested {rollout.build_key}")
-    runtimes = [r for r in manifest.compatible_runtimes if r in rollout.spec.runtimes] or manifest.compatible_runtimes
-    kwargs: dict[str, Any] = {
-        "LayerName": rollout.layer,
-        "Description": describe(rollout.build_key, manifest.packages),
-        "Content": {"S3Bucket": settings.bucket, "S3Key": zip_key},
-        "CompatibleRuntimes": runtimes,
-        "CompatibleArchitectures": manifest.compatible_architectures,
-    }
-    if rollout.spec.license:
-        kwargs["LicenseInfo"] = rollout.spec.license
-    published = client("lambda").publish_layer_version(**kwargs)
+
+
+def _publish_variant(
+    settings: Settings, rollout: ValidatedRollout, prefix: str, variant: VariantView, serves: list[str]
+) -> LayerVersionRef:
+    """PublishLayerVersion for one variant and its registry record (once: a retried task finds it)."""
     registry = Registry(settings.table)
-    registry.record_version(
+    build_keys = [t.build_key for t in variant.targets]
+    manifest_key, zip_key = prefix + variant.manifest, prefix + variant.zip
+    record = registry.find_build(rollout.layer, build_keys[0])
+    lam = client("lambda")
+    if record is not None and record.get("sha256") == variant.sha256 and record.get("manifest_key") == manifest_key:
+        arn, version = str(record["arn"]), int(record["version"])  # published by an earlier attempt of this task
+    else:
+        client("s3").head_object(Bucket=settings.bucket, Key=zip_key)
+        kwargs: dict[str, Any] = {
+            "LayerName": rollout.layer,
+            "Description": describe(build_keys[0], variant.packages, variant.id),
+            "Content": {"S3Bucket": settings.bucket, "S3Key": zip_key},
+            "CompatibleRuntimes": variant.compatible_runtimes,
+            "CompatibleArchitectures": variant.compatible_architectures,
+        }
+        if rollout.spec.license:
+            kwargs["LicenseInfo"] = rollout.spec.license
+        published = lam.publish_layer_version(**kwargs)
+        arn, version = published["LayerVersionArn"], int(published["Version"])
+        registry.record_version(
+            rollout.layer,
+            version,
+            arn,
+            build_keys,
+            manifest_key,
+            variant.sha256,
+            rollout.rollout_id,
+            variant=variant.id,
+        )
+    return LayerVersionRef(
+        arn=arn,
+        version=version,
+        build_key=build_keys[0],
+        compatible_runtimes=variant.compatible_runtimes,
+        compatible_architectures=variant.compatible_architectures,
+        unzipped_bytes=variant.unzipped_bytes,
+        variant=variant.id,
+        targets=serves,
+        manifest_key=manifest_key,
+    )
+
+
+def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
+    """PublishLayerVersion: one layer version per variant the build made, beside those reused."""
+    ensure_rollout_not_aborted(state, settings)
+    if state.rollout is None or state.matrix is None:
+        raise ValueError("publishing needs a validated rollout and its build matrix")
+    rollout, matrix = state.rollout, state.matrix
+    index = read_variant_index(settings.bucket, matrix.artifact_prefix)
+    if index.matrix_key != matrix.matrix_key:
+        raise BuildFailed(f"the build's matrix key {index.matrix_key} is not the requested {matrix.matrix_key}")
+    wanted = {t.label: t.build_key for t in matrix.to_build}
+    published: list[LayerVersionRef] = []
+    for variant in index.variants:
+        serves = [
+            platform_label(t.runtime, t.architecture)
+            for t in variant.targets
+            if wanted.get(platform_label(t.runtime, t.architecture)) == t.build_key
+        ]
+        if serves:
+            published.append(_publish_variant(settings, rollout, matrix.artifact_prefix, variant, serves))
+    missing = sorted(set(wanted) - {label for version in published for label in version.targets})
+    if missing:
+        raise BuildFailed(
+            f"the build made no layer for {', '.join(missing)} (s3://{settings.bucket}/"
+            f"{matrix.artifact_prefix}{VARIANTS_JSON})"
+        )
+    state.layer_versions = [*state.layer_versions, *published]
+    Registry(settings.table).put_rollout(
         rollout.layer,
-        published["Version"],
-        published["LayerVersionArn"],
-        rollout.build_key,
-        manifest_key,
-        manifest.sha256,
         rollout.rollout_id,
-    )
-    registry.put_rollout(
-        rollout.layer, rollout.rollout_id, status="published", layer_version_arn=published["LayerVersionArn"]
-    )
-    state.layer_version = LayerVersionRef(
-        arn=published["LayerVersionArn"],
-        version=published["Version"],
-        build_key=rollout.build_key,
-        compatible_runtimes=runtimes,
-        compatible_architectures=manifest.compatible_architectures,
-        unzipped_bytes=manifest.unzipped_bytes,
+        status="published",
+        layer_version_arn=state.layer_versions[0].arn,
+        layer_version_arns=",".join(v.arn for v in state.layer_versions),
     )
     return state

@@ -108,9 +108,9 @@ def _finish(
         reason += f"; could not restore {summary.unrestored_count}: {'; '.join(unrestored_lines(summary))}"
     registry.put_rollout(layer, rollout_id, status=ending, reason=reason)
     record = registry.rollout(layer, rollout_id) or {}
-    arn = record.get("layer_version_arn")
-    if arn:
-        registry.set_version_status(layer, int(arn.rsplit(":", 1)[-1]), ending, reason)
+    for arn in (record.get("layer_version_arns") or record.get("layer_version_arn") or "").split(","):
+        if arn:
+            registry.set_version_status(layer, int(arn.rsplit(":", 1)[-1]), ending, reason)
     body: dict[str, Any] = {
         "outcome": {
             "status": ending,

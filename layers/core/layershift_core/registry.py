@@ -139,42 +139,34 @@ class Registry:
         self.ddb.delete_item(TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"BUILD#{build_key}"}})
 
     def record_version(
-        self, layer: str, version: int, arn: str, build_key: str, manifest_key: str, sha256: str, rollout_id: str
+        self,
+        layer: str,
+        version: int,
+        arn: str,
+        build_keys: list[str],
+        manifest_key: str,
+        sha256: str,
+        rollout_id: str,
+        variant: str = "",
     ) -> None:
+        """The version's record, and one BUILD# item per build key it serves (a pure-Python variant
+        serves several targets), written together."""
         now = _now_iso()
+        found = {"arn": {"S": arn}, "version": {"N": str(version)}, "manifest_key": {"S": manifest_key}}
+        found |= {"sha256": {"S": sha256}, "variant": {"S": variant}}
+        version_item = {
+            "pk": _layer_pk(layer),
+            "sk": {"S": f"VERSION#{version:06d}"},
+            **found,
+            "build_key": {"S": build_keys[0]},
+            "build_keys": {"SS": sorted(set(build_keys))},
+            "status": {"S": "published"},
+            "rollout_id": {"S": rollout_id},
+            "published_at": {"S": now},
+        }
+        builds = [{"pk": _layer_pk(layer), "sk": {"S": f"BUILD#{key}"}, **found} for key in sorted(set(build_keys))]
         self.ddb.transact_write_items(
-            TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": {
-                            "pk": _layer_pk(layer),
-                            "sk": {"S": f"VERSION#{version:06d}"},
-                            "arn": {"S": arn},
-                            "version": {"N": str(version)},
-                            "build_key": {"S": build_key},
-                            "manifest_key": {"S": manifest_key},
-                            "sha256": {"S": sha256},
-                            "status": {"S": "published"},
-                            "rollout_id": {"S": rollout_id},
-                            "published_at": {"S": now},
-                        },
-                    }
-                },
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": {
-                            "pk": _layer_pk(layer),
-                            "sk": {"S": f"BUILD#{build_key}"},
-                            "arn": {"S": arn},
-                            "version": {"N": str(version)},
-                            "manifest_key": {"S": manifest_key},
-                            "sha256": {"S": sha256},
-                        },
-                    }
-                },
-            ]
+            TransactItems=[{"Put": {"TableName": self.table, "Item": item}} for item in [version_item, *builds]]
         )
 
     def set_version_status(self, layer: str, version: int, status: VersionStatus, reason: str | None = None) -> None:

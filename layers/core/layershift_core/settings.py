@@ -29,7 +29,7 @@ class Settings(BaseModel):
     canary_min_p99_increase_ms: float = 25
     canary_min_invocations: int = 20
     canary_max_extension_seconds: int = 600
-    canary_inconclusive: str = "rollback"
+    canary_inconclusive: Literal["promote", "rollback"] = "rollback"
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
     lock_wait_seconds: int = Field(default=3600, ge=0, le=86_400)
     codecommit_repository: str | None = None
@@ -61,7 +61,7 @@ class Settings(BaseModel):
                 min_p99_increase_ms=self.canary_min_p99_increase_ms,
                 min_invocations=self.canary_min_invocations,
                 max_extension_seconds=self.canary_max_extension_seconds,
-                inconclusive=self.canary_inconclusive,  # type: ignore[arg-type]
+                inconclusive=self.canary_inconclusive,
             ),
             audit=AuditPolicy(fail_on=self.audit_fail_on, unavailable=self.audit_unavailable),
         )

@@ -2,8 +2,8 @@
 
 ```toml
 [build]
-runtimes = ["python3.13"]
-architectures = ["x86_64"]
+runtimes = ["python3.13"]        # leave out to build for the runtimes the layer's functions use
+architectures = ["x86_64", "arm64"]   # likewise for their architectures
 allow_ranges = false
 profile = "default"             # or "sourceless" (bytecode only), "slim-runtime" (drops what Lambda ships)
 license = "MIT"
@@ -35,7 +35,9 @@ fail_on = "high"                # none, low, moderate, high or critical: a known
                                 # it fails the build before publication (unknown severity counts as at it)
 unavailable = "warn"            # or "fail": when the audit cannot run or reach its service
 ```
-Every key is optional; what is missing comes from the template's defaults.
+Every key is optional; what is missing comes from the template's defaults. Without runtimes or
+architectures, a rollout builds for those of the layer's functions (see ``targets.py``); the
+template's DefaultRuntime and DefaultArchitecture apply only when no function uses the layer yet.
 """
 
 from __future__ import annotations
@@ -196,6 +198,17 @@ _SECTION_OF = {
 }
 
 
+def _matrix_list(source: str, key: str, values: list[str] | None) -> list[str]:
+    """``build.runtimes`` or ``build.architectures`` without repeats; absent means "the consumers'"."""
+    if values is None:
+        return []
+    if not values:
+        raise InvalidLayerSpec(
+            f"{source}: build.{key}: is empty; leave it out to build for the {key} of the layer's functions"
+        )
+    return list(dict.fromkeys(values))
+
+
 def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -229,10 +242,10 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
             raise InvalidLayerSpec(
                 f'{source}: rollout.steps: is empty; to go straight to 100% set rollout.strategy = "AllAtOnce"'
             )
-        steps = []
-        for index, step in enumerate(rollout.steps):
+        steps: list[TrafficStep] = []
+        for index, given in enumerate(rollout.steps):
             try:
-                steps.append(TrafficStep.model_validate(step, strict=True))
+                steps.append(TrafficStep.model_validate(given, strict=True))
             except ValidationError as exc:
                 raise _problem(source, exc, "rollout", "steps", index) from None
         strategy = "Custom"
@@ -250,8 +263,8 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
             )
 
     candidate = {
-        "runtimes": _given(parsed.build.runtimes, [defaults.runtime]),
-        "architectures": _given(parsed.build.architectures, [defaults.architecture]),
+        "runtimes": _matrix_list(source, "runtimes", parsed.build.runtimes),
+        "architectures": _matrix_list(source, "architectures", parsed.build.architectures),
         "allow_ranges": parsed.build.allow_ranges,
         "profile": parsed.build.profile,
         "license": parsed.build.license,

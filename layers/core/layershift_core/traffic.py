@@ -39,7 +39,7 @@ from .fanout import (
     run_pass,
     until_out_of_time,
 )
-from .models import FanOut, MapRunRef, Outcome, RestoreSummary, RolloutState, ShiftStep, TargetPlan
+from .models import FanOut, MapRunRef, Outcome, RestoreSummary, RolloutState, ShiftStep, TargetPlan, variant_for
 from .observability import logger
 from .pacing import OutOfTime
 from .registry import Registry
@@ -48,6 +48,7 @@ from .usage import CHILD_EXECUTIONS, TRANSITIONS_CHILDREN, USAGE
 
 NO_ROUTING: dict[str, Any] = {"AdditionalVersionWeights": {}}
 PARAMETER_NAME = "/layershift/{layer}/arn"
+VARIANT_PARAMETER_NAME = "/layershift/{layer}/{runtime}/{arch}/arn"
 FULL = 100
 # Unrestored aliases named in the execution state and the notification; every one of them is in S3.
 UNRESTORED_SHOWN = 20
@@ -178,8 +179,8 @@ def _record_end(settings: Settings, state: RolloutState, status: str, reason: st
     if rollout is None:
         return
     registry.put_rollout(rollout.layer, rollout.rollout_id, status=status, reason=reason or "")
-    if state.layer_version is not None:
-        registry.set_version_status(rollout.layer, state.layer_version.version, status, reason)
+    for version in state.layer_versions:
+        registry.set_version_status(rollout.layer, version.version, status, reason)
 
 
 NONE_PROMOTED = "-"
@@ -188,6 +189,28 @@ NONE_PROMOTED = "-"
 def promoted_by(rollout_id: str) -> str:
     """The SSM parameter's description: who put the value there."""
     return f"Promoted by layershift rollout {rollout_id}"
+
+
+def promoted_parameters(state: RolloutState) -> dict[str, str]:
+    """SSM parameter name -> the layer version ARN a promotion writes there.
+
+    ``/layershift/<layer>/<runtime>/<architecture>/arn`` for each target of the rollout, and
+    ``/layershift/<layer>/arn`` for its first target (the newest runtime, x86_64 first, or the first
+    pair layer.toml names)."""
+    if state.rollout is None or state.matrix is None:
+        return {}
+    layer = state.rollout.layer
+    names: dict[str, str] = {}
+    for index, target in enumerate(state.matrix.targets):
+        version = variant_for(state.layer_versions, target.runtime, target.architecture)
+        if version is None:
+            continue
+        if index == 0:
+            names[PARAMETER_NAME.format(layer=layer)] = version.arn
+        names[VARIANT_PARAMETER_NAME.format(layer=layer, runtime=target.runtime, arch=target.architecture)] = (
+            version.arn
+        )
+    return names
 
 
 def _parameter(name: str) -> str | None:
@@ -199,48 +222,48 @@ def _parameter(name: str) -> str | None:
 
 
 def unpromote(settings: Settings, state: RolloutState, record: dict[str, Any]) -> None:
-    """Put ``/layershift/<layer>/arn`` back when this rollout promoted it and then failed after all
+    """Put the promoted parameters back when this rollout promoted them and then failed after all
     (its last task timed out after its work): the next deploy of a consumer stack must not pick up
     a layer version that was rolled back."""
-    if state.rollout is None or state.layer_version is None or "previous_promoted_arn" not in record:
+    if state.rollout is None or "previous_promoted" not in record:
         return
-    name = PARAMETER_NAME.format(layer=state.rollout.layer)
-    described = client("ssm").describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
-    if not described or described[0].get("Description") != promoted_by(state.rollout.rollout_id):
-        return  # not this rollout's promotion (any more)
-    previous = record["previous_promoted_arn"]
-    if previous == NONE_PROMOTED:
-        client("ssm").delete_parameter(Name=name)
-    else:
-        client("ssm").put_parameter(
-            Name=name, Value=previous, Type="String", Overwrite=True, Description="Restored by a layershift rollback"
-        )
+    ssm = client("ssm")
+    previous: dict[str, str] = json.loads(record["previous_promoted"])
+    for name, value in previous.items():
+        described = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
+        if not described or described[0].get("Description") != promoted_by(state.rollout.rollout_id):
+            continue  # not this rollout's promotion (any more)
+        if value == NONE_PROMOTED:
+            ssm.delete_parameter(Name=name)
+        else:
+            ssm.put_parameter(
+                Name=name, Value=value, Type="String", Overwrite=True, Description="Restored by a layershift rollback"
+            )
 
 
 def promote(state: RolloutState, settings: Settings) -> RolloutState:
     """PromoteLayer: every alias is on its new version (PromoteAliases); the layer is promoted."""
-    if state.rollout is None or state.layer_version is None:
-        raise ValueError("promotion needs a published layer version")
+    if state.rollout is None or not state.layer_versions:
+        raise ValueError("promotion needs the published layer versions")
     ensure_not_aborted(settings, state.rollout.layer, state.rollout.rollout_id)
     run = _children_spent(settings, state)
-    name, ssm = PARAMETER_NAME.format(layer=state.rollout.layer), client("ssm")
-    registry = Registry(settings.table)
-    if not (registry.rollout(state.rollout.layer, state.rollout.rollout_id) or {}).get("previous_promoted_arn"):
-        # What a rollback after all must put back: recorded before the parameter changes.
-        registry.put_rollout(
-            state.rollout.layer, state.rollout.rollout_id, previous_promoted_arn=_parameter(name) or NONE_PROMOTED
+    ssm, registry = client("ssm"), Registry(settings.table)
+    parameters = promoted_parameters(state)
+    if not (registry.rollout(state.rollout.layer, state.rollout.rollout_id) or {}).get("previous_promoted"):
+        # What a rollback after all must put back: recorded before any parameter changes.
+        previous = {name: _parameter(name) or NONE_PROMOTED for name in parameters}
+        registry.put_rollout(state.rollout.layer, state.rollout.rollout_id, previous_promoted=json.dumps(previous))
+    for name, arn in parameters.items():
+        ssm.put_parameter(
+            Name=name, Value=arn, Type="String", Overwrite=True, Description=promoted_by(state.rollout.rollout_id)
         )
-    ssm.put_parameter(
-        Name=name,
-        Value=state.layer_version.arn,
-        Type="String",
-        Overwrite=True,
-        Description=promoted_by(state.rollout.rollout_id),
-    )
     _record_end(settings, state, "promoted", None)
     state.outcome = Outcome(status="promoted", restored=[], unrestored=[])
     promoted = len(run.results) if run is not None else 0
-    logger.info("layer promoted", extra={"layer_version": state.layer_version.arn, "aliases": promoted})
+    logger.info(
+        "layer promoted",
+        extra={"layer_versions": [v.arn for v in state.layer_versions], "aliases": promoted},
+    )
     return state
 
 
@@ -423,12 +446,21 @@ def summarise_restore(state: RestoreState, settings: Settings) -> RestoreSummary
 # -- RollBack -----------------------------------------------------------------------------------------
 
 
+def _build_unfinished(state: RolloutState) -> bool:
+    """Whether the rollout was building and not every target it built for has a published version."""
+    if state.matrix is None or not state.matrix.to_build:
+        return False
+    published = {label for version in state.layer_versions if not version.reused for label in version.targets}
+    return any(target.label not in published for target in state.matrix.to_build)
+
+
 def build_failure(bucket: str, state: RolloutState) -> tuple[str, str] | None:
     """The reason the build job recorded beside its output, when the build failed."""
-    if state.rollout is None or state.layer_version is not None:
+    if not _build_unfinished(state):
         return None
+    assert state.matrix is not None
     try:
-        record = read_json(bucket, state.rollout.artifact_prefix + BUILD_FAILURE_JSON)
+        record = read_json(bucket, state.matrix.artifact_prefix + BUILD_FAILURE_JSON)
     except Exception as exc:
         if error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
             return None
@@ -453,7 +485,7 @@ def error_summary(state: RolloutState) -> tuple[str, str]:
             build = parsed.get("Build", parsed)
             cause = f"build {build.get('Id', '?')} ended {build.get('BuildStatus', 'FAILED')}"
             cause += f": {build['Logs']}" if isinstance(build.get("Logs"), str) else ""
-    if name == "States.TaskFailed" and state.layer_version is None:
+    if name == "States.TaskFailed" and _build_unfinished(state):
         name = "BuildFailed"
     if name.startswith("States."):
         # The names Step Functions reserves cannot be a Fail state's error: say which one in the cause.

@@ -5,23 +5,21 @@ from __future__ import annotations
 import json
 import re
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .aborts import ensure_not_aborted
-from .artifacts import artifact_prefix, read_bytes, rollout_prefix, write_bytes, write_json
+from .artifacts import read_bytes, rollout_prefix, write_bytes, write_json
 from .aws import client
 from .builder import compute_build_key
-from .builder.platforms import target_for
+from .builder.platforms import ARCHITECTURES, RUNTIMES, target_for
 from .errors import InvalidLayerSpec, InvalidRequest
 from .models import (
     LAYER_NAME_PATTERN,
-    Architecture,
-    BuildEnvironmentVariable,
     LayerSpec,
     RolloutRequest,
     RolloutState,
-    Runtime,
     ValidatedRollout,
+    platform_label,
 )
 from .planner import find_candidates
 from .registry import Registry
@@ -31,13 +29,13 @@ from .spec import SpecDefaults, parse_layer_spec
 
 
 class CheckedFiles(BaseModel):
-    """A requirements file and layer.toml that passed every offline check, with the build key."""
+    """A requirements file and layer.toml that passed every offline check."""
 
     spec: LayerSpec
     requirements: RequirementSet
-    runtime: Runtime
-    architecture: Architecture
-    build_key: str
+    build_keys: dict[str, str] = Field(
+        default_factory=dict, description="platform label -> build key, when layer.toml names the whole matrix"
+    )
 
 
 def spec_keys(layer: str) -> tuple[str, str]:
@@ -71,24 +69,18 @@ def check_files(
     requirements_source: str = "requirements.txt",
     config_source: str = "layer.toml",
 ) -> CheckedFiles:
-    """Every check that needs no AWS: layer.toml, the requirements policy, and markers against the targets."""
+    """Every check that needs no AWS: layer.toml, the requirements policy, and, when layer.toml names
+    the runtimes and the architectures, the markers against them (otherwise against every target it
+    could get; FindReusableBuild checks them again against the targets the layer's functions give)."""
     spec = parse_layer_spec(config, defaults, source=config_source)
     reqs = parse_requirements(requirements, allow_ranges=spec.allow_ranges, source=requirements_source)
-    check_markers(
-        reqs,
-        {
-            f"{runtime}/{architecture}": target_for(runtime, architecture).marker_environment()
-            for runtime in spec.runtimes
-            for architecture in spec.architectures
-        },
-    )
-    runtime, architecture = spec.runtimes[0], spec.architectures[0]
+    named = [(runtime, architecture) for runtime in spec.runtimes for architecture in spec.architectures]
+    possible = [(r, a) for r in spec.runtimes or RUNTIMES for a in spec.architectures or ARCHITECTURES]
+    check_markers(reqs, {platform_label(r, a): target_for(r, a).marker_environment() for r, a in possible})
     return CheckedFiles(
         spec=spec,
         requirements=reqs,
-        runtime=runtime,
-        architecture=architecture,
-        build_key=compute_build_key(reqs, runtime, architecture, spec.profile),
+        build_keys={platform_label(r, a): compute_build_key(reqs, r, a, spec.profile) for r, a in named},
     )
 
 
@@ -159,26 +151,13 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
     check_targets_exist(request.layer, spec, config_key)
     ensure_not_aborted(settings, request.layer, rollout_id, holding_lock=False)  # before the lock
 
-    runtime, architecture, build_key = checked.runtime, checked.architecture, checked.build_key
     prefix = rollout_prefix(request.layer, rollout_id)
     write_bytes(request.bucket, prefix + "requirements.txt", requirements.normalised_text().encode(), "text/plain")
     write_json(request.bucket, prefix + "spec.json", json.loads(spec.model_dump_json()))
-    output_prefix = artifact_prefix(request.layer, build_key)
-    requirements_uri = f"s3://{request.bucket}/{prefix}requirements.txt"
-    environment = {
-        "LAYERSHIFT_REQUIREMENTS_URI": requirements_uri,
-        "LAYERSHIFT_RUNTIME": runtime,
-        "LAYERSHIFT_ARCH": architecture,
-        "LAYERSHIFT_OUTPUT_URI": f"s3://{request.bucket}/{output_prefix}",
-        "LAYERSHIFT_BUILD_KEY": build_key,
-        "LAYERSHIFT_ALLOW_RANGES": "true" if spec.allow_ranges else "false",
-        "LAYERSHIFT_PROFILE": spec.profile,
-    }
     Registry(settings.table).put_rollout(
         request.layer,
         rollout_id,
         status="validated",
-        build_key=build_key,
         requirements_version=request.requirements_version or "",
         source=request.source,
     )
@@ -186,12 +165,7 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
         rollout_id=rollout_id,
         layer=request.layer,
         spec=spec,
-        build_key=build_key,
-        runtime=runtime,
-        architecture=architecture,
-        requirements_uri=requirements_uri,
-        artifact_prefix=output_prefix,
-        build_environment=[BuildEnvironmentVariable(Name=k, Value=v) for k, v in environment.items()],
+        requirements_uri=f"s3://{request.bucket}/{prefix}requirements.txt",
         fanout=settings.fanout,
     )
     return state

@@ -18,7 +18,7 @@ skipped than the spec tolerates (``rollout.tolerated_failure_percent``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import ClientError, WaiterError
 from pydantic import BaseModel
@@ -113,7 +113,8 @@ def _publish(lam: Any, target: TargetPlan, description: str) -> str | None:
             FunctionName=target.function_name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
         )
     except WaiterError as exc:
-        reason = (exc.last_response or {}).get("Configuration", {}).get("LastUpdateStatusReason") or str(exc)
+        last = cast(dict[str, Any], exc.last_response or {})  # a GetFunction answer, typed as any error
+        reason = last.get("Configuration", {}).get("LastUpdateStatusReason") or str(exc)
         _put_back(lam, target)
         return f"{target.function_name}: the update of its layers did not succeed: {reason}"
     config = _configuration(lam, target.function_name)

@@ -1,4 +1,19 @@
-"""What was installed: distributions, their wheel tags, top-level modules and file ownership."""
+"""What was installed: distributions, their wheel tags, top-level modules and file ownership.
+
+A distribution's top-level modules are what a consumer imports after ``pip install``: the importable
+names the wheel installed at the top of the site folder, read from its RECORD (PEP 376/627: the
+list of files the installer actually wrote). ``top_level.txt`` is a setuptools-only, non-standard
+hint that goes stale: it names modules the wheel does not install at the top (PyNaCl lists
+``_sodium``, which is ``nacl/_sodium``; xxhash lists ``_xxhash``), folders that are no modules
+(ujson's ``ujson-stubs``), and hatchling, maturin, flit and poetry wheels have none. It is read only
+for a distribution without a RECORD. Every name must exist in the site folder as a package, a
+``.py`` file or an extension module.
+
+Left out, and listed in ``InstalledDistribution.not_imported``: names no consumer imports, which
+some wheels ship by mistake (a top-level ``tests`` or ``docs`` package, ``setup.py``,
+``conftest.py``), and mypyc's shared helper modules (``<hash>__mypyc``), which the compiled modules
+load themselves.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +26,9 @@ from pathlib import Path, PurePosixPath
 from packaging.utils import canonicalize_name
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MYPYC_HELPER_RE = re.compile(r"^[0-9a-f]{20}__mypyc$")
+# Top-level names a wheel may ship that are no part of its importable API.
+NOT_IMPORTED = frozenset({"tests", "test", "conftest", "setup", "docs", "doc", "examples", "example", "benchmarks"})
 _EXTENSION_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z0-9_-]+)?\.(so|pyd)$")
 
 
@@ -25,6 +43,11 @@ class InstalledDistribution:
     tags: list[str]
     top_level: list[str]
     files: list[str] = field(default_factory=list)
+    # Requires-Dist lines (with their markers) and Provides-Extra names, from METADATA
+    requires: list[str] = field(default_factory=list)
+    extras: list[str] = field(default_factory=list)
+    # top-level names the wheel installs that are not imported (see the module docstring)
+    not_imported: list[str] = field(default_factory=list)
 
     @property
     def is_pure_python(self) -> bool:
@@ -52,6 +75,12 @@ def _top_level_from_files(files: list[str]) -> list[str]:
     return sorted(names)
 
 
+def _top_level_from_text(text: str | None) -> list[str]:
+    """Module names of a ``top_level.txt`` (``pkg/sub`` lines count as ``pkg``)."""
+    lines = [line.strip().replace("/", ".") for line in (text or "").splitlines() if line.strip()]
+    return sorted({line.split(".")[0] for line in lines if _MODULE_RE.match(line.split(".")[0])})
+
+
 def _module_exists(site: Path, module: str) -> bool:
     if (site / module).is_dir() or (site / f"{module}.py").is_file():
         return True
@@ -66,13 +95,10 @@ def scan(site: Path) -> list[InstalledDistribution]:
         metadata = dist.metadata
         wheel = HeaderParser().parsestr(dist.read_text("WHEEL") or "")
         files = [str(PurePosixPath(str(f))) for f in dist.files or []]
-        top_text = dist.read_text("top_level.txt")
-        if top_text is not None:
-            candidates = sorted({line.strip().replace("/", ".") for line in top_text.splitlines() if line.strip()})
-            top_level = [c.split(".")[0] for c in candidates if _MODULE_RE.match(c.split(".")[0])]
-        else:
-            top_level = _top_level_from_files(files)
-        top_level = sorted({m for m in top_level if _module_exists(site, m)})
+        names = _top_level_from_files(files) if files else _top_level_from_text(dist.read_text("top_level.txt"))
+        names = sorted({m for m in names if _module_exists(site, m)})
+        not_imported = [m for m in names if m in NOT_IMPORTED or _MYPYC_HELPER_RE.match(m)]
+        top_level = [m for m in names if m not in not_imported]
         found.append(
             InstalledDistribution(
                 name=canonicalize_name(metadata["Name"]),
@@ -82,6 +108,9 @@ def scan(site: Path) -> list[InstalledDistribution]:
                 tags=sorted(wheel.get_all("Tag") or []),
                 top_level=top_level,
                 files=files,
+                requires=list(dist.requires or []),
+                extras=sorted(set(metadata.get_all("Provides-Extra") or [])),
+                not_imported=not_imported,
             )
         )
     return sorted(found, key=lambda d: d.name)

@@ -75,24 +75,23 @@ _GCC_RUNTIME = frozenset({"libgcc_s.so.1", "libstdc++.so.6"})
 
 # Libraries the runtime's own standard library links, so they are on the image at those sonames:
 # CPython's zlib, _ssl/_hashlib, _ctypes, _sqlite3, _lzma and _bz2 extension modules load them
-# dynamically (CPython vendors none of them, unlike expat), and the Lambda runtime imports those
-# modules. They are in /lib64 or /var/lang/lib, both on Lambda's LD_LIBRARY_PATH
+# dynamically (CPython vendors none of them, unlike expat), and zlib, ssl, ctypes, sqlite3, lzma and
+# bz2 import on the Lambda runtimes. They are in /lib64 or /var/lang/lib, both on Lambda's LD_LIBRARY_PATH
 # (docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime).
-# Versions: Amazon Linux 2 has OpenSSL 1.0.2k as libssl.so.10 in /lib64 (a /lib64 listing from the
-# Lambda python3.8 AL2 runtime in awslabs/aws-media-replay-engine#13), and Python 3.10+ needs OpenSSL
-# 1.1.1 (PEP 644), which AL2's openssl11 package provides as libssl.so.1.1; the python3.11 image's
-# libffi is libffi.so.6 (aws/aws-lambda-base-images#129 and #133, a regression AWS fixed) and it
-# ships /var/lang/lib/liblzma.so.5 (aws/aws-lambda-base-images#127). Amazon Linux 2023 has OpenSSL
-# 3.0 (libssl.so.3, libcrypto.so.3: amazonlinux/amazon-linux-2023#625 shows both in /lib64 and in
-# the Lambda image's /var/lang/lib) and libffi 3.4 (libffi.so.8).
+# Versions: Python 3.10+ needs OpenSSL 1.1.1 (PEP 644), which Amazon Linux 2 has only as its
+# openssl11 package, libssl.so.1.1 (AL2's own OpenSSL 1.0.2k, libssl.so.10, is left out: it was in
+# /lib64 of the python3.8 runtime, awslabs/aws-media-replay-engine#13, but nothing says the rebuilt
+# python3.11 image keeps it); the python3.11 image's libffi is libffi.so.6
+# (aws/aws-lambda-base-images#129 and #133, a regression AWS fixed) and it ships
+# /var/lang/lib/liblzma.so.5 (aws/aws-lambda-base-images#127). Amazon Linux 2023 has OpenSSL 3.0
+# (libssl.so.3, libcrypto.so.3: amazonlinux/amazon-linux-2023#625 shows both in /lib64, and in a
+# Lambda image's /var/lang/lib) and libffi 3.4 (libffi.so.8).
 # Not listed, though the images may have them: libexpat (CPython vendors its own expat), libuuid,
 # libcrypt, ncurses/readline. A wheel needing one of them fails this check until it is shown here.
 _STDLIB_LIBRARIES: dict[str, frozenset[str]] = {
     "al2": frozenset(
         {
             "libz.so.1",
-            "libssl.so.10",
-            "libcrypto.so.10",
             "libssl.so.1.1",
             "libcrypto.so.1.1",
             "libffi.so.6",
@@ -133,17 +132,6 @@ _VERSION_RE = re.compile(r"^(?P<family>[A-Z]+)_(?P<version>\d+(\.\d+)*)$")
 _LAYER_LIBRARY_DIR = "lib"
 
 
-def system_libraries(target: Target) -> frozenset[str]:
-    """The sonames the target runtime's base image provides outside any layer."""
-    return (
-        _GLIBC_LIBRARIES
-        | _ARCH_GLIBC_LIBRARIES.get(target.machine, frozenset())
-        | {_LOADERS[target.machine]}
-        | _GCC_RUNTIME
-        | _STDLIB_LIBRARIES[_RUNTIME_IMAGE[target.runtime]]
-    )
-
-
 # The sonames of each runtime's base image, as data: every target architecture of each runtime.
 SYSTEM_LIBRARIES: dict[str, dict[str, frozenset[str]]] = {
     runtime: {
@@ -156,6 +144,11 @@ SYSTEM_LIBRARIES: dict[str, dict[str, frozenset[str]]] = {
     }
     for runtime, image in _RUNTIME_IMAGE.items()
 }
+
+
+def system_libraries(target: Target) -> frozenset[str]:
+    """The sonames the target runtime's base image provides outside any layer."""
+    return SYSTEM_LIBRARIES[target.runtime][target.machine]
 
 
 @dataclass
@@ -259,25 +252,23 @@ def _read_elf(path: Path) -> _Elf:
         return _Elf(elf.header.e_machine, elf.elfclass, soname, needed, rpath, runpath, versions)
 
 
-def _soname(path: Path) -> str | None:
-    """The DT_SONAME of ``path``, or None when it has none or cannot be read."""
-    try:
-        return _read_elf(path).soname
-    except (OSError, ELFError, ValueError, EOFError):
-        return None
-
-
-def _layer_names(layer_root: Path, objects: list[Path]) -> dict[str, Path]:
-    """Every shared object's file name and soname in the layer (symlinks included) -> one such file."""
-    names: dict[str, Path] = {}
-    for path in objects:
-        names.setdefault(path.name, path)
+def _parse_all(objects: list[Path]) -> dict[Path, _Elf | Exception]:
+    """Each regular shared object read once: its ELF facts, or the error that kept it from being read."""
+    parsed: dict[Path, _Elf | Exception] = {}
     for path in objects:
         if path.is_symlink():
-            continue
-        soname = _soname(path)
-        if soname:
-            names.setdefault(soname, path)
+            continue  # its target is read under its own name
+        try:
+            parsed[path] = _read_elf(path)
+        except (OSError, ELFError, ValueError, EOFError) as exc:
+            parsed[path] = exc
+    return parsed
+
+
+def _layer_names(objects: list[Path], parsed: dict[Path, _Elf | Exception]) -> set[str]:
+    """Every shared object's file name (symlinks included) and soname in the layer."""
+    names = {path.name for path in objects}
+    names |= {elf.soname for elf in parsed.values() if isinstance(elf, _Elf) and elf.soname}
     return names
 
 
@@ -294,7 +285,7 @@ def _search_dirs(entries: list[str], origin: Path, layer_root: Path) -> list[Pat
     return found
 
 
-def _in_layer(name: str, elf: _Elf, path: Path, layer_root: Path, layer_names: dict[str, Path]) -> bool:
+def _in_layer(name: str, elf: _Elf, path: Path, layer_root: Path, layer_names: set[str]) -> bool:
     root = layer_root.resolve()
     for folder in [*_search_dirs(elf.rpath + elf.runpath, path.parent, layer_root), layer_root / _LAYER_LIBRARY_DIR]:
         candidate = folder / name
@@ -305,15 +296,15 @@ def _in_layer(name: str, elf: _Elf, path: Path, layer_root: Path, layer_names: d
     return name in layer_names
 
 
-def _layer_owners(layer_root: Path) -> Callable[[str], str | None]:
-    """Map of layer-relative paths to ``"name version"``, from every ``.dist-info`` in the layer."""
-    owned: dict[str, str] = {}
-    for site in sorted({dist_info.parent for dist_info in layer_root.rglob("*.dist-info")}):
-        prefix = site.relative_to(layer_root).as_posix()
-        dists = distributions.scan(site)
-        labels = {d.name: f"{d.name} {d.version}" for d in dists}
-        for rel, name in distributions.owners(dists).items():
-            owned.setdefault(rel if prefix == "." else f"{prefix}/{rel}", labels[name])
+def owners_from(dists: list[distributions.InstalledDistribution], site_prefix: str) -> Callable[[str], str | None]:
+    """An ``owners`` callable for :func:`check_shared_objects` from the build's scanned distributions.
+
+    It maps a path relative to the layer root (``<site_prefix>/pkg/_x.so``) to ``"name version"``
+    of the distribution whose RECORD has it (or an owned folder of it, such as ``pkg.libs``).
+    """
+    labels = {d.name: f"{d.name} {d.version}" for d in dists}
+    prefix = "" if site_prefix in ("", ".") else site_prefix.rstrip("/") + "/"
+    owned = {f"{prefix}{rel}": labels[name] for rel, name in distributions.owners(dists).items()}
     cache: dict[str, str | None] = {}
 
     def owner(rel: str) -> str | None:
@@ -324,19 +315,34 @@ def _layer_owners(layer_root: Path) -> Callable[[str], str | None]:
     return owner
 
 
+def _layer_owners(layer_root: Path) -> Callable[[str], str | None]:
+    """``owners`` read from every ``.dist-info`` in the layer tree."""
+    found = [
+        owners_from(distributions.scan(site), site.relative_to(layer_root).as_posix())
+        for site in sorted({dist_info.parent for dist_info in layer_root.rglob("*.dist-info")})
+    ]
+
+    def owner(rel: str) -> str | None:
+        return next((label for label in (f(rel) for f in found) if label), None)
+
+    return owner
+
+
 def check_shared_objects(
     layer_root: Path, target: Target, owners: Callable[[str], str | None] | None = None
 ) -> ElfReport:
     """Check every shared object under ``layer_root`` for ``target``; see the module docstring.
 
     ``owners`` maps a path relative to ``layer_root`` to the distribution that installed it (a name,
-    or ``"name version"``); without it the layer's own ``.dist-info`` RECORDs are read. The report's
+    or ``"name version"``: :func:`owners_from` builds one from the build's distributions); without
+    it the layer's own ``.dist-info`` RECORDs are read. The report's
     ``failures`` name each file, its distribution when known, and the problem; nothing is raised.
     """
     layer_root = Path(layer_root)
     owner_of = owners if owners is not None else _layer_owners(layer_root)
     objects = list(_shared_objects(layer_root))
-    layer_names = _layer_names(layer_root, objects)
+    parsed = _parse_all(objects)
+    layer_names = _layer_names(objects, parsed)
     system = SYSTEM_LIBRARIES[target.runtime][target.machine]
     image = _RUNTIME_IMAGE[target.runtime]
     glibc = tuple(target.glibc)
@@ -344,18 +350,14 @@ def check_shared_objects(
     report = ElfReport(runtime=target.runtime, runtime_glibc=_dotted(glibc))
     max_glibc: tuple[int, ...] | None = None
     max_glibcxx: tuple[int, ...] | None = None
-    for path in objects:
-        if path.is_symlink():
-            continue  # its target is checked under its own name
+    for path, elf in parsed.items():
         rel = path.relative_to(layer_root).as_posix()
         dist = owner_of(rel)
         label = f"{rel} ({dist})" if dist else rel
         report.objects[rel] = dist
         report.checked += 1
-        try:
-            elf = _read_elf(path)
-        except (OSError, ELFError, ValueError, EOFError) as exc:
-            report.failures.append(f"{label}: not a readable ELF shared object ({type(exc).__name__}: {exc})")
+        if isinstance(elf, Exception):
+            report.failures.append(f"{label}: not a readable ELF shared object ({type(elf).__name__}: {elf})")
             continue
         expected = ELF_MACHINES[target.machine]
         if elf.machine != expected or elf.elfclass != 64:

@@ -219,8 +219,8 @@ def prune(site: Path) -> PruneReport:
     report.kept = sorted(f"{f.relative_to(site).as_posix()} (imported by its package)" for f in referenced)
     folders = [(f, TESTS) for f in test_folders if f not in referenced] + [(f, PYCACHE) for f in caches]
     for folder, category in sorted(folders):
-        files, size = _measure(folder)
-        report.count(category, files, size)
+        file_count, size = _measure(folder)
+        report.count(category, file_count, size)
         report.folders.append(folder.relative_to(site).as_posix())
         shutil.rmtree(folder)
     for path, category in sorted(doomed_files):
