@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from layershift_core.builder import audit as audit_module
 from layershift_core.builder import cache, distributions, install, matrix, sbom, strip, summaries, zipper
 from layershift_core.builder.audit import AuditPolicy, AuditReport, effective_policy
 from layershift_core.builder.bytecode import BytecodeReport, compile_site, restore_sources
-from layershift_core.builder.elf_check import ElfReport, check_shared_objects, find_target_interpreter
+from layershift_core.builder.elf_check import ElfReport, check_shared_objects, find_target_interpreter, owners_from
 from layershift_core.builder.key import (
     BUILDER_VERSION,
     SLIM_RUNTIME_PROFILE,
@@ -44,6 +43,7 @@ from layershift_core.builder.key import (
     check_profile,
     compute_build_key,
     compute_matrix_key,
+    compute_variant_key,
 )
 from layershift_core.builder.manifest import (
     AuditSummary,
@@ -178,7 +178,7 @@ class Site:
     pending_audit: Future[AuditReport] | None = None
     scratch: Path = Path()
     elf: list[tuple[Target, ElfReport]] = field(default_factory=list)
-    qemu: dict[str, str | None] = field(default_factory=dict)
+    qemu: dict[str, list[str] | None] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -208,19 +208,22 @@ class Site:
         """The host's CPython of ``minor``: it compiles the bytecode (which is architecture-neutral)."""
         return find_interpreter(minor)
 
-    def import_command(self, minor: str) -> str | None:
-        """What imports this site for ``minor``: the host's interpreter when the host can load the
-        target's shared objects (or there are none), else the target's Python under qemu-user, if any."""
+    def importer(self, minor: str) -> tuple[str | None, list[str] | None] | None:
+        """What imports this site for ``minor``, as (interpreter, command prefix): the host's interpreter
+        when the host can load the target's shared objects (or there are none), else the target's
+        Python under qemu-user where there is one; None when neither exists here."""
         target = self.target_of(minor)
         if self.pure or host_can_run(target):
-            return self.interpreter(minor)
+            interpreter = self.interpreter(minor)
+            return (interpreter, None) if interpreter else None
         if minor not in self.qemu:
-            self.qemu[minor] = _qemu_wrapper(self.scratch, target)
-        return self.qemu[minor]
+            self.qemu[minor] = find_target_interpreter(target)
+        prefix = self.qemu[minor]
+        return (None, prefix) if prefix else None
 
     def can_import(self, minor: str) -> bool:
         """Whether the smoke test can import this site with ``minor``'s interpreter on this host."""
-        return self.import_command(minor) is not None
+        return self.importer(minor) is not None
 
 
 @dataclass
@@ -325,21 +328,6 @@ def _strip(site: Site) -> strip.StripReport:
     return strip.strip_extensions(site.path, tool, site.scratch / "unstripped")
 
 
-def _owners(site: Site) -> Callable[[str], str | None]:
-    """Layer-relative path -> ``"name version"`` of the distribution that installed it."""
-    owned = distributions.owners(site.dists)
-    labels = {d.name: f"{d.name} {d.version}" for d in site.dists}
-    prefix = f"{site.prefix}/"
-
-    def owner(rel: str) -> str | None:
-        if not rel.startswith(prefix):
-            return None
-        name = distributions.owner_of(rel[len(prefix) :], owned)
-        return labels.get(name) if name else None
-
-    return owner
-
-
 def check_binaries_stage(site: Site) -> None:
     """The static ELF check of every shared object against each target's runtime image.
 
@@ -347,29 +335,19 @@ def check_binaries_stage(site: Site) -> None:
     fails the build with the check's report.
     """
     with site.watch.timed("check_binaries"):
-        site.elf = [(t, check_shared_objects(site.root, t, _owners(site))) for t in site.targets]
+        site.elf = [(t, check_shared_objects(site.root, t, owners_from(site.dists, site.prefix))) for t in site.targets]
         failed = [r for _, r in site.elf if r.failures]
         report = site.strip_report
         if failed and report.files and not report.restored:
             strip.restore(
                 site.path, site.scratch / "unstripped", report, f"the ELF check failed: {failed[0].failures[0]}"[:300]
             )
-            site.elf = [(t, check_shared_objects(site.root, t, _owners(site))) for t in site.targets]
+            site.elf = [
+                (t, check_shared_objects(site.root, t, owners_from(site.dists, site.prefix))) for t in site.targets
+            ]
             failed = [r for _, r in site.elf if r.failures]
     if failed:
         raise failed[0].error()
-
-
-def _qemu_wrapper(scratch: Path, target: Target) -> str | None:
-    """An executable that runs the target's Python under qemu-user (the smoke test takes one program)."""
-    prefix = find_target_interpreter(target)
-    if not prefix:
-        return None
-    wrapper = scratch / f"qemu-python{target.python_version}"
-    wrapper.parent.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(part) for part in prefix) + ' "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
 
 
 def build_site(job: Job, name: str, targets: list[Target], layout: str) -> Site:
@@ -471,9 +449,18 @@ def assemble_stage(
 
 
 def _smoke(variant: VariantBuild, site: Site, minor: str) -> SmokeReport:
-    command = site.import_command(minor)
-    if command is not None:
-        return run_smoke_test(variant.root, site.prefix, site.modules, command, raise_on_failure=False)
+    importer = site.importer(minor)
+    if importer is not None:
+        interpreter, prefix = importer
+        return run_smoke_test(
+            variant.root,
+            site.prefix,
+            site.modules,
+            interpreter,
+            raise_on_failure=False,
+            distributions=site.dists,
+            command_prefix=prefix,
+        )
     target = site.target_of(minor)
     if site.interpreter(minor) is None and (site.pure or host_can_run(target)):
         why = "no interpreter of the target Python version was found"
@@ -635,7 +622,7 @@ def sbom_stage(job: Job, variant: VariantBuild, sha256: str, created_at: datetim
 
 
 def _variant_key(job: Job, targets: list[Target]) -> str:
-    return compute_matrix_key([job.key_of(t) for t in targets])
+    return compute_variant_key([job.key_of(t) for t in targets])
 
 
 def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
@@ -941,7 +928,7 @@ def _store(job: Job, manifests: list[Manifest], folder_of: Callable[[str], Path]
 
 
 def _cached_variant(job: Job, variant: Variant) -> tuple[Path, Manifest] | None:
-    key = compute_matrix_key([t.build_key for t in variant.targets])
+    key = compute_variant_key([t.build_key for t in variant.targets])
     folder = cache.entry(job.cache_root, key)
     zip_path, manifest_path = folder / LAYER_ZIP, folder / MANIFEST_JSON
     if not (zip_path.is_file() and manifest_path.is_file()):
