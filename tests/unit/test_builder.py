@@ -839,6 +839,7 @@ def test_stripping_is_skipped_when_the_smoke_test_cannot_run(tmp_path: Path, mon
     binaries = manifest.binaries
     assert binaries.checks == ["elf"]
     assert (binaries.checked, binaries.needed, binaries.resolved_system, binaries.max_glibc) == (2, 4, 4, "2.17")
+    assert binaries.machine == "aarch64" and binaries.failures == []
     assert "did not run" in (binaries.import_note or "")
     assert "aarch64 shared objects cannot load on this" in (binaries.import_note or "")
     assert "no qemu-aarch64" in (binaries.import_note or "")

@@ -10,7 +10,7 @@ from layershift_core.errors import InvalidLayerSpec
 from layershift_core.requirements import RequirementSet
 
 # Bump whenever a change to the builder changes what a layer zip or its manifest contains.
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 
 DEFAULT_PROFILE = "default"
 SOURCELESS_PROFILE = "sourceless"

@@ -199,8 +199,11 @@ def binaries_of(variant: VariantBuild) -> BinariesSummary:
             ]
     glibcs = [r.max_glibc for _, r in reports if r.max_glibc]
     multi = len(reports) > 1
+    machines = sorted({t.machine for t, _ in reports})
     return BinariesSummary(
         checks=checks,
+        machine=machines[0] if len(machines) == 1 else ("any" if machines else None),
+        failures=[f for _, r in reports for f in r.failures],
         checked=sum(r.checked for _, r in reports),
         needed=sum(r.needed for _, r in reports),
         resolved_in_layer=sum(r.resolved_in_layer for _, r in reports),
