@@ -1657,3 +1657,20 @@ def test_the_build_job_builds_a_matrix_and_uploads_variants_json_last(
     )
     assert "build key mismatch" in capsys.readouterr().err
     assert build_job.run({**env, "LAYERSHIFT_TARGETS": "python3.13"}, s3_client=s3) == 2
+
+
+def test_an_optional_extra_the_smoke_test_reports_is_a_manifest_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    monkeypatch.setattr(build_module, "find_interpreter", lambda version: sys.executable)
+    extra = (
+        "beta (beta-tools 2.0) needs aiohttp, which is not installed: the extra 'd'. Install beta-tools[d] to use beta"
+    )
+
+    def smoke(layer_root, prefix, modules, interpreter, raise_on_failure=True, **kwargs):
+        return SmokeReport(ran=True, modules=modules, import_seconds=0.01, optional_extras=[extra])
+
+    monkeypatch.setattr(build_module, "run_smoke_test", smoke)
+    manifest = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path)
+    assert extra in manifest.notes

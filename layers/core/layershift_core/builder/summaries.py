@@ -223,6 +223,7 @@ def warnings_and_notes(job: Job, variant: VariantBuild, audit_report: AuditRepor
     compiled = all(r.compiled for site in variant.sites for r in site.bytecode.values())
     for (_, minor), smoke in variant.smoke.items():
         notes += [f"python{minor}: {n}" if multi else n for n in smoke.notes]
+        notes += [f"python{minor}: {n}" if multi else n for n in smoke.optional_extras]
         if smoke.recompiled and compiled:
             warnings.append(
                 f"{len(smoke.recompiled)} module(s) compiled from source at import, on every cold start"
