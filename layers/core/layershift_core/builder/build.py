@@ -5,7 +5,7 @@ A build runs as its stages, one function each, each timed into the manifest's ``
 
 1. resolve (a matrix of several targets only): pip's dry run per target, to group the targets
    (:mod:`layershift_core.builder.matrix`);
-2. per package folder (a "site"): install, prune, compile, strip;
+2. per package folder (a "site"): install, prune, compile, strip, check binaries (the ELF check);
 3. per layer zip (a "variant"): assemble its sites, package (the zip written while the import
    smoke test runs with each target interpreter), then the SBOM, the audit and its gate, and the
    manifest.
