@@ -154,11 +154,13 @@ def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState
         else [],
     )
     state.layer_versions = list(versions.values())
+    record = {"layer_version_arns": ",".join(v.arn for v in state.layer_versions)} if state.layer_versions else {}
     Registry(settings.table).put_rollout(
         rollout.layer,
         rollout.rollout_id,
         status="building" if to_build else "reusing",
         build_key=matrix_key,
         targets=",".join(t.label for t in targets),
+        **record,
     )
     return state
