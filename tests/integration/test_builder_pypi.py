@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def test_arm64_binary_build_uses_aarch64_wheels(tmp_path: Path) -> None:
             assert not manifest.smoke_test.ran
             assert "did not run" in (binaries.import_note or "")
             assert "aarch64 shared objects cannot load" in (binaries.import_note or "")
+    if shutil.which("aarch64-linux-gnu-strip"):  # stripped with the cross tool, kept as the ELF check passed
+        assert manifest.stripped.ran and manifest.stripped.files >= 1 and not manifest.stripped.restored
 
 
 def test_a_matrix_shares_one_pure_layer_and_builds_native_ones_per_architecture(tmp_path: Path) -> None:

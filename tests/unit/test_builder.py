@@ -762,7 +762,7 @@ def _extension_layout(dest: Path) -> None:
 def _smoke_by_size(broken_when_stripped: bool):
     """A smoke test stand-in that fails when the extension module in the layer is the stripped one."""
 
-    def _smoke(layer_root, prefix, modules, interpreter, raise_on_failure=True):
+    def _smoke(layer_root, prefix, modules, interpreter, raise_on_failure=True, **kwargs):
         size = (layer_root / prefix / "gamma/_fast.cpython-313-x86_64-linux-gnu.so").stat().st_size
         if broken_when_stripped and size < 1004:
             return SmokeReport(
@@ -839,6 +839,7 @@ def test_stripping_is_skipped_when_the_smoke_test_cannot_run(tmp_path: Path, mon
     binaries = manifest.binaries
     assert binaries.checks == ["elf"]
     assert (binaries.checked, binaries.needed, binaries.resolved_system, binaries.max_glibc) == (2, 4, 4, "2.17")
+    assert binaries.machine == "aarch64" and binaries.failures == []
     assert "did not run" in (binaries.import_note or "")
     assert "aarch64 shared objects cannot load on this" in (binaries.import_note or "")
     assert "no qemu-aarch64" in (binaries.import_note or "")
@@ -1292,7 +1293,9 @@ def test_a_matrix_of_one_target_gives_build_layers_zip(tmp_path: Path, monkeypat
     assert variant.id == "python3.13-any"
     assert variant.sha256 == manifest.sha256
     assert (tmp_path / "matrix" / variant.zip).read_bytes() == (tmp_path / "single" / "layer.zip").read_bytes()
-    assert index.matrix_key == manifest.build_key == compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64")
+    key = compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64")
+    assert manifest.build_key == variant.targets[0].build_key == key
+    assert index.matrix_key == compute_matrix_key([key])
 
 
 @needs_312_313
@@ -1348,10 +1351,11 @@ def test_a_matrix_is_served_from_the_cache_without_pip(tmp_path: Path, monkeypat
     assert (tmp_path / "b" / variant.zip).read_bytes() == (tmp_path / "a" / variant.zip).read_bytes()
 
 
-def test_matrix_key_is_order_independent_and_one_target_is_its_build_key() -> None:
+def test_matrix_key_is_order_independent() -> None:
     keys = [compute_build_key(_reqs(), r, a) for r, a in THREE_TARGETS]
-    assert compute_matrix_key(keys) == compute_matrix_key(list(reversed(keys)))
-    assert compute_matrix_key(keys[:1]) == keys[0]
+    assert compute_matrix_key(keys) == compute_matrix_key(list(reversed(keys))) == compute_matrix_key(keys + keys)
+    assert compute_matrix_key(keys) == hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+    assert compute_matrix_key(keys[:1]) != keys[0]
     assert compute_matrix_key(keys[:2]) != compute_matrix_key(keys)
     assert parse_targets(" python3.12/x86_64, python3.13/arm64 ") == [("python3.12", "x86_64"), ("python3.13", "arm64")]
     with pytest.raises(InvalidLayerSpec, match="runtime/architecture"):
@@ -1653,3 +1657,20 @@ def test_the_build_job_builds_a_matrix_and_uploads_variants_json_last(
     )
     assert "build key mismatch" in capsys.readouterr().err
     assert build_job.run({**env, "LAYERSHIFT_TARGETS": "python3.13"}, s3_client=s3) == 2
+
+
+def test_an_optional_extra_the_smoke_test_reports_is_a_manifest_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "install", fake_installer(pure_layout))
+    monkeypatch.setattr(build_module, "find_interpreter", lambda version: sys.executable)
+    extra = (
+        "beta (beta-tools 2.0) needs aiohttp, which is not installed: the extra 'd'. Install beta-tools[d] to use beta"
+    )
+
+    def smoke(layer_root, prefix, modules, interpreter, raise_on_failure=True, **kwargs):
+        return SmokeReport(ran=True, modules=modules, import_seconds=0.01, optional_extras=[extra])
+
+    monkeypatch.setattr(build_module, "run_smoke_test", smoke)
+    manifest = build_layer("alpha==1.0\n", runtime="python3.13", architecture="x86_64", out_dir=tmp_path)
+    assert extra in manifest.notes

@@ -5,7 +5,7 @@ A build runs as its stages, one function each, each timed into the manifest's ``
 
 1. resolve (a matrix of several targets only): pip's dry run per target, to group the targets
    (:mod:`layershift_core.builder.matrix`);
-2. per package folder (a "site"): install, prune, compile, strip;
+2. per package folder (a "site"): install, prune, compile, strip, check binaries (the ELF check);
 3. per layer zip (a "variant"): assemble its sites, package (the zip written while the import
    smoke test runs with each target interpreter), then the SBOM, the audit and its gate, and the
    manifest.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -33,10 +32,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from layershift_core.builder import audit as audit_module
-from layershift_core.builder import cache, distributions, install, matrix, sbom, strip, zipper
+from layershift_core.builder import cache, distributions, install, matrix, sbom, strip, summaries, zipper
 from layershift_core.builder.audit import AuditPolicy, AuditReport, effective_policy
 from layershift_core.builder.bytecode import BytecodeReport, compile_site, restore_sources
-from layershift_core.builder.elf_check import ElfReport, check_shared_objects, find_target_interpreter
+from layershift_core.builder.elf_check import ElfReport, check_shared_objects, find_target_interpreter, owners_from
 from layershift_core.builder.key import (
     BUILDER_VERSION,
     SLIM_RUNTIME_PROFILE,
@@ -44,19 +43,12 @@ from layershift_core.builder.key import (
     check_profile,
     compute_build_key,
     compute_matrix_key,
+    compute_variant_key,
 )
 from layershift_core.builder.manifest import (
     AuditSummary,
-    BinariesSummary,
-    BytecodeSummary,
     Manifest,
-    PackageEntry,
-    PruneCategory,
-    PruneSummary,
     RuntimePackage,
-    SmokeRun,
-    SmokeTestSummary,
-    StripSummary,
     Variant,
     VariantIndex,
     VariantTarget,
@@ -69,7 +61,7 @@ from layershift_core.builder.platforms import (
     host_can_run,
     strip_tool,
 )
-from layershift_core.builder.prune import RUNTIME_PACKAGES, PruneReport, prune, remove_distributions
+from layershift_core.builder.prune import PruneReport, prune, remove_distributions
 from layershift_core.builder.smoke import SmokeReport, run_smoke_test
 from layershift_core.errors import ImportSmokeTestFailed, SizeBudgetExceeded
 from layershift_core.requirements import RequirementSet, parse_requirements
@@ -81,11 +73,9 @@ MANIFEST_JSON = "manifest.json"
 VARIANTS_JSON = "variants.json"
 BUILD_FAILURE_JSON = "build-failure.json"
 SBOM_JSON = sbom.SBOM_JSON
-NO_BYTECODE_COST = (
-    "the layer ships no bytecode: on Lambda's read-only /opt every cold start compiles each imported module "
-    "from source again (about 4x the import time for a pandas and numpy set)"
-)
-_OTHER = "(not in any RECORD)"
+NO_BYTECODE_COST = summaries.NO_BYTECODE_COST
+package_sizes = summaries.package_sizes
+size_table = summaries.size_table
 
 Echo = Callable[[str], None]
 
@@ -126,31 +116,6 @@ class Stopwatch:
         """The timings rounded to milliseconds, with ``total`` since the build started."""
         timings = {**self.timings, "total": time.monotonic() - self.started}
         return {stage: round(seconds, 3) for stage, seconds in timings.items()}
-
-
-def package_sizes(site: Path, dists: list[distributions.InstalledDistribution]) -> dict[str, int]:
-    """Unzipped bytes per distribution (bytecode counted with its source's distribution)."""
-    owned = distributions.owners(dists)
-    sizes: dict[str, int] = {d.name: 0 for d in dists}
-    for path in sorted(site.rglob("*")):
-        if not path.is_file():
-            continue
-        owner = distributions.owner_of(path.relative_to(site).as_posix(), owned) or _OTHER
-        sizes[owner] = sizes.get(owner, 0) + path.stat().st_size
-    return sizes
-
-
-def size_table(sizes: dict[str, int], versions: dict[str, str], limit: int = 25) -> str:
-    """A per-package size table, largest first."""
-    rows = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))
-    labels = [f"{name} {versions.get(name, '')}".strip() for name, _ in rows]
-    width = max((len(label) for label in labels[:limit]), default=10)
-    shown = zip(labels[:limit], rows[:limit], strict=True)
-    lines = [f"  {label:<{width}}  {_mb(size):>10}" for label, (_, size) in shown]
-    if len(rows) > limit:
-        rest = sum(size for _, size in rows[limit:])
-        lines.append(f"  {f'{len(rows) - limit} more':<{width}}  {_mb(rest):>10}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- what a build works on
@@ -213,7 +178,7 @@ class Site:
     pending_audit: Future[AuditReport] | None = None
     scratch: Path = Path()
     elf: list[tuple[Target, ElfReport]] = field(default_factory=list)
-    qemu: dict[str, str | None] = field(default_factory=dict)
+    qemu: dict[str, list[str] | None] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -243,19 +208,22 @@ class Site:
         """The host's CPython of ``minor``: it compiles the bytecode (which is architecture-neutral)."""
         return find_interpreter(minor)
 
-    def import_command(self, minor: str) -> str | None:
-        """What imports this site for ``minor``: the host's interpreter when the host can load the
-        target's shared objects (or there are none), else the target's Python under qemu-user, if any."""
+    def importer(self, minor: str) -> tuple[str | None, list[str] | None] | None:
+        """What imports this site for ``minor``, as (interpreter, command prefix): the host's interpreter
+        when the host can load the target's shared objects (or there are none), else the target's
+        Python under qemu-user where there is one; None when neither exists here."""
         target = self.target_of(minor)
         if self.pure or host_can_run(target):
-            return self.interpreter(minor)
+            interpreter = self.interpreter(minor)
+            return (interpreter, None) if interpreter else None
         if minor not in self.qemu:
-            self.qemu[minor] = _qemu_wrapper(self.scratch, target)
-        return self.qemu[minor]
+            self.qemu[minor] = find_target_interpreter(target)
+        prefix = self.qemu[minor]
+        return (None, prefix) if prefix else None
 
     def can_import(self, minor: str) -> bool:
         """Whether the smoke test can import this site with ``minor``'s interpreter on this host."""
-        return self.import_command(minor) is not None
+        return self.importer(minor) is not None
 
 
 @dataclass
@@ -360,21 +328,6 @@ def _strip(site: Site) -> strip.StripReport:
     return strip.strip_extensions(site.path, tool, site.scratch / "unstripped")
 
 
-def _owners(site: Site) -> Callable[[str], str | None]:
-    """Layer-relative path -> ``"name version"`` of the distribution that installed it."""
-    owned = distributions.owners(site.dists)
-    labels = {d.name: f"{d.name} {d.version}" for d in site.dists}
-    prefix = f"{site.prefix}/"
-
-    def owner(rel: str) -> str | None:
-        if not rel.startswith(prefix):
-            return None
-        name = distributions.owner_of(rel[len(prefix) :], owned)
-        return labels.get(name) if name else None
-
-    return owner
-
-
 def check_binaries_stage(site: Site) -> None:
     """The static ELF check of every shared object against each target's runtime image.
 
@@ -382,29 +335,19 @@ def check_binaries_stage(site: Site) -> None:
     fails the build with the check's report.
     """
     with site.watch.timed("check_binaries"):
-        site.elf = [(t, check_shared_objects(site.root, t, _owners(site))) for t in site.targets]
+        site.elf = [(t, check_shared_objects(site.root, t, owners_from(site.dists, site.prefix))) for t in site.targets]
         failed = [r for _, r in site.elf if r.failures]
         report = site.strip_report
         if failed and report.files and not report.restored:
             strip.restore(
                 site.path, site.scratch / "unstripped", report, f"the ELF check failed: {failed[0].failures[0]}"[:300]
             )
-            site.elf = [(t, check_shared_objects(site.root, t, _owners(site))) for t in site.targets]
+            site.elf = [
+                (t, check_shared_objects(site.root, t, owners_from(site.dists, site.prefix))) for t in site.targets
+            ]
             failed = [r for _, r in site.elf if r.failures]
     if failed:
         raise failed[0].error()
-
-
-def _qemu_wrapper(scratch: Path, target: Target) -> str | None:
-    """An executable that runs the target's Python under qemu-user (the smoke test takes one program)."""
-    prefix = find_target_interpreter(target)
-    if not prefix:
-        return None
-    wrapper = scratch / f"qemu-python{target.python_version}"
-    wrapper.parent.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(part) for part in prefix) + ' "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
 
 
 def build_site(job: Job, name: str, targets: list[Target], layout: str) -> Site:
@@ -506,9 +449,18 @@ def assemble_stage(
 
 
 def _smoke(variant: VariantBuild, site: Site, minor: str) -> SmokeReport:
-    command = site.import_command(minor)
-    if command is not None:
-        return run_smoke_test(variant.root, site.prefix, site.modules, command, raise_on_failure=False)
+    importer = site.importer(minor)
+    if importer is not None:
+        interpreter, prefix = importer
+        return run_smoke_test(
+            variant.root,
+            site.prefix,
+            site.modules,
+            interpreter,
+            raise_on_failure=False,
+            distributions=site.dists,
+            command_prefix=prefix,
+        )
     target = site.target_of(minor)
     if site.interpreter(minor) is None and (site.pure or host_can_run(target)):
         why = "no interpreter of the target Python version was found"
@@ -670,185 +622,7 @@ def sbom_stage(job: Job, variant: VariantBuild, sha256: str, created_at: datetim
 
 
 def _variant_key(job: Job, targets: list[Target]) -> str:
-    return compute_matrix_key([job.key_of(t) for t in targets])
-
-
-def _packages(variant: VariantBuild) -> list[PackageEntry]:
-    merged: dict[tuple[str, str], dict] = {}
-    for site in variant.sites:
-        sizes = package_sizes(site.path, site.dists)
-        for dist in site.dists:
-            entry = merged.setdefault(
-                (dist.name, dist.version),
-                {
-                    "name": dist.name,
-                    "version": dist.version,
-                    "unzipped_bytes": 0,
-                    "wheel_tags": set(),
-                    "top_level_modules": set(),
-                    "python_versions": set(),
-                },
-            )
-            entry["unzipped_bytes"] += sizes.get(dist.name, 0)
-            entry["wheel_tags"].update(dist.tags)
-            entry["top_level_modules"].update(dist.top_level)
-            entry["python_versions"].update(site.minors)
-    return [
-        PackageEntry(
-            name=e["name"],
-            version=e["version"],
-            unzipped_bytes=e["unzipped_bytes"],
-            wheel_tags=sorted(e["wheel_tags"]),
-            top_level_modules=sorted(e["top_level_modules"]),
-            python_versions=sorted(e["python_versions"], key=lambda v: tuple(int(p) for p in v.split("."))),
-        )
-        for _, e in sorted(merged.items())
-    ]
-
-
-def _pruned(variant: VariantBuild, profile: str) -> PruneSummary:
-    qualify = len(variant.sites) > 1
-    folders: list[str] = []
-    kept: list[str] = []
-    categories: dict[str, PruneCategory] = {}
-    files = size = runtime_files = runtime_bytes = 0
-    for site in variant.sites:
-        pruned = site.pruned
-        prefix = f"{site.prefix}/" if qualify else ""
-        folders += [prefix + f for f in pruned.folders]
-        kept += [prefix + k for k in pruned.kept]
-        for name, c in pruned.categories.items():
-            total = categories.setdefault(name, PruneCategory())
-            categories[name] = PruneCategory(files=total.files + c.files, bytes=total.bytes + c.bytes)
-        files += pruned.files
-        size += pruned.bytes
-        runtime_files += site.runtime_files
-        runtime_bytes += site.runtime_bytes
-    if profile == SLIM_RUNTIME_PROFILE:
-        categories[RUNTIME_PACKAGES] = PruneCategory(files=runtime_files, bytes=runtime_bytes)
-    return PruneSummary(
-        folders=folders, files=files + runtime_files, bytes=size + runtime_bytes, categories=categories, kept=kept
-    )
-
-
-def _stripped(variant: VariantBuild) -> StripSummary:
-    reports = [site.strip_report for site in variant.sites]
-    first = next((r for r in reports if r.ran), reports[0])
-    restored = any(r.restored for r in reports)
-    return StripSummary(
-        ran=any(r.ran for r in reports),
-        tool=first.tool,
-        option=first.option,
-        files=sum(0 if r.restored else r.files for r in reports),
-        bytes_saved=sum(0 if r.restored else r.bytes_saved for r in reports),
-        restored=restored,
-        note=next((r.note for r in reports if r.restored and r.note), first.note),
-    )
-
-
-def _bytecode(variant: VariantBuild) -> BytecodeSummary:
-    reports = [(minor, site, site.bytecode[minor]) for site in variant.sites for minor in site.minors]
-    minor, _site, first = reports[0]
-    compiled = all(r.compiled for _, _, r in reports)
-    done = [m for m, _, r in reports if r.compiled]
-    return BytecodeSummary(
-        compiled=compiled,
-        python_version=minor,
-        invalidation_mode=first.invalidation_mode,
-        # each compile of a site counts every pyc in it, its other minors' too
-        files=sum(max(site.bytecode[m].files for m in site.minors) for site in variant.sites),
-        interpreter=first.interpreter,
-        layout=("sourceless" if first.sourceless else "__pycache__") if first.compiled else None,
-        sources_kept=sorted({k for _, _, r in reports for k in r.sources_kept}),
-        cold_start_cost=None if compiled else NO_BYTECODE_COST,
-        python_versions=sorted(set(done), key=lambda v: tuple(int(p) for p in v.split("."))),
-    )
-
-
-def _smoke_summary(variant: VariantBuild) -> SmokeTestSummary:
-    runs = [
-        SmokeRun(
-            python_version=minor,
-            ran=report.ran,
-            modules=len(report.modules) if report.ran else 0,
-            recompiled=report.recompiled,
-            import_seconds=report.import_seconds,
-            note=None if report.ran else "; ".join(report.notes) or None,
-        )
-        for (_, minor), report in variant.smoke.items()
-    ]
-    first = next((r for r in runs if r.ran), runs[0])
-    return SmokeTestSummary(
-        ran=first.ran,
-        modules=first.modules,
-        recompiled=sorted({p for r in runs for p in r.recompiled}),
-        import_seconds=first.import_seconds,
-        runs=runs,
-    )
-
-
-def _glibc_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
-def _binaries(variant: VariantBuild) -> BinariesSummary:
-    """The ELF check's figures, and which checks of the binaries ran (the import is one of them)."""
-    reports = [(t, r) for site in variant.sites for t, r in site.elf]
-    checks = ["elf"]
-    notes: list[str] = []
-    for (index, minor), smoke in variant.smoke.items():
-        site = variant.sites[index]
-        target = site.target_of(minor)
-        label = "import (qemu)" if site.qemu.get(minor) else "import"
-        if smoke.ran and label not in checks:
-            checks.append(label)
-        if not smoke.ran:
-            notes += [
-                f"{target.runtime} {target.architecture}: {n.removeprefix('import smoke test skipped: ')}"
-                for n in smoke.notes
-            ]
-    glibcs = [r.max_glibc for _, r in reports if r.max_glibc]
-    multi = len(reports) > 1
-    return BinariesSummary(
-        checks=checks,
-        checked=sum(r.checked for _, r in reports),
-        needed=sum(r.needed for _, r in reports),
-        resolved_in_layer=sum(r.resolved_in_layer for _, r in reports),
-        resolved_system=sum(r.resolved_system for _, r in reports),
-        max_glibc=max(glibcs, key=_glibc_key) if glibcs else None,
-        import_note=("the import smoke test did not run for " + "; ".join(notes)) if notes else None,
-        summary="; ".join(f"{t.runtime} {t.architecture}: {r.summary()}" if multi else r.summary() for t, r in reports)
-        or None,
-    )
-
-
-def _warnings_and_notes(job: Job, variant: VariantBuild, audit_report: AuditReport) -> tuple[list[str], list[str]]:
-    """What the build warns about (cold-start compiles, vulnerabilities, ...) and what it notes."""
-    warnings = [w for site in variant.sites for w in site.warnings]
-    notes: list[str] = []
-    multi = len(variant.smoke) > 1
-    compiled = all(r.compiled for site in variant.sites for r in site.bytecode.values())
-    for (_, minor), smoke in variant.smoke.items():
-        notes += [f"python{minor}: {n}" if multi else n for n in smoke.notes]
-        if smoke.recompiled and compiled:
-            warnings.append(
-                f"{len(smoke.recompiled)} module(s) compiled from source at import, on every cold start"
-                + (f" with python{minor}" if multi else "")
-                + f": {smoke.recompiled[:5]}"
-            )
-    skipped = sorted({s for site in variant.sites for s in (site.installed.skipped if site.installed else [])})
-    if skipped:
-        notes.append("requirements skipped because their markers do not hold: " + ", ".join(skipped))
-    for site in variant.sites:
-        report = site.strip_report
-        if report.note and not report.restored and not report.files:
-            notes.append(f"extension modules not stripped: {report.note}")
-    kept = [k for site in variant.sites for k in site.pruned.kept]
-    if kept:
-        notes.append(f"pruning kept {', '.join(_pruned(variant, job.profile).kept)}")
-    if (text := audit_module.warning(audit_report, job.policy)) is not None:
-        warnings.append(text)
-    return list(dict.fromkeys(warnings)), list(dict.fromkeys(notes))
+    return compute_variant_key([job.key_of(t) for t in targets])
 
 
 def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
@@ -859,10 +633,10 @@ def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
     created_at = datetime.now(UTC)
     sbom_stage(job, variant, sha256, created_at, build_key)
     audit_report = audit_stage(job, variant)
-    warnings, notes = _warnings_and_notes(job, variant, audit_report)
+    warnings, notes = summaries.warnings_and_notes(job, variant, audit_report)
     skipped = sorted({s for site in variant.sites for s in (site.installed.skipped if site.installed else [])})
 
-    packages = _packages(variant)
+    packages = summaries.packages_of(variant)
     dists = [d for site in variant.sites for d in site.dists]
     first = variant.targets[0]
     installed = variant.sites[0].installed
@@ -889,12 +663,12 @@ def manifest_stage(job: Job, variant: VariantBuild) -> tuple[Manifest, Path]:
         top_level_modules=sorted({m for d in dists for m in d.top_level}),
         wheel_tags=sorted({t for d in dists for t in d.tags}),
         skipped_requirements=skipped,
-        pruned=_pruned(variant, job.profile),
+        pruned=summaries.pruned_of(variant, job.profile),
         runtime_packages_removed=[r for site in variant.sites for r in site.runtime_removed],
-        stripped=_stripped(variant),
-        bytecode=_bytecode(variant),
-        smoke_test=_smoke_summary(variant),
-        binaries=_binaries(variant),
+        stripped=summaries.stripped_of(variant),
+        bytecode=summaries.bytecode_of(variant),
+        smoke_test=summaries.smoke_of(variant),
+        binaries=summaries.binaries_of(variant),
         sbom=SBOM_JSON,
         audit=AuditSummary(status=audit_report.status, findings=audit_report.findings, note=audit_report.note),
         cache_hit=False,
@@ -1045,7 +819,7 @@ def _run(job: Job, folder_of: Callable[[str], Path], use_cache: bool) -> tuple[l
         if all(m.bytecode.compiled for m in manifests):
             _store(job, manifests, folder_of, job.work / VARIANTS_JSON)
     for manifest in manifests:
-        job.say(_summary(manifest))
+        job.say(summaries.report_text(manifest))
     return manifests, index
 
 
@@ -1154,7 +928,7 @@ def _store(job: Job, manifests: list[Manifest], folder_of: Callable[[str], Path]
 
 
 def _cached_variant(job: Job, variant: Variant) -> tuple[Path, Manifest] | None:
-    key = compute_matrix_key([t.build_key for t in variant.targets])
+    key = compute_variant_key([t.build_key for t in variant.targets])
     folder = cache.entry(job.cache_root, key)
     zip_path, manifest_path = folder / LAYER_ZIP, folder / MANIFEST_JSON
     if not (zip_path.is_file() and manifest_path.is_file()):
@@ -1202,7 +976,7 @@ def _from_cache(job: Job, folder_of: Callable[[str], Path]) -> tuple[list[Manife
         manifest.write(destination / MANIFEST_JSON)
         manifests.append(manifest)
         job.say(f"layershift: cache hit for build key {manifest.build_key}: reused {folder}")
-        job.say(_summary(manifest))
+        job.say(summaries.report_text(manifest))
     index = index.model_copy(
         update={
             "variants": [
@@ -1257,102 +1031,6 @@ def regate(manifest: Manifest, policy: AuditPolicy, audit: bool = True) -> Manif
 
 
 # ---------------------------------------------------------------- the build's report
-
-
-def _summary(manifest: Manifest) -> str:
-    arch = (
-        "pure Python, serves both architectures"
-        if len(manifest.compatible_architectures) > 1
-        else f"for {manifest.architecture}"
-    )
-    verb = "reused (cache hit)" if manifest.cache_hit else "built"
-    runtimes, architecture = manifest.runtime, manifest.architecture
-    if len(manifest.targets) > 1:
-        runtimes = "+".join(manifest.compatible_runtimes)
-        architecture = "+".join(manifest.compatible_architectures)
-    lines = [
-        f"layershift: {verb} a {runtimes} {architecture} layer, profile {manifest.profile}, "
-        f"in {manifest.timings['total']:.1f} s",
-        f"  layout     {', '.join(f'{p}/' for p in (manifest.layouts or [manifest.layout]))} ({arch})",
-        f"  packages   {len(manifest.packages)}: "
-        + ", ".join(f"{p.name}=={p.version}" for p in manifest.packages[:12])
-        + (" ..." if len(manifest.packages) > 12 else ""),
-        f"  size       {_mb(manifest.unzipped_bytes)} unzipped, {_mb(manifest.zipped_bytes)} zipped",
-        f"  sha256     {manifest.sha256}",
-        f"  pruned     {_mb(manifest.pruned.bytes)} in {manifest.pruned.files} files: "
-        + (
-            ", ".join(f"{name} {_mb(c.bytes)}" for name, c in manifest.pruned.categories.items() if c.files or c.bytes)
-            or "nothing"
-        ),
-    ]
-    if len(manifest.targets) > 1:
-        lines.insert(
-            1,
-            f"  variant    {manifest.variant_id}: "
-            + ", ".join(f"{t.runtime}/{t.architecture}" for t in manifest.targets),
-        )
-    if manifest.runtime_packages_removed:
-        lines.append(
-            "  runtime    left out (the runtime ships them): "
-            + ", ".join(f"{p.name}=={p.version}" for p in manifest.runtime_packages_removed)
-        )
-    strip_summary = manifest.stripped
-    if strip_summary.ran and strip_summary.files and not strip_summary.restored:
-        lines.append(
-            f"  stripped   {strip_summary.files} extension modules ({strip_summary.option}), "
-            f"{_mb(strip_summary.bytes_saved)} saved"
-        )
-    elif strip_summary.note:
-        lines.append(f"  stripped   no: {strip_summary.note}")
-    if manifest.bytecode.compiled:
-        layout = "in place, sources removed" if manifest.bytecode.layout == "sourceless" else "in __pycache__"
-        versions = ", ".join(
-            f"python{v}" for v in (manifest.bytecode.python_versions or [manifest.bytecode.python_version])
-        )
-        lines.append(
-            f"  bytecode   {manifest.bytecode.files} files, {manifest.bytecode.invalidation_mode}, {versions}, {layout}"
-        )
-        if manifest.bytecode.sources_kept:
-            lines.append(f"             sources kept for: {', '.join(manifest.bytecode.sources_kept)}")
-    else:
-        lines.append(f"  bytecode   none: {manifest.bytecode.cold_start_cost or NO_BYTECODE_COST}")
-    runs = manifest.smoke_test.runs or []
-    if len(runs) > 1:
-        for run in runs:
-            if run.ran:
-                lines.append(
-                    f"  smoke test python{run.python_version}: {run.modules} modules imported, "
-                    f"{len(run.recompiled)} compiled from source"
-                )
-            else:
-                lines.append(f"  smoke test python{run.python_version}: not run ({run.note})")
-    elif manifest.smoke_test.ran:
-        lines.append(
-            f"  smoke test {manifest.smoke_test.modules} modules imported, "
-            f"{len(manifest.smoke_test.recompiled)} compiled from source"
-        )
-    else:
-        lines.append("  smoke test not run" + (f": {runs[0].note}" if runs and runs[0].note else ""))
-    binaries = manifest.binaries
-    if binaries.summary:
-        lines.append(f"  binaries   {', '.join(binaries.checks)}: {binaries.summary}")
-    if binaries.import_note:
-        lines.append(f"  binaries   {binaries.import_note}")
-    audit_line = f"  audit      {manifest.audit.status}"
-    if manifest.audit.findings:
-        audit_line += ": " + ", ".join(
-            f"{f['package']} {f['id']} ({f.get('severity') or 'severity unknown'})" for f in manifest.audit.findings[:6]
-        )
-    elif manifest.audit.note:
-        audit_line += f" ({manifest.audit.note})"
-    lines.append(audit_line)
-    if manifest.sbom:
-        lines.append(f"  sbom       {manifest.sbom} (CycloneDX {sbom.SPEC_VERSION})")
-    timing = ", ".join(f"{k} {v:.1f}" for k, v in manifest.timings.items() if k != "total")
-    lines.append(f"  timings    {timing} (s)")
-    lines += [f"  WARNING    {w}" for w in manifest.warnings]
-    lines += [f"  note       {n}" for n in manifest.notes]
-    return "\n".join(lines)
 
 
 __all__ = [

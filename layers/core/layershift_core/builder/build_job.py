@@ -8,7 +8,7 @@ Environment:
                                    x86_64), used when ``LAYERSHIFT_TARGETS`` is not set
 - ``LAYERSHIFT_OUTPUT_URI``        s3://bucket/artifacts/<layer>/<matrix_key>/
 - ``LAYERSHIFT_BUILD_KEY``         the matrix key the workflow expects (optional; a mismatch fails).
-                                   A one-target matrix's key is that target's build key.
+                                   The one-target form also accepts that target's build key.
 - ``LAYERSHIFT_ALLOW_RANGES``      true/false (default false)
 - ``LAYERSHIFT_PROFILE``           build profile (default "default")
 - ``LAYERSHIFT_NO_CACHE``          true/false (default false): build even when the output already holds
@@ -162,8 +162,11 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
         print(f"layershift build job: reading s3://{req_bucket}/{req_key}", flush=True)
         body = s3_client.get_object(Bucket=req_bucket, Key=req_key)["Body"].read()
         reqs = parse_requirements(body, allow_ranges=allow_ranges, source=req_key.rsplit("/", 1)[-1])
-        matrix_key = compute_matrix_key([compute_build_key(reqs, r, a, profile, policy) for r, a in targets])
-        if expected_key and expected_key != matrix_key:
+        keys = [compute_build_key(reqs, r, a, profile, policy) for r, a in targets]
+        matrix_key = compute_matrix_key(keys)
+        # the one-target form's workflow expects that target's build key
+        accepted = {matrix_key, *keys} if one_target_form else {matrix_key}
+        if expected_key and expected_key not in accepted:
             raise BuildFailed(
                 f"build key mismatch: the workflow expects {expected_key} but these inputs give {matrix_key} "
                 "(the requirements, targets or audit policy changed, or the builder version differs from the "

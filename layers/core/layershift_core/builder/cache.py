@@ -1,9 +1,9 @@
-"""The local build cache: one folder per key, holding a variant's zip, manifest and SBOM, or a matrix's
-variants.json (both, for a matrix of one target, whose key is its build key).
+"""The local build cache: one folder per key. A variant's zip, manifest and SBOM live under the
+variant's key (its one target's build key, or the matrix key of its targets); a matrix's
+variants.json lives under the matrix key.
 
-A variant's key is its one target's build key, or the matrix key of its targets. A rebuild with
-unchanged keys copies the cached artifacts instead of building, after checking that each cached
-zip still has the sha256 its manifest records.
+A rebuild with unchanged keys copies the cached artifacts instead of building, after checking that
+each cached zip still has the sha256 its manifest records.
 """
 
 from __future__ import annotations

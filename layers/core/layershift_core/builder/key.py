@@ -10,7 +10,7 @@ from layershift_core.errors import InvalidLayerSpec
 from layershift_core.requirements import RequirementSet
 
 # Bump whenever a change to the builder changes what a layer zip or its manifest contains.
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 
 DEFAULT_PROFILE = "default"
 SOURCELESS_PROFILE = "sourceless"
@@ -65,17 +65,22 @@ def compute_build_key(
 
 
 def compute_matrix_key(target_keys: list[str]) -> str:
-    """The key of a build matrix: the same set of target build keys gives the same key, in any order.
+    """The key of a build matrix: hex sha256 over its targets' build keys, sorted, one a line.
 
-    A matrix of one target has that target's build key, so a one-target job and ``build_layer``
-    share their artifacts and their cache entry.
+    The same set of target keys gives the same key, in any order. (Each build key already covers
+    the builder version.)
     """
     unique = sorted(set(target_keys))
     if not unique:
         raise ValueError("a build matrix needs at least one target")
-    if len(unique) == 1:
-        return unique[0]
-    return _digest({"builder_version": BUILDER_VERSION, "matrix": unique})
+    return hashlib.sha256("\n".join(unique).encode()).hexdigest()
+
+
+def compute_variant_key(target_keys: list[str]) -> str:
+    """The key of one variant (its manifest's ``build_key`` and its cache entry): its one target's
+    build key, or the matrix key of its targets."""
+    unique = sorted(set(target_keys))
+    return unique[0] if len(unique) == 1 else compute_matrix_key(unique)
 
 
 def _digest(payload: dict) -> str:

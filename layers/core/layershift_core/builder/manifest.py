@@ -118,6 +118,12 @@ class BinariesSummary(BaseModel):
     checks: list[str] = Field(
         default_factory=list, description="'elf' always; 'import' when the smoke test ran; 'import (qemu)' under qemu"
     )
+    machine: str | None = Field(
+        default=None, description="the ELF machine checked for (x86_64, aarch64), or 'any' for a layer serving both"
+    )
+    failures: list[str] = Field(
+        default_factory=list, description="what the ELF check found wrong (a build fails on any)"
+    )
     checked: int = Field(default=0, description="ELF files checked")
     needed: int = Field(default=0, description="DT_NEEDED entries seen")
     resolved_in_layer: int = 0
