@@ -150,7 +150,6 @@ def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
         rollout.layer,
         rollout.rollout_id,
         status="published",
-        layer_version_arn=state.layer_versions[0].arn,
         layer_version_arns=",".join(v.arn for v in state.layer_versions),
     )
     return state

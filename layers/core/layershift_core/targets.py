@@ -16,13 +16,12 @@ the resolution and the downloads between them and writes one variant per layer z
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 from .aborts import ensure_rollout_not_aborted
 from .artifacts import artifact_prefix, read_bytes, read_json
 from .aws import client
-from .builder import compute_build_key
+from .builder.key import compute_build_key, compute_matrix_key
 from .builder.platforms import ARCHITECTURES, RUNTIMES, target_for
 from .models import (
     BuildEnvironmentVariable,
@@ -73,11 +72,6 @@ def choose_targets(
     return [(default_runtime, default_architecture)], "defaults"
 
 
-def compute_matrix_key(build_keys: list[str]) -> str:
-    """One key for a set of targets' build keys, whatever their order."""
-    return hashlib.sha256("\n".join(sorted(set(build_keys))).encode()).hexdigest()
-
-
 def _reused_version(settings: Settings, layer: str, target: BuildTarget) -> LayerVersionRef | None:
     """The published version the registry holds for this target's build key, if Lambda still has it."""
     registry = Registry(settings.table)
@@ -119,7 +113,11 @@ def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState
     check_markers(reqs, {platform_label(r, a): target_for(r, a).marker_environment() for r, a in pairs})
     targets = [
         BuildTarget.model_validate(
-            {"runtime": r, "architecture": a, "build_key": compute_build_key(reqs, r, a, spec.profile)}
+            {
+                "runtime": r,
+                "architecture": a,
+                "build_key": compute_build_key(reqs, r, a, spec.profile, audit_policy=spec.audit),
+            }
         )
         for r, a in pairs
     ]
@@ -141,6 +139,8 @@ def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState
         "LAYERSHIFT_BUILD_KEY": matrix_key,
         "LAYERSHIFT_ALLOW_RANGES": "true" if spec.allow_ranges else "false",
         "LAYERSHIFT_PROFILE": spec.profile,
+        "LAYERSHIFT_AUDIT_FAIL_ON": spec.audit.fail_on,
+        "LAYERSHIFT_AUDIT_UNAVAILABLE": spec.audit.unavailable,
     }
     state.matrix = BuildMatrix(
         source=source,
@@ -154,11 +154,13 @@ def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState
         else [],
     )
     state.layer_versions = list(versions.values())
+    record = {"layer_version_arns": ",".join(v.arn for v in state.layer_versions)} if state.layer_versions else {}
     Registry(settings.table).put_rollout(
         rollout.layer,
         rollout.rollout_id,
         status="building" if to_build else "reusing",
         build_key=matrix_key,
         targets=",".join(t.label for t in targets),
+        **record,
     )
     return state

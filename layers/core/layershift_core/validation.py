@@ -80,7 +80,9 @@ def check_files(
     return CheckedFiles(
         spec=spec,
         requirements=reqs,
-        build_keys={platform_label(r, a): compute_build_key(reqs, r, a, spec.profile) for r, a in named},
+        build_keys={
+            platform_label(r, a): compute_build_key(reqs, r, a, spec.profile, audit_policy=spec.audit) for r, a in named
+        },
     )
 
 

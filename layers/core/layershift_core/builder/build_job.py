@@ -129,9 +129,8 @@ def audit_policy(environ: dict[str, str]) -> AuditPolicy | None:
         raise JobConfigError(f"LAYERSHIFT_AUDIT_FAIL_ON={fail_on!r} must be one of {', '.join(get_args(FailOn))}")
     if unavailable and unavailable not in ("fail", "warn"):
         raise JobConfigError(f"LAYERSHIFT_AUDIT_UNAVAILABLE={unavailable!r} must be fail or warn")
-    return AuditPolicy(
-        fail_on=fail_on or ("low" if legacy else "none"),  # type: ignore[arg-type]
-        unavailable=unavailable or "warn",  # type: ignore[arg-type]
+    return AuditPolicy.model_validate(
+        {"fail_on": fail_on or ("low" if legacy else "none"), "unavailable": unavailable or "warn"}
     )
 
 

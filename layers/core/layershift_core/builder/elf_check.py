@@ -248,7 +248,7 @@ def _read_elf(path: Path) -> _Elf:
         for section in elf.iter_sections():
             if isinstance(section, GNUVerNeedSection):
                 for verneed, auxiliaries in section.iter_versions():
-                    versions.setdefault(verneed.name, []).extend(aux.name for aux in auxiliaries)
+                    versions.setdefault(str(verneed.name), []).extend(aux.name for aux in auxiliaries)
         return _Elf(elf.header.e_machine, elf.elfclass, soname, needed, rpath, runpath, versions)
 
 

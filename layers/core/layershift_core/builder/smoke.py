@@ -326,7 +326,7 @@ def _provides(requirement_name: str, module: str) -> bool:
     dist, wanted = canonicalize_name(requirement_name), canonicalize_name(module)
     if module in _IMPORT_NAMES.get(dist, ()):
         return True
-    candidates = {dist}
+    candidates: set[str] = {dist}
     candidates |= {dist.removeprefix(p) for p in _PREFIXES if dist.startswith(p)}
     candidates |= {dist.removesuffix(s) for s in _SUFFIXES if dist.endswith(s)}
     return wanted in candidates
