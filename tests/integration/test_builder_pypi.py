@@ -12,7 +12,16 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from layershift_core.builder import Manifest, build_job, build_layer, build_matrix, compute_build_key, install
+from layershift_core.builder import (
+    Manifest,
+    VariantIndex,
+    build_job,
+    build_layer,
+    build_matrix,
+    compute_build_key,
+    compute_matrix_key,
+    install,
+)
 from layershift_core.builder.platforms import find_interpreter, host_can_run, target_for
 from layershift_core.errors import SdistOnlyPackage
 from layershift_core.requirements import parse_requirements
@@ -109,11 +118,10 @@ def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="artifacts")
     s3.put_object(Bucket="artifacts", Key="layers/auth/requirements.txt", Body=PURE.encode())
-    key = compute_build_key(parse_requirements(PURE), "python3.13", "x86_64")
+    key = compute_matrix_key([compute_build_key(parse_requirements(PURE), "python3.13", "x86_64")])
     env = {
         "LAYERSHIFT_REQUIREMENTS_URI": "s3://artifacts/layers/auth/requirements.txt",
-        "LAYERSHIFT_RUNTIME": "python3.13",
-        "LAYERSHIFT_ARCH": "x86_64",
+        "LAYERSHIFT_TARGETS": "python3.13/x86_64",
         "LAYERSHIFT_OUTPUT_URI": f"s3://artifacts/artifacts/auth/{key}/",
         "LAYERSHIFT_BUILD_KEY": key,
         "LAYERSHIFT_ALLOW_RANGES": "false",
@@ -121,10 +129,14 @@ def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert build_job.main() == 0
-    manifest = Manifest.model_validate_json(
-        s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/manifest.json")["Body"].read()
+    index = VariantIndex.model_validate_json(
+        s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/variants.json")["Body"].read()
     )
-    body = s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/layer.zip")["Body"].read()
+    [variant] = index.variants
+    manifest = Manifest.model_validate_json(
+        s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/{variant.manifest}")["Body"].read()
+    )
+    body = s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/{variant.zip}")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == manifest.sha256
     assert manifest.package_versions() == {"pyjwt": "2.10.0", "six": "1.16.0"}
 

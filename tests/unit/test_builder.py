@@ -490,8 +490,7 @@ def test_command_builds_and_reports_errors(
 def _job_env(bucket: str, key: str, **extra: str) -> dict[str, str]:
     env = {
         "LAYERSHIFT_REQUIREMENTS_URI": f"s3://{bucket}/layers/api/requirements.txt",
-        "LAYERSHIFT_RUNTIME": "python3.13",
-        "LAYERSHIFT_ARCH": "x86_64",
+        "LAYERSHIFT_TARGETS": "python3.13/x86_64",
         "LAYERSHIFT_OUTPUT_URI": f"s3://{bucket}/artifacts/api/{key}/",
         "LAYERSHIFT_BUILD_KEY": key,
         "LAYERSHIFT_ALLOW_RANGES": "false",
@@ -509,16 +508,21 @@ def test_build_job_downloads_builds_and_uploads(
     s3.create_bucket(Bucket="artifacts")
     text = "alpha==1.0\nbeta-tools==2.0\n"
     s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=text.encode())
-    key = compute_build_key(_reqs(text), "python3.13", "x86_64")
+    target_key = compute_build_key(_reqs(text), "python3.13", "x86_64")
+    key = compute_matrix_key([target_key])
     for name, value in _job_env("artifacts", key).items():
         monkeypatch.setenv(name, value)
     assert build_job.main() == 0
-    manifest = Manifest.model_validate_json(
-        s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/manifest.json")["Body"].read()
+    index = VariantIndex.model_validate_json(
+        s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/variants.json")["Body"].read()
     )
-    zipped = s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/layer.zip")
+    [variant] = index.variants
+    manifest = Manifest.model_validate_json(
+        s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/{variant.manifest}")["Body"].read()
+    )
+    zipped = s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/{variant.zip}")
     body = zipped["Body"].read()
-    assert manifest.build_key == key
+    assert manifest.build_key == target_key and index.matrix_key == key
     assert hashlib.sha256(body).hexdigest() == manifest.sha256
     assert zipped["Metadata"]["sha256"] == manifest.sha256
     assert "succeeded" in capsys.readouterr().out
@@ -550,9 +554,9 @@ def test_build_job_fails_with_a_clear_last_line(
         "pin it with == (or set allow_ranges = true in layer.toml)"
     )
     env = _job_env("artifacts", "")
-    del env["LAYERSHIFT_RUNTIME"]
+    del env["LAYERSHIFT_TARGETS"]
     assert build_job.run(env) == 2
-    assert "LAYERSHIFT_RUNTIME is not set" in capsys.readouterr().err
+    assert "LAYERSHIFT_TARGETS is not set" in capsys.readouterr().err
 
 
 def test_build_failed_is_the_base_of_build_errors() -> None:
@@ -1105,10 +1109,11 @@ def test_build_job_skips_a_build_already_in_the_bucket(
     s3.create_bucket(Bucket="artifacts")
     text = "alpha==1.0\n"
     s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=text.encode())
-    key = compute_build_key(_reqs(text), "python3.13", "x86_64")
+    key = compute_matrix_key([compute_build_key(_reqs(text), "python3.13", "x86_64")])
+    folder = f"artifacts/api/{key}/python3.13-any"
     env = _job_env("artifacts", key, LAYERSHIFT_NO_CACHE="true")
     assert build_job.run(env) == 0
-    sbom = s3.get_object(Bucket="artifacts", Key=f"artifacts/api/{key}/sbom.cdx.json")
+    sbom = s3.get_object(Bucket="artifacts", Key=f"{folder}/sbom.cdx.json")
     assert json.loads(sbom["Body"].read())["bomFormat"] == "CycloneDX"
     capsys.readouterr()
 
@@ -1118,11 +1123,11 @@ def test_build_job_skips_a_build_already_in_the_bucket(
     monkeypatch.setattr(install, "install", never)
     assert build_job.run(_job_env("artifacts", key)) == 0
     assert "cache hit" in capsys.readouterr().out
-    # another build key at the same output is not a hit
+    # a zip of another build key at the same output is not a hit
     s3.copy_object(
         Bucket="artifacts",
-        Key=f"artifacts/api/{key}/layer.zip",
-        CopySource={"Bucket": "artifacts", "Key": f"artifacts/api/{key}/layer.zip"},
+        Key=f"{folder}/layer.zip",
+        CopySource={"Bucket": "artifacts", "Key": f"{folder}/layer.zip"},
         Metadata={"build-key": "0" * 64, "sha256": "x"},
         MetadataDirective="REPLACE",
     )
@@ -1511,7 +1516,10 @@ def test_the_gate_holds_on_a_cache_hit_of_the_build_job(
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="artifacts")
         s3.put_object(Bucket="artifacts", Key="layers/api/requirements.txt", Body=b"alpha==1.0\n")
-        key = compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64", audit_policy=AuditPolicy())
+        policy = AuditPolicy()
+        key = compute_matrix_key(
+            [compute_build_key(_reqs("alpha==1.0\n"), "python3.13", "x86_64", audit_policy=policy)]
+        )
         env = _job_env("artifacts", key, LAYERSHIFT_AUDIT_FAIL_ON="high", LAYERSHIFT_NO_CACHE="true")
         assert build_job.run(env) == 0
         capsys.readouterr()
@@ -1559,7 +1567,6 @@ def test_severity_comes_from_osv_ghsa_first_then_cvss(monkeypatch: pytest.Monkey
 
 def test_the_job_reads_the_audit_policy_from_its_environment() -> None:
     assert build_job.audit_policy({}) is None
-    assert build_job.audit_policy({"LAYERSHIFT_FAIL_ON_VULNERABILITY": "true"}) == AuditPolicy(fail_on="low")
     assert build_job.audit_policy(
         {"LAYERSHIFT_AUDIT_FAIL_ON": "critical", "LAYERSHIFT_AUDIT_UNAVAILABLE": "fail"}
     ) == AuditPolicy(fail_on="critical", unavailable="fail")
@@ -1616,7 +1623,6 @@ def test_the_build_job_builds_a_matrix_and_uploads_variants_json_last(
     targets = [("python3.13", "x86_64"), ("python3.13", "arm64")]
     key = compute_matrix_key([compute_build_key(_reqs("gamma==3.0\n"), r, a) for r, a in targets])
     env = _job_env("artifacts", key, LAYERSHIFT_TARGETS="python3.13/x86_64,python3.13/arm64")
-    del env["LAYERSHIFT_RUNTIME"], env["LAYERSHIFT_ARCH"]
     assert build_job.run(env, s3_client=s3) == 0
     prefix = f"artifacts/api/{key}/"
     assert s3.uploaded[-1] == prefix + "variants.json"

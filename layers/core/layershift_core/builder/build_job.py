@@ -4,11 +4,8 @@ Environment:
 - ``LAYERSHIFT_REQUIREMENTS_URI``  s3://bucket/key of the requirements file
 - ``LAYERSHIFT_TARGETS``           the build matrix: comma-separated runtime/architecture, e.g.
                                    ``python3.12/x86_64,python3.13/arm64``
-- ``LAYERSHIFT_RUNTIME``, ``LAYERSHIFT_ARCH``  the older one-target form (e.g. python3.13 and
-                                   x86_64), used when ``LAYERSHIFT_TARGETS`` is not set
 - ``LAYERSHIFT_OUTPUT_URI``        s3://bucket/artifacts/<layer>/<matrix_key>/
-- ``LAYERSHIFT_BUILD_KEY``         the matrix key the workflow expects (optional; a mismatch fails).
-                                   The one-target form also accepts that target's build key.
+- ``LAYERSHIFT_BUILD_KEY``         the matrix key the workflow expects (optional; a mismatch fails)
 - ``LAYERSHIFT_ALLOW_RANGES``      true/false (default false)
 - ``LAYERSHIFT_PROFILE``           build profile (default "default")
 - ``LAYERSHIFT_NO_CACHE``          true/false (default false): build even when the output already holds
@@ -17,23 +14,20 @@ Environment:
                                    above it fails the build (default none; severity unknown counts as
                                    at it)
 - ``LAYERSHIFT_AUDIT_UNAVAILABLE`` fail or warn (default warn): whether an audit that cannot run fails
-- ``LAYERSHIFT_FAIL_ON_VULNERABILITY`` true means ``LAYERSHIFT_AUDIT_FAIL_ON=low`` (the older form;
-                                   ``LAYERSHIFT_AUDIT_FAIL_ON`` wins when both are set)
 
 The audit policy is part of every target's build key, so the workflow computes the key with the
-same policy it passes here. Without any of the three audit variables the policy is "audit, never
+same policy it passes here. Without either audit variable the policy is "audit, never
 fail", the key a workflow that passes none of them computes.
 
 Output, at ``LAYERSHIFT_OUTPUT_URI``: each variant's ``layer.zip``, ``manifest.json`` and
 ``sbom.cdx.json`` under ``<id>/``, then ``variants.json`` (the VariantIndex) LAST, so its presence
 means every variant is uploaded. Every object carries the metadata ``build-key`` (the matrix key)
-and, for a variant's files, ``sha256`` (its zip's). The one-target form also puts its variant's
-three files at the output URI itself, where a workflow that reads that layout finds them.
+and, for a variant's files, ``sha256`` (its zip's).
 
 When ``variants.json`` already exists at the output URI with this matrix key and every zip it
-lists is there with its sha256 (and, in the one-target form, the files at the URI itself), the
-build is a no-op: pip does not run, the job applies the vulnerability gate to the built packages
-again (advisories appear after a build), reports the cache hit and exits 0.
+lists is there with its sha256, the build is a no-op: pip does not run, the job applies the
+vulnerability gate to the built packages again (advisories appear after a build), reports the
+cache hit and exits 0.
 
 On failure the job leaves ``build-failure.json`` (error name and message) at the output URI.
 boto3 honours ``AWS_ENDPOINT_URL``, so the job runs unchanged against any S3-compatible endpoint.
@@ -105,33 +99,25 @@ def _flag(name: str, environ: dict[str, str]) -> bool:
     raise JobConfigError(f"environment variable {name}={value!r} must be true or false")
 
 
-def job_targets(environ: dict[str, str]) -> tuple[list[tuple[str, str]], bool]:
-    """The (runtime, architecture) targets, and whether they came in the older one-target form."""
-    listed = environ.get("LAYERSHIFT_TARGETS", "").strip()
-    if listed:
-        try:
-            return parse_targets(listed), False
-        except LayershiftError as exc:
-            raise JobConfigError(f"LAYERSHIFT_TARGETS: {exc}") from None
-    if not environ.get("LAYERSHIFT_RUNTIME", "").strip():
-        raise JobConfigError("environment variable LAYERSHIFT_RUNTIME is not set (nor LAYERSHIFT_TARGETS)")
-    return [(_env("LAYERSHIFT_RUNTIME", environ), _env("LAYERSHIFT_ARCH", environ))], True
+def job_targets(environ: dict[str, str]) -> list[tuple[str, str]]:
+    """The (runtime, architecture) targets of ``LAYERSHIFT_TARGETS``."""
+    try:
+        return parse_targets(_env("LAYERSHIFT_TARGETS", environ))
+    except LayershiftError as exc:
+        raise JobConfigError(f"LAYERSHIFT_TARGETS: {exc}") from None
 
 
 def audit_policy(environ: dict[str, str]) -> AuditPolicy | None:
     """The vulnerability gate the environment asks for; None when it asks for none."""
     fail_on = environ.get("LAYERSHIFT_AUDIT_FAIL_ON", "").strip().lower()
     unavailable = environ.get("LAYERSHIFT_AUDIT_UNAVAILABLE", "").strip().lower()
-    legacy = _flag("LAYERSHIFT_FAIL_ON_VULNERABILITY", environ)
-    if not (fail_on or unavailable or legacy):
+    if not (fail_on or unavailable):
         return None
     if fail_on and fail_on not in get_args(FailOn):
         raise JobConfigError(f"LAYERSHIFT_AUDIT_FAIL_ON={fail_on!r} must be one of {', '.join(get_args(FailOn))}")
     if unavailable and unavailable not in ("fail", "warn"):
         raise JobConfigError(f"LAYERSHIFT_AUDIT_UNAVAILABLE={unavailable!r} must be fail or warn")
-    return AuditPolicy.model_validate(
-        {"fail_on": fail_on or ("low" if legacy else "none"), "unavailable": unavailable or "warn"}
-    )
+    return AuditPolicy.model_validate({"fail_on": fail_on or "none", "unavailable": unavailable or "warn"})
 
 
 def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
@@ -140,7 +126,7 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
     try:
         req_bucket, req_key = parse_s3_uri(_env("LAYERSHIFT_REQUIREMENTS_URI", env))
         out_bucket, out_prefix = parse_s3_uri(_env("LAYERSHIFT_OUTPUT_URI", env))
-        targets, one_target_form = job_targets(env)
+        targets = job_targets(env)
         allow_ranges = _flag("LAYERSHIFT_ALLOW_RANGES", env)
         profile = env.get("LAYERSHIFT_PROFILE", "").strip() or "default"
         expected_key = env.get("LAYERSHIFT_BUILD_KEY", "").strip()
@@ -163,16 +149,14 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
         reqs = parse_requirements(body, allow_ranges=allow_ranges, source=req_key.rsplit("/", 1)[-1])
         keys = [compute_build_key(reqs, r, a, profile, policy) for r, a in targets]
         matrix_key = compute_matrix_key(keys)
-        # the one-target form's workflow expects that target's build key
-        accepted = {matrix_key, *keys} if one_target_form else {matrix_key}
-        if expected_key and expected_key not in accepted:
+        if expected_key and expected_key != matrix_key:
             raise BuildFailed(
                 f"build key mismatch: the workflow expects {expected_key} but these inputs give {matrix_key} "
                 "(the requirements, targets or audit policy changed, or the builder version differs from the "
                 "workflow's)"
             )
         if not no_cache:
-            index = output.built(matrix_key, one_target_form)
+            index = output.built(matrix_key)
             if index is not None:
                 if policy is not None:
                     output.regate(index, policy)
@@ -193,7 +177,7 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
                 audit_policy=policy,
                 use_cache=not no_cache,
             )
-            output.upload(out_dir, index, one_target_form)
+            output.upload(out_dir, index)
         print(
             f"layershift build job: uploaded {len(index.variants)} variant(s) and {VARIANTS_JSON} to "
             f"s3://{out_bucket}/{out_prefix}"
@@ -230,18 +214,14 @@ class Output:
             ExtraArgs={"ContentType": _CONTENT_TYPES[path.name], "Metadata": metadata},
         )
 
-    def upload(self, out_dir: Path, index: VariantIndex, one_target_form: bool) -> None:
-        """Every variant's files under ``<id>/``, the one-target layout when asked, then variants.json."""
+    def upload(self, out_dir: Path, index: VariantIndex) -> None:
+        """Every variant's files under ``<id>/``, then variants.json."""
         for variant in index.variants:
             metadata = {"build-key": index.matrix_key, "sha256": variant.sha256}
             folder = out_dir / variant.id
             for name in (SBOM_JSON, LAYER_ZIP, MANIFEST_JSON):
                 if (folder / name).is_file():
                     self._put_file(folder / name, f"{variant.id}/{name}", metadata)
-            if one_target_form:
-                for name in (SBOM_JSON, LAYER_ZIP, MANIFEST_JSON):
-                    if (folder / name).is_file():
-                        self._put_file(folder / name, name, metadata)
         self._put_file(out_dir / VARIANTS_JSON, VARIANTS_JSON, {"build-key": index.matrix_key})
 
     def _head(self, key: str) -> dict[str, str] | None:
@@ -250,7 +230,7 @@ class Output:
         except Exception:
             return None
 
-    def built(self, matrix_key: str, one_target_form: bool) -> VariantIndex | None:
+    def built(self, matrix_key: str) -> VariantIndex | None:
         """The index already at the output, when it is this matrix key's and every zip it lists is there."""
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + VARIANTS_JSON)["Body"].read()
@@ -260,8 +240,6 @@ class Output:
         if index.matrix_key != matrix_key or not index.variants:
             return None
         wanted = [(v.zip, v.sha256) for v in index.variants] + [(v.manifest, v.sha256) for v in index.variants]
-        if one_target_form:
-            wanted += [(name, index.variants[0].sha256) for name in (LAYER_ZIP, MANIFEST_JSON)]
         for key, sha256 in wanted:
             metadata = self._head(key)
             if metadata is None or metadata.get("build-key") != matrix_key or metadata.get("sha256") != sha256:
