@@ -78,13 +78,15 @@ def test_one_push_builds_every_variant_and_each_function_moves_to_its_own(contro
     versions = {v["variant"]: v for v in rollout.output["layer_versions"]}
     served = sorted(label for v in versions.values() for label in v["targets"])
     assert served == ["python3.12/x86_64", "python3.13/arm64", "python3.13/x86_64"]
-    targets = {t["function_name"]: t for t in _plan(cp, "mixed", rollout.execution_arn)["targets"]}
+    plan = _plan(cp, "mixed", rollout.execution_arn)
+    targets = {t["function_name"]: t for t in plan["targets"]}
+    arns = {v["variant"]: v["arn"] for v in plan["layer_versions"]}
     lam = cp.client("lambda")
     for suffix, (runtime, architecture) in FLEET.items():
         name = f"mixed-{suffix}"
         assert targets[name]["verdict"] == "target", targets[name]["reason"]
         version, layers = _on(cp, name)
-        assert version != before[name] and layers == [targets[name]["layer_version_arn"]]
+        assert version != before[name] and layers == [arns[targets[name]["variant"]]]
         layer = lam.get_layer_version(LayerName="mixed", VersionNumber=int(layers[0].rsplit(":", 1)[1]))
         assert runtime in layer["CompatibleRuntimes"] and layer["CompatibleArchitectures"] == [architecture]
         parameter = cp.client("ssm").get_parameter(Name=f"/layershift/mixed/{runtime}/{architecture}/arn")

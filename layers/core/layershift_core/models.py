@@ -255,8 +255,7 @@ class TargetPlan(Model):
     revision_id: str | None = None
     new_version: str | None = None
     platform: str | None = Field(default=None, description="the function's runtime/architecture")
-    variant: str | None = Field(default=None, description="the layer variant it moves to")
-    layer_version_arn: str | None = Field(default=None, description="that variant's layer version")
+    variant: str | None = Field(default=None, description="the layer variant it moves to (the plan's layer_versions)")
 
 
 class RolloutPlan(Model):

@@ -210,7 +210,7 @@ def assess(name: str, context: Assessment) -> TargetPlan:
             )
         return _skip(plan, problem)
     assert new_layer is not None
-    plan.variant, plan.layer_version_arn = new_layer.variant, new_layer.arn
+    plan.variant = new_layer.variant
     new_layers = replace_layer(current, new_layer.arn)
     if len(new_layers) > MAX_LAYERS:
         return _skip(
