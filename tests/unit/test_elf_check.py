@@ -224,7 +224,9 @@ def test_a_target_interpreter_is_qemu_with_the_sysroot(tmp_path: Path, monkeypat
     monkeypatch.setattr(elf_check.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "qemu-aarch64" else None)
     monkeypatch.setattr(elf_check, "_is_target_elf", lambda path, machine: machine == "aarch64")
     seen: list[list[str]] = []
-    monkeypatch.setattr(elf_check, "_runs", lambda prefix, version: seen.append(prefix) or version == "3.13")
+    monkeypatch.setattr(
+        elf_check, "runs_as", lambda prefix, version, timeout=30: seen.append(prefix) or version == "3.13"
+    )
     elf_check._find_target_interpreter.cache_clear()
     try:
         prefix = find_target_interpreter(target_for("python3.13", "arm64"))

@@ -72,12 +72,17 @@ def choose_targets(
     return [(default_runtime, default_architecture)], "defaults"
 
 
-def _reused_version(settings: Settings, layer: str, target: BuildTarget) -> LayerVersionRef | None:
-    """The published version the registry holds for this target's build key, if Lambda still has it."""
+def _reused_version(
+    settings: Settings, layer: str, target: BuildTarget, known: dict[int, LayerVersionRef]
+) -> LayerVersionRef | None:
+    """The published version the registry holds for this target's build key, if Lambda still has it
+    (looked up once per version: a pure-Python version serves several targets)."""
     registry = Registry(settings.table)
     record = registry.find_build(layer, target.build_key)
     if record is None:
         return None
+    if int(record["version"]) in known:
+        return known[int(record["version"])]
     lam = client("lambda")
     try:
         found = lam.get_layer_version(LayerName=layer, VersionNumber=int(record["version"]))
@@ -124,7 +129,7 @@ def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState
     versions: dict[int, LayerVersionRef] = {}
     to_build: list[BuildTarget] = []
     for target in targets:
-        reused = _reused_version(settings, rollout.layer, target)
+        reused = _reused_version(settings, rollout.layer, target, versions)
         if reused is None:
             to_build.append(target)
             continue

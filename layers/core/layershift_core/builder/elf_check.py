@@ -22,7 +22,6 @@ import functools
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,7 +32,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerNeedSection
 
 from layershift_core.builder import distributions
-from layershift_core.builder.platforms import Target, host_can_run
+from layershift_core.builder.platforms import Target, host_can_run, runs_as
 from layershift_core.errors import BinaryCheckFailed
 
 # The ELF machine type of each wheel machine name.
@@ -471,23 +470,9 @@ def _find_target_interpreter(runtime: str, machine: str, python_version: str) ->
             if folder == "var/lang/bin":  # a Lambda image: its Python's libraries are in /var/lang/lib
                 prefix += ["-E", "LD_LIBRARY_PATH=/var/lang/lib:/lib64:/usr/lib64"]
             prefix.append(str(PurePosixPath("/", folder, python.name)))
-            if _runs(prefix, python_version):
+            if runs_as(prefix, python_version, timeout=120):  # emulated: slower to start
                 return tuple(prefix)
     return None
-
-
-def _runs(prefix: list[str], python_version: str) -> bool:
-    try:
-        result = subprocess.run(
-            [*prefix, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return result.returncode == 0 and result.stdout.strip() == python_version
 
 
 def find_target_interpreter(target: Target) -> list[str] | None:

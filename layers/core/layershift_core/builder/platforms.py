@@ -178,13 +178,14 @@ def _candidates(python_version: str) -> list[str]:
     return unique
 
 
-def _runs_as(executable: str, python_version: str) -> bool:
+def runs_as(command: list[str], python_version: str, timeout: float = 30) -> bool:
+    """Whether ``command`` (an interpreter, or a prefix such as qemu's that runs one) is CPython ``python_version``."""
     try:
         result = subprocess.run(
-            [executable, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            [*command, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=timeout,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -200,7 +201,7 @@ def find_interpreter(python_version: str) -> str | None:
     and still fail). Returns None when none works.
     """
     for candidate in _candidates(python_version):
-        if _runs_as(candidate, python_version):
+        if runs_as([candidate], python_version):
             return candidate
     return None
 
