@@ -8,7 +8,6 @@ and every invariant is checked over every function.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -241,22 +240,34 @@ def test_functions_with_too_little_traffic_of_their_own_are_judged_as_a_pool(
 
 
 def test_throttles_under_aws_limits_are_absorbed(control_plane: ControlPlane, local_aws: LocalAws) -> None:
-    """Lambda's shared 15 requests/s, with a neighbour deploying at 12 requests/s beside the rollout
-    (which paces itself at 15): requests are refused (TooManyRequestsException), retried with backoff,
-    and none fails the rollout."""
+    """Lambda's shared 15 requests/s, with a neighbour's pipeline deploying beside the rollout (which
+    paces itself at 15): whenever the rollout starts a burst of Lambda requests, the neighbour takes
+    every request the account has for a second, then rests two. Requests are refused
+    (TooManyRequestsException), retried with backoff, and none fails the rollout."""
     cp = control_plane
     layer = "throttled"
     versions = _fleet(cp, layer, 8)
     stop = threading.Event()
 
+    def rollout_requests() -> int:  # admitted control-plane requests but the neighbour's own ListFunctions
+        admitted = lambda_limits.stats()["admitted"]
+        return sum(count for operation, count in admitted.items() if operation != "ListFunctions")
+
     def neighbour() -> None:
         lam = local_aws.client("lambda", config=Config(retries={"total_max_attempts": 1}))
-        next_at = time.monotonic()
-        while not stop.is_set():
-            with contextlib.suppress(Exception):  # the neighbour is throttled too
-                lam.list_functions(MaxItems=1)
-            next_at += 1 / 12
-            time.sleep(max(0.0, next_at - time.monotonic()))
+        seen = 0
+        while not stop.wait(0.01):
+            if rollout_requests() == seen:
+                continue
+            holding_until: float | None = None
+            while not stop.is_set() and (holding_until is None or time.monotonic() < holding_until):
+                try:
+                    lam.list_functions(MaxItems=1)
+                except lam.exceptions.TooManyRequestsException:  # empty: keep it so for a second
+                    holding_until = holding_until or time.monotonic() + 1.0
+                    time.sleep(0.01)
+            stop.wait(2.0)
+            seen = rollout_requests()
 
     local_aws.set_aws_limits(AwsLimits(control_rate=15, settle_seconds=0.5))
     deploying = threading.Thread(target=neighbour, daemon=True)
