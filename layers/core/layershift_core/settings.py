@@ -40,6 +40,18 @@ class Settings(BaseModel):
     tolerated_failure_percent: float = Field(default=5.0, ge=0, le=100)
     audit_fail_on: FailOn = "high"
     audit_unavailable: Literal["fail", "warn"] = "warn"
+    layer_name_prefix: str = ""
+    allow_managed_opt_in: bool = False
+    third_party_layer_arns: str = ""
+    floor_min_steps: int = Field(default=0, ge=0)
+    floor_min_bake_seconds: int = Field(default=0, ge=0)
+    floor_required_alarms: str = ""
+    floor_require_analysis: bool = False
+    floor_require_approval: bool = False
+
+    def published_name(self, layer: str) -> str:
+        """The Lambda layer name a layer publishes under: the stack's prefix and the layer."""
+        return self.layer_name_prefix + layer
 
     @property
     def fanout(self) -> FanOut:
@@ -94,6 +106,14 @@ _ENV = {
     "tolerated_failure_percent": "LAYERSHIFT_TOLERATED_FAILURE_PERCENT",
     "audit_fail_on": "LAYERSHIFT_AUDIT_FAIL_ON",
     "audit_unavailable": "LAYERSHIFT_AUDIT_UNAVAILABLE",
+    "layer_name_prefix": "LAYERSHIFT_LAYER_NAME_PREFIX",
+    "allow_managed_opt_in": "LAYERSHIFT_ALLOW_MANAGED_OPT_IN",
+    "third_party_layer_arns": "LAYERSHIFT_THIRD_PARTY_LAYER_ARNS",
+    "floor_min_steps": "LAYERSHIFT_FLOOR_MIN_STEPS",
+    "floor_min_bake_seconds": "LAYERSHIFT_FLOOR_MIN_BAKE_SECONDS",
+    "floor_required_alarms": "LAYERSHIFT_FLOOR_REQUIRED_ALARMS",
+    "floor_require_analysis": "LAYERSHIFT_FLOOR_REQUIRE_ANALYSIS",
+    "floor_require_approval": "LAYERSHIFT_FLOOR_REQUIRE_APPROVAL",
 }
 
 
