@@ -28,6 +28,7 @@ OUTPUT_KEYS = {
     "table": "RegistryTableName",
     "state_machine_arn": "RolloutStateMachineArn",
     "topic_arn": "NotificationTopicArn",
+    "layer_name_prefix": "LayerNamePrefix",
 }
 
 
@@ -41,6 +42,7 @@ class ControlPlane:
     table: str
     state_machine_arn: str
     topic_arn: str | None = None
+    layer_name_prefix: str = ""
     region: str | None = None
     endpoint_url: str | None = None
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -60,8 +62,16 @@ class ControlPlane:
         from layershift_core.settings import Settings
 
         return Settings(
-            bucket=self.bucket, table=self.table, topic_arn=self.topic_arn, state_machine_arn=self.state_machine_arn
+            bucket=self.bucket,
+            table=self.table,
+            topic_arn=self.topic_arn,
+            state_machine_arn=self.state_machine_arn,
+            layer_name_prefix=self.layer_name_prefix,
         )
+
+    def published_name(self, layer: str) -> str:
+        """The Lambda layer name the control plane publishes ``layer`` under."""
+        return self.layer_name_prefix + layer
 
     @contextlib.contextmanager
     def domain_clients(self) -> Iterator[None]:
@@ -89,7 +99,16 @@ class ControlPlane:
     def save_local(self, path: Path = LOCAL_STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fields = {
-            k: getattr(self, k) for k in ("bucket", "table", "state_machine_arn", "topic_arn", "region", "endpoint_url")
+            k: getattr(self, k)
+            for k in (
+                "bucket",
+                "table",
+                "state_machine_arn",
+                "topic_arn",
+                "layer_name_prefix",
+                "region",
+                "endpoint_url",
+            )
         }
         path.write_text(json.dumps(fields, indent=2))
 
@@ -99,7 +118,7 @@ def from_outputs(outputs: dict[str, str], region: str | None, endpoint_url: str 
     if missing:
         raise ControlPlaneNotFound(f"the stack has no outputs {[OUTPUT_KEYS[k] for k in missing]}")
     return ControlPlane(
-        **{name: outputs.get(key) for name, key in OUTPUT_KEYS.items()},  # type: ignore[arg-type]
+        **{name: outputs.get(key) for name, key in OUTPUT_KEYS.items() if key in outputs},  # type: ignore[arg-type]
         region=region,
         endpoint_url=endpoint_url,
     )

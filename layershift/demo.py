@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .controlplane import ControlPlane, follow, push, wait_for_execution
+from .controlplane import ControlPlane, follow, from_outputs, push, wait_for_execution
 from .invariants import check_invariants
 
 LAYER = "demo-shared"
@@ -94,7 +94,7 @@ def create_consumers(cp: ControlPlane, examples: Path, layer_arn: str) -> None:
             Code={"ZipFile": _zip_dir(examples / "consumers" / name)},
             Layers=[layer_arn],
             Timeout=10,
-            Tags={"team": "demo", "layershift:managed": "true"},
+            Tags={"team": "demo", "layershift:layer": LAYER},
         )
         lam.get_waiter("function_active_v2").wait(FunctionName=name)
         version = lam.publish_version(FunctionName=name)["Version"]
@@ -191,14 +191,7 @@ def run(project_root: Path, keep_running: bool = False) -> int:
     with LocalAws(state_dir=project_root / ".layershift" / "local") as aws:
         say(f"== local AWS on {aws.endpoint_url}; deploying the control plane from template.yaml")
         stack = deploy_control_plane(aws, project_root)
-        cp = ControlPlane(
-            bucket=stack.outputs["ArtifactBucketName"],
-            table=stack.outputs["RegistryTableName"],
-            state_machine_arn=stack.outputs["RolloutStateMachineArn"],
-            topic_arn=stack.outputs.get("NotificationTopicArn"),
-            region=aws.region,
-            endpoint_url=aws.endpoint_url,
-        )
+        cp = from_outputs(stack.outputs, aws.region, aws.endpoint_url)
         cp.save_local()
         say(f"  {len(stack.physical_ids)} resources; state machine {cp.state_machine_arn}")
 

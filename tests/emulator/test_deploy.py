@@ -213,6 +213,7 @@ def test_outputs_resolve_to_the_local_resources(stack: DeployedStack) -> None:
         "NotificationTopicArn": stack.physical_ids["NotificationTopic"],
         "CoreLayerArn": stack.physical_ids["CoreLayer"],
         "LayerBuildProjectName": stack.names["LayerBuildProject"],
+        "LayerNamePrefix": "layershift-",
     }
 
 

@@ -112,7 +112,7 @@ def publish_bootstrap_layer(cp: ControlPlane, layer: str) -> str:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("python/six.py", "__version__ = 'bootstrap'\n\ndef legacy_answer():\n    return 42\n")
     response = cp.client("lambda").publish_layer_version(
-        LayerName=layer,
+        LayerName=cp.published_name(layer),
         Content={"ZipFile": buffer.getvalue()},
         CompatibleRuntimes=["python3.13"],
         CompatibleArchitectures=["x86_64"],
@@ -140,7 +140,7 @@ def create_consumer(
         Handler="app.handler",
         Code={"ZipFile": zip_source(source)},
         Layers=layers,
-        Tags={"layershift:managed": "true"} if tags is None else tags,
+        Tags={"layershift:layer": " ".join(_layers_of(cp, layers))} if tags is None else tags,
         # Lambda's default is 3 s; on two cores shared by three test workers, scheduling alone
         # can stretch a trivial invocation past that.
         Timeout=15,
@@ -150,6 +150,12 @@ def create_consumer(
     version = lam.publish_version(FunctionName=name)["Version"]
     lam.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
     return version
+
+
+def _layers_of(cp: ControlPlane, layers: list[str]) -> list[str]:
+    """The control plane's layer names among a function's layer ARNs: what its opt-in tag names."""
+    names = [arn.split(":")[6] for arn in layers]
+    return [name.removeprefix(cp.layer_name_prefix) for name in names if name.startswith(cp.layer_name_prefix)]
 
 
 def _role(cp: ControlPlane) -> str:

@@ -40,7 +40,6 @@ from .test_rollout_logic import SETTINGS, _state, _zip
 # moto deploys a stack's function but not its AWS::Lambda::Alias (it warns and skips it).
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..Lambda..Alias:UserWarning")
 
-MANAGED = {"layershift:managed": "true"}
 FOR_THE_LAYER = {"layershift:layer": "shared"}
 
 
@@ -83,7 +82,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             name: str,
             layers: list[str],
             *,
-            tags: dict[str, str] = MANAGED,
+            tags: dict[str, str] = FOR_THE_LAYER,
             alias: bool = True,
             **properties: Any,
         ) -> None:

@@ -96,7 +96,7 @@ def fleet() -> Iterator[dict[str, str]]:
                 Handler="app.handler",
                 Code={"ZipFile": _zip()},
                 Layers=[old],
-                Tags={"layershift:managed": "true"},
+                Tags={"layershift:layer": LAYER},
             )
             version = lam.publish_version(FunctionName=name)["Version"]
             lam.create_alias(FunctionName=name, Name="live", FunctionVersion=version)

@@ -95,7 +95,7 @@ def world() -> Iterator[None]:
             Handler="app.handler",
             Code={"ZipFile": _zip()},
             Layers=[shared],
-            Tags={"layershift:managed": "true"},
+            Tags={"layershift:layer": "shared"},
         )
         version = lam.publish_version(FunctionName="orders")["Version"]
         lam.create_alias(FunctionName="orders", Name="live", FunctionVersion=version)

@@ -146,7 +146,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             Handler="app.handler",
             Code={"ZipFile": _zip()},
             Layers=[old_layer],
-            Tags={"layershift:managed": "true"},
+            Tags={"layershift:layer": LAYER},
         )
         old = lam.publish_version(FunctionName="orders")["Version"]
         lam.update_function_configuration(FunctionName="orders", Layers=[new_layer])

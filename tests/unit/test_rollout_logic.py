@@ -63,7 +63,11 @@ def env() -> Iterator[dict[str, str]]:
         old_shared = layer["shared"].rsplit(":", 1)[0] + ":1"
 
         def function(
-            name: str, layers: list[str], alias: str | None = "live", runtime: str = "python3.13", opted_in: bool = True
+            name: str,
+            layers: list[str],
+            alias: str | None = "live",
+            runtime: str = "python3.13",
+            opted_in: str | None = "shared",
         ) -> None:
             lam.create_function(
                 FunctionName=name,
@@ -72,7 +76,7 @@ def env() -> Iterator[dict[str, str]]:
                 Handler="app.handler",
                 Code={"ZipFile": _zip()},
                 Layers=layers,
-                Tags={"layershift:managed": "true"} if opted_in else {},
+                Tags={"layershift:layer": opted_in} if opted_in else {},
             )
             if alias:
                 version = lam.publish_version(FunctionName=name)["Version"]
@@ -81,8 +85,8 @@ def env() -> Iterator[dict[str, str]]:
         function("good", [layer["other"].rsplit(":", 1)[0] + ":1", old_shared])
         function("no-alias", [old_shared], alias=None)
         function("old-runtime", [old_shared], runtime="python3.11")
-        function("unrelated", [layer["other"]])
-        function("not-opted-in", [old_shared], opted_in=False)
+        function("unrelated", [layer["other"]], opted_in="other")
+        function("not-opted-in", [old_shared], opted_in=None)
         function("split", [old_shared])
         version = lam.publish_version(FunctionName="split", Description="second")["Version"]
         lam.update_alias(FunctionName="split", Name="live", RoutingConfig={"AdditionalVersionWeights": {version: 0.5}})
@@ -152,7 +156,7 @@ def test_plan_targets_users_of_the_layer_and_skips_with_reasons(env: dict[str, s
     assert "no alias 'live'" in verdicts["no-alias"][1]
     assert "python3.11/x86_64 is not a runtime and architecture this rollout builds for" in verdicts["old-runtime"][1]
     assert "already routing" in verdicts["split"][1]
-    assert "not opted in: tag it layershift:managed=true" in verdicts["not-opted-in"][1]
+    assert "not opted in: tag it layershift:layer=shared" in verdicts["not-opted-in"][1]
     assert "unrelated" not in verdicts
     good = next(t for t in planned.targets if t.function_name == "good")
     assert good.new_layers[1] == env["new"] and good.new_layers[0] == good.current_layers[0]
@@ -284,7 +288,7 @@ def test_waves_shift_pilots_first_and_leave_the_rest_alone(env: dict[str, str]) 
         Handler="app.handler",
         Code={"ZipFile": _zip()},
         Layers=[env["old"]],
-        Tags={"layershift:managed": "true"},
+        Tags={"layershift:layer": "shared"},
     )
     lam.create_alias(
         FunctionName="later", Name="live", FunctionVersion=lam.publish_version(FunctionName="later")["Version"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,11 +68,67 @@ def layer_name_of(arn: str) -> str:
     return parts[6] if len(parts) >= 8 and parts[5] == "layer" else ""
 
 
+def unversioned(arn: str) -> str:
+    """`arn:aws:lambda:r:a:layer:NAME:7` → `arn:aws:lambda:r:a:layer:NAME`: the layer itself, its
+    account and region included, so a same-named layer of another account is another layer."""
+    return arn.rpartition(":")[0] if layer_name_of(arn) else arn
+
+
 def replace_layer(layers: list[str], new_arn: str) -> list[str]:
     """The function's layer list with the same layer's position replaced (order kept), or appended."""
-    name = layer_name_of(new_arn)
-    replaced = [new_arn if layer_name_of(arn) == name else arn for arn in layers]
+    layer = unversioned(new_arn)
+    replaced = [new_arn if unversioned(arn) == layer else arn for arn in layers]
     return replaced if new_arn in replaced else [*layers, new_arn]
+
+
+def opted_in_layers(tags: dict[str, str]) -> list[str]:
+    """The layers a function's ``layershift:layer`` tag names: one, or several separated by spaces."""
+    return tags.get(TARGET_TAG, "").split()
+
+
+def opt_in_problem(tags: dict[str, str], layer: str, allow_managed: bool) -> str | None:
+    """Why a function is not a target of ``layer`` by its tags, or None when it is opted in for it.
+
+    Only ``layershift:layer`` naming the layer opts a function in: a push of one layer must never reach
+    the functions of another. ``layershift:managed=true`` alone counts only where the control plane
+    allows it (template parameter AllowManagedOptIn, for single-team accounts). The tenant role's IAM
+    policy enforces the same rule."""
+    named = opted_in_layers(tags)
+    if layer in named or (allow_managed and tags.get(MANAGED_TAG) == "true"):
+        return None
+    if named:
+        return (
+            f"opted in for {', '.join(repr(n) for n in named)}, not for {layer!r}: its {TARGET_TAG} tag must name "
+            f"{layer!r} (several layers are separated by spaces) for a push of {layer!r} to change it"
+        )
+    if tags.get(MANAGED_TAG) == "true":
+        return (
+            f"tagged {MANAGED_TAG}=true but not {TARGET_TAG}={layer}; this control plane takes part only in the "
+            f"layers a function's {TARGET_TAG} tag names (template parameter AllowManagedOptIn is false)"
+        )
+    return (
+        f"not opted in: tag it {TARGET_TAG}={layer} to let layershift change it; the control plane's IAM policy "
+        f"allows changes only to functions whose {TARGET_TAG} tag names the layer"
+    )
+
+
+def arn_like(pattern: str, arn: str) -> bool:
+    """IAM's ArnLike: each of the six colon-separated parts matched on its own, ``*`` and ``?`` within it."""
+    parts, wanted = arn.split(":", 5), pattern.split(":", 5)
+    return len(parts) == len(wanted) == 6 and all(fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=True))
+
+
+def foreign_layer_problem(layers: list[str], own: str, allowed: list[str]) -> str | None:
+    """Why the function's other layers cannot be kept, or None. The tenant role may attach layers of
+    this account and region (``own``: ``arn:partition:lambda:region:account``) and those the
+    template parameter ThirdPartyLayerArns allows; nothing else."""
+    for arn in layers:
+        if not arn.startswith(own + ":layer:") and not any(arn_like(pattern, arn) for pattern in allowed):
+            return (
+                f"keeps layer {arn}, which is not of this account and region and not allowed by the template "
+                "parameter ThirdPartyLayerArns; layershift may attach only those, so it cannot update this function"
+            )
+    return None
 
 
 def plan_key(layer: str, rollout_id: str) -> str:
@@ -89,15 +147,29 @@ def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
 
 
 def tagged_for(layer: str) -> set[str]:
-    """Functions tagged `layershift:layer=<layer>`: one Resource Groups Tagging query, not a
-    ListTags call per function in the account."""
+    """Functions whose `layershift:layer` tag names the layer (alone or in a list): one Resource Groups
+    Tagging query of the functions carrying the tag, not a ListTags call per function in the account."""
     names: set[str] = set()
     paginator = client("resourcegroupstaggingapi").get_paginator("get_resources")
-    for page in paginator.paginate(
-        TagFilters=[{"Key": TARGET_TAG, "Values": [layer]}], ResourceTypeFilters=["lambda:function"]
-    ):
-        names.update(item["ResourceARN"].split(":")[6] for item in page["ResourceTagMappingList"])
+    for page in paginator.paginate(TagFilters=[{"Key": TARGET_TAG}], ResourceTypeFilters=["lambda:function"]):
+        for item in page["ResourceTagMappingList"]:
+            tags = {tag["Key"]: tag["Value"] for tag in item.get("Tags", [])}
+            if layer in opted_in_layers(tags):
+                names.add(item["ResourceARN"].split(":")[6])
     return names
+
+
+@cache
+def own_lambda_arn() -> str:
+    """``arn:<partition>:lambda:<region>:<account>`` of the control plane itself."""
+    identity = client("sts").get_caller_identity()
+    partition = str(identity["Arn"]).split(":")[1]
+    return f"arn:{partition}:lambda:{client('lambda').meta.region_name}:{identity['Account']}"
+
+
+def published_layer_arn(name: str) -> str:
+    """The unversioned ARN of the layer this control plane publishes as ``name``."""
+    return f"{own_lambda_arn()}:layer:{name}"
 
 
 def function_platform(config: dict[str, Any]) -> str:
@@ -106,23 +178,26 @@ def function_platform(config: dict[str, Any]) -> str:
     return platform_label(config.get("Runtime") or config.get("PackageType") or "unknown", architecture)
 
 
-def discover(layer: str, extra: list[str]) -> dict[str, str | None]:
-    """The functions whose $LATEST uses any version of `layer`, tagged for it, or named in the spec,
-    each with its runtime/architecture (None when ListFunctions did not list it)."""
+def discover(layer: str, published_name: str, extra: list[str]) -> dict[str, str | None]:
+    """The functions whose $LATEST uses any version of the layer (``published_name`` in this account
+    and region, matched by ARN), tagged for it, or named in the spec, each with its runtime/architecture
+    (None when ListFunctions did not list it). Being found makes a candidate, not a target: AssessTargets
+    applies the opt-in rule to each."""
     wanted = tagged_for(layer) | set(extra)
+    ours = published_layer_arn(published_name)
     found: dict[str, str | None] = {}
     for page in client("lambda").get_paginator("list_functions").paginate():
         for config in page["Functions"]:
             name = config["FunctionName"]
-            if name in wanted or any(layer_name_of(entry["Arn"]) == layer for entry in config.get("Layers", [])):
+            if name in wanted or any(unversioned(entry["Arn"]) == ours for entry in config.get("Layers", [])):
                 found[name] = function_platform(config)
     return {name: found.get(name) for name in sorted(wanted | set(found))}
 
 
-def find_candidates(layer: str, extra: list[str]) -> list[str]:
-    """The names of the functions whose $LATEST uses any version of `layer`, tagged for it, or named
+def find_candidates(layer: str, published_name: str, extra: list[str]) -> list[str]:
+    """The names of the functions whose $LATEST uses any version of the layer, tagged for it, or named
     in the spec, sorted."""
-    return list(discover(layer, extra))
+    return list(discover(layer, published_name, extra))
 
 
 def find_candidates_task(state: RolloutState, settings: Settings) -> RolloutState:
@@ -131,7 +206,7 @@ def find_candidates_task(state: RolloutState, settings: Settings) -> RolloutStat
     if state.rollout is None:
         raise ValueError("finding candidates needs a validated rollout")
     rollout, spec = state.rollout, state.rollout.spec
-    found = discover(rollout.layer, [*spec.functions, *spec.pilots])
+    found = discover(rollout.layer, settings.published_name(rollout.layer), [*spec.functions, *spec.pilots])
     key = items_key(rollout.layer, rollout.rollout_id, "candidates")
     write_items(settings.bucket, key, [{"function_name": name} for name in found])
     platforms = Counter(label for label in found.values() if label)
@@ -147,9 +222,12 @@ class Assessment:
     """What the functions of one batch share: the new layer versions (one per variant), the alias,
     and what was looked up once."""
 
+    layer: str
     layer_versions: list[LayerVersionRef]
     alias: str
     pilots: set[str]
+    allow_managed: bool = False
+    third_party_layers: list[str] = field(default_factory=list)
     layer_sizes: dict[str, int] = field(default_factory=dict)
     stacks: StackTemplates = field(default_factory=StackTemplates)
 
@@ -166,21 +244,25 @@ def _skip(plan: TargetPlan, reason: str) -> TargetPlan:
     return plan
 
 
-def _static_problem(config: dict[str, Any], tags: dict[str, str], new_layer: LayerVersionRef | None) -> str | None:
+def _static_problem(
+    config: dict[str, Any], tags: dict[str, str], new_layer: LayerVersionRef | None, context: Assessment
+) -> str | None:
     """Why the function cannot take part, from its configuration and tags alone (``new_layer``: the
     variant for its runtime and architecture, None when the rollout built none)."""
     if config.get("PackageType") == "Image":
         return "container image functions cannot use layers"
-    if tags.get(MANAGED_TAG) != "true" and TARGET_TAG not in tags:
-        return (
-            f"not opted in: tag it {MANAGED_TAG}=true (or {TARGET_TAG}=<layer>) to let layershift change it; "
-            "the control plane's IAM policy allows changes only to functions that carry one of these tags"
-        )
+    refused = opt_in_problem(tags, context.layer, context.allow_managed)
+    if refused:
+        return refused
     if new_layer is None:
         return f"{function_platform(config)} is not a runtime and architecture this rollout builds for"
-    if new_layer.arn in [entry["Arn"] for entry in config.get("Layers", [])]:
+    current = [entry["Arn"] for entry in config.get("Layers", [])]
+    if new_layer.arn in current:
         return f"already uses {new_layer.arn}"
-    return None
+    mine = unversioned(new_layer.arn)
+    return foreign_layer_problem(
+        [arn for arn in current if unversioned(arn) != mine], mine.split(":layer:")[0], context.third_party_layers
+    )
 
 
 def assess(name: str, context: Assessment) -> TargetPlan:
@@ -196,11 +278,11 @@ def assess(name: str, context: Assessment) -> TargetPlan:
     current = [entry["Arn"] for entry in config.get("Layers", [])]
     plan.current_layers = current
     plan.platform = function_platform(config)
-    if name in context.pilots or tags.get(WAVE_TAG) == Wave.PILOT:
+    if name in context.pilots or tags.get(WAVE_TAG) == Wave.PILOT:  # a pilot is opted in like any other target
         plan.wave = Wave.PILOT
     architecture = (config.get("Architectures") or ["x86_64"])[0]
     new_layer = variant_for(context.layer_versions, config.get("Runtime"), architecture)
-    problem = _static_problem(config, tags, new_layer)
+    problem = _static_problem(config, tags, new_layer, context)
     if problem:
         if new_layer is None and context.layer_versions:
             served = sorted({label for version in context.layer_versions for label in version.targets})
@@ -260,7 +342,14 @@ def assess_targets(event: BatchEvent, settings: Settings, seconds_left: float) -
     def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
         given = AssessInput.model_validate(head)
         ensure_not_aborted(settings, given.layer, given.rollout_id)
-        context = Assessment(layer_versions=given.layer_versions, alias=given.alias, pilots=set(given.pilots))
+        context = Assessment(
+            layer=given.layer,
+            layer_versions=given.layer_versions,
+            alias=given.alias,
+            pilots=set(given.pilots),
+            allow_managed=settings.allow_managed_opt_in,
+            third_party_layers=settings.third_party_layers,
+        )
         return until_out_of_time(items, lambda item: assess(item["function_name"], context).model_dump(mode="json"))
 
     return run_pass(event, seconds_left, process)

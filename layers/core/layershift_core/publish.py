@@ -87,7 +87,7 @@ def _publish_variant(
     else:
         client("s3").head_object(Bucket=settings.bucket, Key=zip_key)
         kwargs: dict[str, Any] = {
-            "LayerName": rollout.layer,
+            "LayerName": settings.published_name(rollout.layer),
             "Description": describe(build_keys[0], variant.packages, variant.id),
             "Content": {"S3Bucket": settings.bucket, "S3Key": zip_key},
             "CompatibleRuntimes": variant.compatible_runtimes,

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from .builder.audit import AuditPolicy, FailOn
 from .models import CanaryAnalysis, FanOut
-from .spec import SpecDefaults
+from .spec import Floors, SpecDefaults
 
 
 class Settings(BaseModel):
@@ -49,6 +49,11 @@ class Settings(BaseModel):
     floor_require_analysis: bool = False
     floor_require_approval: bool = False
 
+    @property
+    def third_party_layers(self) -> list[str]:
+        """ThirdPartyLayerArns: the ArnLike patterns of other accounts' layers a target may keep."""
+        return _names(self.third_party_layer_arns)
+
     def published_name(self, layer: str) -> str:
         """The Lambda layer name a layer publishes under: the stack's prefix and the layer."""
         return self.layer_name_prefix + layer
@@ -60,6 +65,13 @@ class Settings(BaseModel):
     @property
     def spec_defaults(self) -> SpecDefaults:
         return SpecDefaults(
+            floors=Floors(
+                min_steps=self.floor_min_steps,
+                min_bake_seconds=self.floor_min_bake_seconds,
+                required_alarms=_names(self.floor_required_alarms),
+                require_analysis=self.floor_require_analysis,
+                require_approval=self.floor_require_approval,
+            ),
             runtime=self.default_runtime,
             architecture=self.default_architecture,
             alias=self.default_alias,
@@ -77,6 +89,11 @@ class Settings(BaseModel):
             ),
             audit=AuditPolicy(fail_on=self.audit_fail_on, unavailable=self.audit_unavailable),
         )
+
+
+def _names(joined: str) -> list[str]:
+    """A comma-joined template list (CommaDelimitedList through !Join) as its entries."""
+    return [name.strip() for name in joined.split(",") if name.strip()]
 
 
 _ENV = {

@@ -47,7 +47,7 @@ import tomllib
 from itertools import pairwise
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .builder.audit import AuditPolicy
 from .errors import InvalidLayerSpec
@@ -60,7 +60,19 @@ _CANARY = re.compile(r"^Canary(\d{1,2})Percent(\d{1,3})Minutes?$")
 _LINEAR = re.compile(r"^Linear(\d{1,2})PercentEvery(\d{1,3})Minutes?$")
 
 
+class Floors(BaseModel):
+    """The least every layer.toml must ask for, set by the control plane's operators (template
+    parameters Floor*); a pusher cannot go below them."""
+
+    min_steps: int = Field(default=0, ge=0)
+    min_bake_seconds: int = Field(default=0, ge=0)
+    required_alarms: list[str] = []
+    require_analysis: bool = False
+    require_approval: bool = False
+
+
 class SpecDefaults(BaseModel):
+    floors: Floors = Floors()
     runtime: str = "python3.13"
     architecture: str = "x86_64"
     alias: str = "live"
@@ -96,7 +108,7 @@ class _Rollout(_Section):
     alarms: list[str] = []
     final_bake_seconds: int | None = None
     pilots: list[str] = []
-    approval: bool = False
+    approval: bool | None = None
     approval_timeout_seconds: int | None = None
     tolerated_failure_percent: float | int | None = None
 
@@ -213,6 +225,33 @@ def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def _check_floors(source: str, floors: Floors, strategy: str, steps: list[TrafficStep], parsed: _File) -> None:
+    """Refuse a spec that asks for less than a floor, naming the floor and its template parameter."""
+    if len(steps) < floors.min_steps:
+        given = "rollout.steps" if strategy == "Custom" else f"rollout.strategy {strategy!r}"
+        raise InvalidLayerSpec(
+            f"{source}: {given}: {len(steps)} traffic step(s) before 100%, below this control plane's floor of "
+            f"{floors.min_steps} (template parameter FloorMinSteps)"
+        )
+    for index, step in enumerate(steps):
+        if step.bake_seconds < floors.min_bake_seconds:
+            where = f"rollout.steps[{index}].bake_seconds" if strategy == "Custom" else f"rollout.strategy {strategy!r}"
+            raise InvalidLayerSpec(
+                f"{source}: {where}: a bake of {step.bake_seconds} s at {step.weight}%, below this control plane's "
+                f"floor of {floors.min_bake_seconds} s per step (template parameter FloorMinBakeSeconds)"
+            )
+    if floors.require_analysis and parsed.analysis.enabled is False:
+        raise InvalidLayerSpec(
+            f"{source}: analysis.enabled: false, but this control plane requires canary analysis on every rollout "
+            "(template parameter FloorRequireAnalysis)"
+        )
+    if floors.require_approval and parsed.rollout.approval is False:
+        raise InvalidLayerSpec(
+            f"{source}: rollout.approval: false, but this control plane requires approval before 100% on every "
+            "rollout (template parameter FloorRequireApproval)"
+        )
+
+
 def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: str = "layer.toml") -> LayerSpec:
     """Parse and validate layer.toml; raise InvalidLayerSpec naming the offending line or field.
 
@@ -262,6 +301,7 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
                 f"does not rise above rollout.steps[{index - 1}].weight ({before.weight})"
             )
 
+    _check_floors(source, defaults.floors, strategy, steps, parsed)
     candidate = {
         "runtimes": _matrix_list(source, "runtimes", parsed.build.runtimes),
         "architectures": _matrix_list(source, "architectures", parsed.build.architectures),
@@ -273,10 +313,10 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
         "strategy": strategy,
         "steps": steps,
         "poll_seconds": _given(rollout.poll_seconds, defaults.poll_seconds),
-        "alarms": rollout.alarms,
+        "alarms": list(dict.fromkeys([*rollout.alarms, *defaults.floors.required_alarms])),
         "final_bake_seconds": _given(rollout.final_bake_seconds, defaults.final_bake_seconds),
         "pilots": rollout.pilots,
-        "approval": rollout.approval,
+        "approval": _given(rollout.approval, defaults.floors.require_approval),
         "tolerated_failure_percent": float(
             _given(rollout.tolerated_failure_percent, defaults.tolerated_failure_percent)
         ),

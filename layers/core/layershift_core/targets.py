@@ -85,7 +85,7 @@ def _reused_version(
         return known[int(record["version"])]
     lam = client("lambda")
     try:
-        found = lam.get_layer_version(LayerName=layer, VersionNumber=int(record["version"]))
+        found = lam.get_layer_version(LayerName=settings.published_name(layer), VersionNumber=int(record["version"]))
     except lam.exceptions.ResourceNotFoundException:
         registry.forget_build(layer, target.build_key)
         return None
