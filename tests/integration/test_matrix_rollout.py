@@ -87,7 +87,9 @@ def test_one_push_builds_every_variant_and_each_function_moves_to_its_own(contro
         assert targets[name]["verdict"] == "target", targets[name]["reason"]
         version, layers = _on(cp, name)
         assert version != before[name] and layers == [arns[targets[name]["variant"]]]
-        layer = lam.get_layer_version(LayerName=cp.published_name("mixed"), VersionNumber=int(layers[0].rsplit(":", 1)[1]))
+        layer = lam.get_layer_version(
+            LayerName=cp.published_name("mixed"), VersionNumber=int(layers[0].rsplit(":", 1)[1])
+        )
         assert runtime in layer["CompatibleRuntimes"] and layer["CompatibleArchitectures"] == [architecture]
         parameter = cp.client("ssm").get_parameter(Name=f"/layershift/mixed/{runtime}/{architecture}/arn")
         assert parameter["Parameter"]["Value"] == layers[0]
