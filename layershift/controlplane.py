@@ -29,6 +29,7 @@ OUTPUT_KEYS = {
     "state_machine_arn": "RolloutStateMachineArn",
     "topic_arn": "NotificationTopicArn",
     "layer_name_prefix": "LayerNamePrefix",
+    "approve_function": "ApproveRolloutFunctionName",
 }
 
 
@@ -43,6 +44,7 @@ class ControlPlane:
     state_machine_arn: str
     topic_arn: str | None = None
     layer_name_prefix: str = ""
+    approve_function: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -428,15 +430,29 @@ def abort(cp: ControlPlane, layer: str, reason: str) -> list[dict[str, Any]]:
     return running
 
 
-def approve(cp: ControlPlane, layer: str) -> str:
-    from layershift_core import control
+def _decide(cp: ControlPlane, decision: str, layer: str, reason: str = "") -> str:
+    """Approve or reject through the stack's ApproveRolloutFunction: invoking it is the approval, so
+    IAM (the approver role) decides who may. Returns the rollout id."""
+    from layershift_core.errors import NothingWaiting
 
-    with cp.domain_clients():
-        return control.approve(cp.settings(), layer)
+    if not cp.approve_function:
+        raise ControlPlaneNotFound("the stack has no ApproveRolloutFunctionName output: deploy this version first")
+    answer = cp.client("lambda").invoke(
+        FunctionName=cp.approve_function,
+        Payload=json.dumps({"decision": decision, "layer": layer, "reason": reason}).encode(),
+    )
+    payload = json.loads(answer["Payload"].read() or b"null")
+    if answer.get("FunctionError"):
+        error = payload if isinstance(payload, dict) else {}
+        if error.get("errorType") == NothingWaiting.__name__:
+            raise NothingWaiting(str(error.get("errorMessage")))
+        raise RuntimeError(f"ApproveRollout failed: {error.get('errorType')}: {error.get('errorMessage')}")
+    return str(payload["rollout_id"])
+
+
+def approve(cp: ControlPlane, layer: str) -> str:
+    return _decide(cp, "approve", layer)
 
 
 def reject(cp: ControlPlane, layer: str, reason: str) -> str:
-    from layershift_core import control
-
-    with cp.domain_clients():
-        return control.reject(cp.settings(), layer, reason)
+    return _decide(cp, "reject", layer, reason)

@@ -214,6 +214,7 @@ def test_outputs_resolve_to_the_local_resources(stack: DeployedStack) -> None:
         "CoreLayerArn": stack.physical_ids["CoreLayer"],
         "LayerBuildProjectName": stack.names["LayerBuildProject"],
         "LayerNamePrefix": "layershift-",
+        "ApproveRolloutFunctionName": stack.physical_ids["ApproveRolloutFunction"],
     }
 
 

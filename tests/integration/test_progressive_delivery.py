@@ -18,6 +18,7 @@ import pytest
 
 from layershift import controlplane
 from layershift.controlplane import ControlPlane
+from layershift_core.errors import NothingWaiting
 
 from .support import (
     create_alarm,
@@ -288,6 +289,8 @@ def test_approval_before_full_traffic(control_plane: ControlPlane, answer: str) 
         controlplane.reject(cp, layer, "not tonight")
     rollout = finish_rollout(cp, arn)
 
+    with pytest.raises(NothingWaiting, match=f"no rollout of layer '{layer}' is waiting for approval"):
+        controlplane.approve(cp, layer)  # the decision went through ApproveRolloutFunction, once
     if answer == "approve":
         assert rollout.status == "SUCCEEDED", rollout.lines
         assert _alias(cp, f"{layer}-fn")["FunctionVersion"] != old

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .aborts import ensure_not_aborted
 from .aws import client, error_code
 from .errors import ApprovalRejected, NothingWaiting, RolloutAborted, RolloutUnhealthy
 from .health import firing_alarms
-from .models import StepState
+from .models import LayerName, StepState
 from .observability import logger, metrics
 from .registry import Registry
 from .settings import Settings
@@ -139,6 +139,23 @@ def reject(settings: Settings, layer: str, reason: str) -> str:
     if rollout is None:
         raise NothingWaiting(f"no rollout of layer {layer!r} is waiting for approval")
     return rollout
+
+
+class ApprovalRequest(BaseModel):
+    """What an approver sends ApproveRollout: approve, or reject with a reason, the layer's waiting rollout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    layer: LayerName
+    reason: str = Field(default="", max_length=1000)
+
+
+def decide_approval(request: ApprovalRequest, settings: Settings) -> str:
+    """The approver's decision, sent to the waiting rollout; the rollout id, or NothingWaiting."""
+    if request.decision == "approve":
+        return approve(settings, request.layer)
+    return reject(settings, request.layer, request.reason or "no reason given")
 
 
 def abort(settings: Settings, layer: str, rollout_id: str, reason: str) -> bool:
