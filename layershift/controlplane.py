@@ -33,6 +33,10 @@ OUTPUT_KEYS = {
 }
 
 
+# What a local control plane's state file keeps (`layershift local` writes it, --local reads it).
+_LOCAL_FIELDS = (*OUTPUT_KEYS, "region", "endpoint_url")
+
+
 class ControlPlaneNotFound(RuntimeError):
     pass
 
@@ -100,18 +104,7 @@ class ControlPlane:
 
     def save_local(self, path: Path = LOCAL_STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fields = {
-            k: getattr(self, k)
-            for k in (
-                "bucket",
-                "table",
-                "state_machine_arn",
-                "topic_arn",
-                "layer_name_prefix",
-                "region",
-                "endpoint_url",
-            )
-        }
+        fields = {k: getattr(self, k) for k in _LOCAL_FIELDS}
         path.write_text(json.dumps(fields, indent=2))
 
 

@@ -32,7 +32,8 @@ def test_push_wait_and_status(
     assert main(["status", "--local", "--layer", "cli-layer"]) == 0
     status = capsys.readouterr().out
     assert "layer cli-layer" in status
-    assert "promoted: arn:aws:lambda:us-east-1:123456789012:layer:cli-layer:1" in status
+    published = control_plane.published_name("cli-layer")
+    assert f"promoted: arn:aws:lambda:us-east-1:123456789012:layer:{published}:1" in status
     assert "version 1: promoted" in status
     assert "spent: " in status and "Lambda requests (" in status and "child executions" in status
 

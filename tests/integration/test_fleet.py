@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import pytest
-from botocore.config import Config
 
 from layershift.controlplane import ControlPlane, history_events, rollout_usage, wait_for_end
 from layershift.local import lambda_limits
@@ -242,31 +241,27 @@ def test_functions_with_too_little_traffic_of_their_own_are_judged_as_a_pool(
 def test_throttles_under_aws_limits_are_absorbed(control_plane: ControlPlane, local_aws: LocalAws) -> None:
     """Lambda's shared 15 requests/s, with a neighbour's pipeline deploying beside the rollout (which
     paces itself at 15): whenever the rollout starts a burst of Lambda requests, the neighbour takes
-    every request the account has for a second, then rests two. Requests are refused
+    every request the account has for a second and a half, then rests as long. Requests are refused
     (TooManyRequestsException), retried with backoff, and none fails the rollout."""
     cp = control_plane
     layer = "throttled"
     versions = _fleet(cp, layer, 8)
     stop = threading.Event()
 
-    def rollout_requests() -> int:  # admitted control-plane requests but the neighbour's own ListFunctions
+    def rollout_requests() -> int:  # admitted control-plane requests but the neighbour's own
         admitted = lambda_limits.stats()["admitted"]
-        return sum(count for operation, count in admitted.items() if operation != "ListFunctions")
+        return sum(count for operation, count in admitted.items() if operation != lambda_limits.NEIGHBOUR)
 
     def neighbour() -> None:
-        lam = local_aws.client("lambda", config=Config(retries={"total_max_attempts": 1}))
         seen = 0
         while not stop.wait(0.01):
             if rollout_requests() == seen:
                 continue
-            holding_until: float | None = None
-            while not stop.is_set() and (holding_until is None or time.monotonic() < holding_until):
-                try:
-                    lam.list_functions(MaxItems=1)
-                except lam.exceptions.TooManyRequestsException:  # empty: keep it so for a second
-                    holding_until = holding_until or time.monotonic() + 1.0
-                    time.sleep(0.01)
-            stop.wait(2.0)
+            holding_until = time.monotonic() + 1.5
+            while time.monotonic() < holding_until and not stop.is_set():  # a deploy, as fast as it is let
+                lambda_limits.spend_as_neighbour()
+                time.sleep(0.002)
+            stop.wait(1.5)
             seen = rollout_requests()
 
     local_aws.set_aws_limits(AwsLimits(control_rate=15, settle_seconds=0.5))

@@ -233,7 +233,7 @@ def test_a_failing_pilot_keeps_the_rest_untouched(control_plane: ControlPlane) -
         "waves-pilot",
         [first],
         source=BREAKS_ON_REAL_SIX,
-        tags={"layershift:managed": "true", "layershift:wave": "pilot"},
+        tags={"layershift:layer": "waves", "layershift:wave": "pilot"},
     )
     rest = {name: create_consumer(cp, name, [first]) for name in ("waves-rest-a", "waves-rest-b")}
     before = {name: _alias(cp, name)["RevisionId"] for name in rest}

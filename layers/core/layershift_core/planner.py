@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -159,17 +158,14 @@ def tagged_for(layer: str) -> set[str]:
     return names
 
 
-@cache
-def own_lambda_arn() -> str:
-    """``arn:<partition>:lambda:<region>:<account>`` of the control plane itself."""
+def own_lambda_arn(settings: Settings) -> str:
+    """``arn:<partition>:lambda:<region>:<account>`` of the control plane itself: from the template
+    (``LAYERSHIFT_OWN_LAMBDA_ARN``), else asked of STS."""
+    if settings.own_lambda_arn:
+        return settings.own_lambda_arn
     identity = client("sts").get_caller_identity()
     partition = str(identity["Arn"]).split(":")[1]
     return f"arn:{partition}:lambda:{client('lambda').meta.region_name}:{identity['Account']}"
-
-
-def published_layer_arn(name: str) -> str:
-    """The unversioned ARN of the layer this control plane publishes as ``name``."""
-    return f"{own_lambda_arn()}:layer:{name}"
 
 
 def function_platform(config: dict[str, Any]) -> str:
@@ -178,13 +174,12 @@ def function_platform(config: dict[str, Any]) -> str:
     return platform_label(config.get("Runtime") or config.get("PackageType") or "unknown", architecture)
 
 
-def discover(layer: str, published_name: str, extra: list[str]) -> dict[str, str | None]:
-    """The functions whose $LATEST uses any version of the layer (``published_name`` in this account
-    and region, matched by ARN), tagged for it, or named in the spec, each with its runtime/architecture
-    (None when ListFunctions did not list it). Being found makes a candidate, not a target: AssessTargets
-    applies the opt-in rule to each."""
+def discover(layer: str, ours: str, extra: list[str]) -> dict[str, str | None]:
+    """The functions whose $LATEST uses any version of the layer (``ours``: its unversioned ARN, so
+    another account's layer of the same name does not count), tagged for it, or named in the spec,
+    each with its runtime/architecture (None when ListFunctions did not list it). Being found makes a
+    candidate, not a target: AssessTargets applies the opt-in rule to each."""
     wanted = tagged_for(layer) | set(extra)
-    ours = published_layer_arn(published_name)
     found: dict[str, str | None] = {}
     for page in client("lambda").get_paginator("list_functions").paginate():
         for config in page["Functions"]:
@@ -194,10 +189,15 @@ def discover(layer: str, published_name: str, extra: list[str]) -> dict[str, str
     return {name: found.get(name) for name in sorted(wanted | set(found))}
 
 
-def find_candidates(layer: str, published_name: str, extra: list[str]) -> list[str]:
+def published_layer_arn(settings: Settings, layer: str) -> str:
+    """The unversioned ARN of the Lambda layer this control plane publishes ``layer`` as."""
+    return f"{own_lambda_arn(settings)}:layer:{settings.published_name(layer)}"
+
+
+def find_candidates(layer: str, settings: Settings, extra: list[str]) -> list[str]:
     """The names of the functions whose $LATEST uses any version of the layer, tagged for it, or named
     in the spec, sorted."""
-    return list(discover(layer, published_name, extra))
+    return list(discover(layer, published_layer_arn(settings, layer), extra))
 
 
 def find_candidates_task(state: RolloutState, settings: Settings) -> RolloutState:
@@ -206,7 +206,7 @@ def find_candidates_task(state: RolloutState, settings: Settings) -> RolloutStat
     if state.rollout is None:
         raise ValueError("finding candidates needs a validated rollout")
     rollout, spec = state.rollout, state.rollout.spec
-    found = discover(rollout.layer, settings.published_name(rollout.layer), [*spec.functions, *spec.pilots])
+    found = discover(rollout.layer, published_layer_arn(settings, rollout.layer), [*spec.functions, *spec.pilots])
     key = items_key(rollout.layer, rollout.rollout_id, "candidates")
     write_items(settings.bucket, key, [{"function_name": name} for name in found])
     platforms = Counter(label for label in found.values() if label)

@@ -112,7 +112,7 @@ def _has_alias(function: str, alias: str) -> bool:
     return True
 
 
-def check_targets_exist(layer: str, published_name: str, spec: LayerSpec, source: str = "layer.toml") -> None:
+def check_targets_exist(layer: str, settings: Settings, spec: LayerSpec, source: str = "layer.toml") -> None:
     """Every function the spec names exists and has the alias; otherwise, when functions already use
     or are tagged for the layer, at least one of them has the alias, or the rollout would shift nothing
     (looked for among the first ALIAS_SAMPLE of them; a typo is refused when that covers them all).
@@ -129,7 +129,7 @@ def check_targets_exist(layer: str, published_name: str, spec: LayerSpec, source
             raise InvalidLayerSpec(f"{source}: targets.alias: function {name!r} ({field}) has no alias {spec.alias!r}")
     if named:
         return
-    candidates = find_candidates(layer, published_name, [])
+    candidates = find_candidates(layer, settings, [])
     checkable = 0 < len(candidates) <= ALIAS_SAMPLE
     if checkable and not any(_has_alias(name, spec.alias) for name in candidates):
         shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
@@ -150,7 +150,7 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
     )
     spec, requirements = checked.spec, checked.requirements
     check_alarms_exist(spec, config_key)
-    check_targets_exist(request.layer, settings.published_name(request.layer), spec, config_key)
+    check_targets_exist(request.layer, settings, spec, config_key)
     ensure_not_aborted(settings, request.layer, rollout_id, holding_lock=False)  # before the lock
 
     prefix = rollout_prefix(request.layer, rollout_id)
