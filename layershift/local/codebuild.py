@@ -10,6 +10,11 @@ the project's inline buildspec does in AWS:
   the unzipped ``python/`` folder of the layer named by the project's
   ``LAYERSHIFT_CORE_LAYER_ARN``, the project's environment variables plus the task's
   ``EnvironmentVariablesOverride``, and ``AWS_ENDPOINT_URL`` pointing at the local AWS;
+* the BUILD phase runs the buildspec's ``build`` commands in one bash shell, as CodeBuild does, the
+  build job's command replaced by the local build container's; at the end the values of the
+  buildspec's ``env: exported-variables`` are read from that shell and returned as the build's
+  ``exportedEnvironmentVariables`` (``Build.ExportedEnvironmentVariables`` of the ``.sync``
+  result), as CodeBuild does. A buildspec without the build job's command runs only that command;
 * the ``.sync`` pattern waits for the build. Success returns AWS's shape,
   ``{"Build": {"Id", "Arn", "BuildStatus": "SUCCEEDED", "Phases": [...], ...}}``. Failure fails
   the task with ``States.TaskFailed`` and the same ``{"Build": ...}`` JSON as Cause, as Step
@@ -27,6 +32,8 @@ import io
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -174,6 +181,7 @@ class LocalBuild:
     timeout_minutes: int
     log_path: Path
     log_group: str | None
+    buildspec: dict[str, Any] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     process: subprocess.Popen[bytes] | None = None
@@ -232,23 +240,66 @@ class LocalBuild:
         self.done.set()
 
 
+_JOB_MODULE: Final[str] = "-m layershift_core.builder.build_job"
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def exported_names(spec: dict[str, Any]) -> list[str]:
+    """The buildspec's ``env: exported-variables`` (each a shell variable name, as CodeBuild requires)."""
+    names = [str(name) for name in (spec.get("env") or {}).get("exported-variables") or []]
+    bad = [name for name in names if not _SHELL_NAME.fullmatch(name)]
+    if bad:
+        raise BuildSetupError(f"exported-variables holds names that are not variable names: {', '.join(bad)}")
+    return names
+
+
+def build_script(spec: dict[str, Any], build_command: str, exports_path: Path) -> str:
+    """The bash script of the BUILD phase: the buildspec's build commands in one shell, each checked as
+    CodeBuild checks them, the build job's command replaced by ``build_command``; then the exported
+    variables written to ``exports_path`` (NUL-separated name, value pairs of those that are set)."""
+    commands = [str(c) for c in ((spec.get("phases") or {}).get("build") or {}).get("commands") or []]
+    if not any(_JOB_MODULE in command for command in commands):
+        commands = [build_command]
+    lines = [f"{build_command if _JOB_MODULE in command else command} || exit $?" for command in commands]
+    target = shlex.quote(str(exports_path))
+    lines.append(f": > {target}")
+    for name in exported_names(spec):
+        variable = shlex.quote(name)
+        lines.append(f'if [ -n "${{{name}+set}}" ]; then printf "%s\\0%s\\0" {variable} "${name}" >> {target}; fi')
+    return "\n".join(lines) + "\n"
+
+
+def read_exports(path: Path) -> list[dict[str, str]]:
+    """``[{"name", "value"}]`` from the file :func:`build_script` writes."""
+    try:
+        fields = path.read_bytes().decode("utf-8", errors="replace").split("\0")
+    except OSError:
+        return []
+    return [{"name": fields[i], "value": fields[i + 1]} for i in range(0, len(fields) - 1, 2)]
+
+
 def _find_interpreter(python_version: str) -> str | None:
     from layershift_core.builder.platforms import find_interpreter
 
     return find_interpreter(python_version)
 
 
-def _runtime_python(project: Any) -> str:
-    """The python runtime-version the project's buildspec asks for (default 3.13)."""
-    source = project.project_metadata.get("source", {})
-    buildspec = source.get("buildspec")
+def _buildspec(project: Any) -> dict[str, Any]:
+    """The project's inline buildspec, parsed ({} when it has none or it is not YAML)."""
+    buildspec = project.project_metadata.get("source", {}).get("buildspec")
     if not buildspec:
-        return DEFAULT_PYTHON
+        return {}
     try:
         spec = yaml.safe_load(buildspec)
     except yaml.YAMLError:
-        return DEFAULT_PYTHON
-    versions = (((spec or {}).get("phases") or {}).get("install") or {}).get("runtime-versions") or {}
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def _runtime_python(project: Any) -> str:
+    """The python runtime-version the project's buildspec asks for (default 3.13)."""
+    spec = _buildspec(project)
+    versions = ((spec.get("phases") or {}).get("install") or {}).get("runtime-versions") or {}
     version = versions.get("python")
     return str(version) if version is not None else DEFAULT_PYTHON
 
@@ -370,6 +421,7 @@ def start_local_build(
         timeout_minutes=int(metadata["timeoutInMinutes"]),
         log_path=log_path,
         log_group=log_group,
+        buildspec=_buildspec(project),
     )
     with _builds_lock:
         _builds[build_id] = build
@@ -450,8 +502,17 @@ def _run_phases(build: LocalBuild, variables: list[dict[str, Any]]) -> None:
     env.pop("AWS_SESSION_TOKEN", None)
     env.pop("AWS_PROFILE", None)
     build.environment = env
+    exports_path = src_dir.parent / f"{src_dir.name}.exported"
+    try:
+        script = build_script(build.buildspec, shlex.join([interpreter, "-s", *BUILD_COMMAND]), exports_path)
+    except BuildSetupError as exc:
+        build.log(str(exc))
+        build.finish_phase("FAILED", ("COMMAND_EXECUTION_ERROR", _failure_message("build", str(exc), build)))
+        _finish_after_failure(build, "FAILED")
+        return
     build.container_log(f"Running command {BUILD_COMMAND_TEXT}")
-    status, reason = _run_command(build, [interpreter, "-s", *BUILD_COMMAND], env, src_dir)
+    status, reason = _run_command(build, ["bash", "-c", script], env, src_dir)
+    build.metadata["exportedEnvironmentVariables"] = read_exports(exports_path)
     if status == "SUCCEEDED":
         build.finish_phase("SUCCEEDED")
         for phase in _PHASES_AFTER_BUILD:
@@ -769,10 +830,7 @@ def _planned_fault(project: str, overrides: list[dict[str, Any]]) -> str | None:
     """The fault harness's fault for this build task, if its plan has one (integration_faults.py)."""
     from layershift.local import integration_faults
 
-    output = next((str(v.get("Value")) for v in overrides if v.get("Name") == "LAYERSHIFT_OUTPUT_URI"), "")
-    # s3://<bucket>/artifacts/<layer>/<build key>/
-    parts = output.split("/")
-    layer = parts[4] if len(parts) > 5 and parts[3] == "artifacts" else None
+    layer = next((str(v.get("Value")) for v in overrides if v.get("Name") == "LAYERSHIFT_LAYER"), "") or None
     return integration_faults.fault_for(
         _settings.fault_plan, project, b"", operation="codebuild:startBuild.sync", layer=layer
     )

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from layershift.local import codebuild
 from layershift.local.deploy import build_python_layer, layer_cache_dir
 from layershift.local.server import LocalAws
 from layershift.local.template import load_template
@@ -104,7 +106,8 @@ def _job_environment(
     values = {
         "LAYERSHIFT_REQUIREMENTS_URI": f"s3://{bucket}/rollouts/{layer}/r1/requirements.txt",
         "LAYERSHIFT_TARGETS": targets,
-        "LAYERSHIFT_OUTPUT_URI": f"s3://{bucket}/artifacts/{layer}/out/",
+        "LAYERSHIFT_LAYER": layer,
+        "LAYERSHIFT_STAGING_URI": f"s3://{bucket}/staging/",
         "LAYERSHIFT_ALLOW_RANGES": "false",
     }
     return [{"Name": name, "Value": value, "Type": "PLAINTEXT"} for name, value in values.items()]
@@ -218,6 +221,35 @@ def test_request_response_start_build_returns_while_the_build_runs(
 
 
 @pytest.mark.network
+def test_the_build_script_runs_the_build_commands_and_reads_the_exported_variables(tmp_path: Path) -> None:
+    spec = {
+        "env": {"exported-variables": ["FIRST", "UNSET", "SECOND"]},
+        "phases": {
+            "build": {
+                "commands": [
+                    "PYTHONPATH=/x python3 -m layershift_core.builder.build_job",
+                    'export FIRST="$(cat out.txt)"',
+                    "SECOND='two words'",
+                ]
+            }
+        },
+    }
+    exports = tmp_path / "exports"
+    script = codebuild.build_script(spec, "echo one > out.txt", exports)
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True)
+    assert codebuild.read_exports(exports) == [
+        {"name": "FIRST", "value": "one"},
+        {"name": "SECOND", "value": "two words"},
+    ]
+    # a failing command fails the phase, as in CodeBuild, and nothing after it runs
+    commands = ["python3 -m layershift_core.builder.build_job", "false", "touch later"]
+    failing = codebuild.build_script({**spec, "phases": {"build": {"commands": commands}}}, "true", exports)
+    assert subprocess.run(["bash", "-c", failing], cwd=tmp_path, check=False).returncode == 1
+    assert not (tmp_path / "later").exists()
+    with pytest.raises(codebuild.BuildSetupError, match="not variable names"):
+        codebuild.build_script({"env": {"exported-variables": ["A; rm -rf /"]}}, "true", exports)
+
+
 def test_a_good_build_succeeds_and_uploads_every_variant(aws: LocalAws, build_project: dict[str, str]) -> None:
     machine = _machine(
         aws, build_project, {"BuildLayer": _build_state(build_project["project"], End=True)}, "BuildLayer"
@@ -235,10 +267,14 @@ def test_a_good_build_succeeds_and_uploads_every_variant(aws: LocalAws, build_pr
     assert [phase["PhaseType"] for phase in build["Phases"]][-1] == "COMPLETED"
     assert _build_phase(build)["PhaseStatus"] == "SUCCEEDED"
     s3 = aws.client("s3")
-    prefix = "artifacts/six/out/"
-    index = VariantIndex.model_validate_json(
-        s3.get_object(Bucket=build_project["bucket"], Key=prefix + "variants.json")["Body"].read()
-    )
+    # the build job stages under staging/<its build ARN>/, the one prefix its role may write
+    prefix = f"staging/{build['Arn']}/"
+    listing = s3.get_object(Bucket=build_project["bucket"], Key=prefix + "variants.json")["Body"].read()
+    index = VariantIndex.model_validate_json(listing)
+    # the buildspec's exported variable is in the result, as CodeBuild's ExportedEnvironmentVariables
+    assert build["ExportedEnvironmentVariables"] == [
+        {"Name": "LAYERSHIFT_VARIANTS_SHA256", "Value": hashlib.sha256(listing).hexdigest()}
+    ]
     # six is pure Python: one layer serves python3.13 on both architectures
     (variant,) = index.variants
     assert variant.id == "python3.13-any"
@@ -247,4 +283,8 @@ def test_a_good_build_succeeds_and_uploads_every_variant(aws: LocalAws, build_pr
     keys = {item["Key"].removeprefix(prefix) for item in listed.get("Contents", [])}
     assert keys == {"variants.json", variant.zip, variant.manifest, f"{variant.id}/sbom.cdx.json"}
     zipped = s3.get_object(Bucket=build_project["bucket"], Key=prefix + variant.zip)
-    assert zipped["Metadata"]["sha256"] == variant.sha256 == hashlib.sha256(zipped["Body"].read()).hexdigest()
+    assert variant.files[variant.zip] == variant.sha256 == hashlib.sha256(zipped["Body"].read()).hexdigest()
+    assert zipped["Metadata"] == {}
+    # nothing outside the build's staging folder was written
+    everything = s3.list_objects_v2(Bucket=build_project["bucket"]).get("Contents", [])
+    assert all(o["Key"].startswith(("staging/", "rollouts/")) for o in everything)

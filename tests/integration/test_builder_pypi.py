@@ -114,7 +114,7 @@ def test_sdist_only_pin_fails_naming_the_package(tmp_path: Path) -> None:
 
 
 @mock_aws
-def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="artifacts")
     s3.put_object(Bucket="artifacts", Key="layers/auth/requirements.txt", Body=PURE.encode())
@@ -122,22 +122,26 @@ def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
         "LAYERSHIFT_REQUIREMENTS_URI": "s3://artifacts/layers/auth/requirements.txt",
         "LAYERSHIFT_TARGETS": "python3.13/x86_64",
-        "LAYERSHIFT_OUTPUT_URI": f"s3://artifacts/artifacts/auth/{key}/",
+        "LAYERSHIFT_STAGING_URI": "s3://artifacts/staging/",
+        "CODEBUILD_BUILD_ARN": "arn:aws:codebuild:us-east-1:123456789012:build/LayerBuildProject:1",
+        "LAYERSHIFT_EXPORT_FILE": str(tmp_path / "variants.sha256"),
         "LAYERSHIFT_BUILD_KEY": key,
         "LAYERSHIFT_ALLOW_RANGES": "false",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert build_job.main() == 0
-    index = VariantIndex.model_validate_json(
-        s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/variants.json")["Body"].read()
-    )
+    staged = f"staging/{env['CODEBUILD_BUILD_ARN']}/"
+    listing = s3.get_object(Bucket="artifacts", Key=f"{staged}variants.json")["Body"].read()
+    assert (tmp_path / "variants.sha256").read_text().strip() == hashlib.sha256(listing).hexdigest()
+    index = VariantIndex.model_validate_json(listing)
     [variant] = index.variants
     manifest = Manifest.model_validate_json(
-        s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/{variant.manifest}")["Body"].read()
+        s3.get_object(Bucket="artifacts", Key=f"{staged}{variant.manifest}")["Body"].read()
     )
-    body = s3.get_object(Bucket="artifacts", Key=f"artifacts/auth/{key}/{variant.zip}")["Body"].read()
-    assert hashlib.sha256(body).hexdigest() == manifest.sha256
+    body = s3.get_object(Bucket="artifacts", Key=f"{staged}{variant.zip}")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == manifest.sha256 == variant.files[variant.zip]
+    assert manifest.smoke_test.network
     assert manifest.package_versions() == {"pyjwt": "2.10.0", "six": "1.16.0"}
 
 

@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from layershift.local import revisions
 from layershift_core import aws
-from layershift_core.errors import BuildFailed, InvalidRequirements
+from layershift_core.errors import BuildFailed, InvalidRequirements, StagedBuildRejected
 from layershift_core.models import (
     ErrorInfo,
     LayerSpec,
@@ -122,19 +122,29 @@ def _rollout(rollout_id: str, requirements: str = "six==1.16.0\n", spec: LayerSp
     )
 
 
+BUILD_ARN = "arn:aws:codebuild:us-east-1:123456789012:build/LayerBuildProject-X:5e1f"
+STAGED = f"staging/{BUILD_ARN}/"
+MANIFEST = b'{"unzipped_bytes": 6}'
+
+
 def _fake_build(state: RolloutState, groups: dict[str, list[str]]) -> None:
     """What the build job leaves for PublishLayerVersion: a zip, a manifest and variants.json entry per
-    variant. (tests/integration builds them for real.)"""
+    variant in its staging folder, and the sha256 of variants.json exported through CodeBuild, which
+    BuildLayer records. (tests/integration builds them for real.)"""
     assert state.matrix is not None
     keys = {target.label: target.build_key for target in state.matrix.to_build}
-    s3, prefix = boto3.client("s3"), state.matrix.artifact_prefix
+    s3, prefix = boto3.client("s3"), STAGED
     variants = []
     for variant, labels in groups.items():
         body = io.BytesIO()
         with zipfile.ZipFile(body, "w") as archive:
             archive.writestr(f"python/{variant}.py", "X = 1\n")
         s3.put_object(Bucket=SETTINGS.bucket, Key=f"{prefix}{variant}/layer.zip", Body=body.getvalue())
-        s3.put_object(Bucket=SETTINGS.bucket, Key=f"{prefix}{variant}/manifest.json", Body=b'{"unzipped_bytes": 6}')
+        s3.put_object(Bucket=SETTINGS.bucket, Key=f"{prefix}{variant}/manifest.json", Body=MANIFEST)
+        files = {
+            f"{variant}/layer.zip": hashlib.sha256(body.getvalue()).hexdigest(),
+            f"{variant}/manifest.json": hashlib.sha256(MANIFEST).hexdigest(),
+        }
         variants.append(
             {
                 "id": variant,
@@ -149,10 +159,18 @@ def _fake_build(state: RolloutState, groups: dict[str, list[str]]) -> None:
                 "packages": [{"name": "six", "version": "1.16.0"}],
                 "manifest": f"{variant}/manifest.json",
                 "zip": f"{variant}/layer.zip",
+                "files": files,
             }
         )
-    index = {"matrix_key": state.matrix.matrix_key, "variants": variants}
-    s3.put_object(Bucket=SETTINGS.bucket, Key=f"{prefix}variants.json", Body=json.dumps(index).encode())
+    index = json.dumps({"matrix_key": state.matrix.matrix_key, "variants": variants}).encode()
+    s3.put_object(Bucket=SETTINGS.bucket, Key=f"{prefix}variants.json", Body=index)
+    exported = [{"Name": "LAYERSHIFT_VARIANTS_SHA256", "Value": hashlib.sha256(index).hexdigest()}]
+    state.matrix.codebuild = {
+        "id": "LayerBuildProject-X:5e1f",
+        "arn": BUILD_ARN,
+        "status": "SUCCEEDED",
+        "exported": exported,
+    }
 
 
 NATIVE = {
@@ -269,3 +287,95 @@ def test_a_marker_that_holds_on_none_of_the_consumers_platforms_is_refused(fleet
     state = find_candidates_task(_rollout("r1", 'six==1.16.0\nuvloop==0.21.0 ; sys_platform == "win32"\n'), SETTINGS)
     with pytest.raises(InvalidRequirements, match=r"holds on none of the layer's targets \(python3.13/x86_64"):
         find_reusable_build(state, SETTINGS)
+
+
+# ---------------------------------------------------------------- nothing staged is trusted
+
+
+def _published_versions() -> list[dict[str, Any]]:
+    return boto3.client("lambda").list_layer_versions(LayerName=LAYER)["LayerVersions"]
+
+
+def _artifact_keys() -> list[str]:
+    listed = boto3.client("s3").list_objects_v2(Bucket=SETTINGS.bucket, Prefix="artifacts/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_publication_copies_the_verified_build_into_artifacts(fleet: dict[str, str]) -> None:
+    state = _built("r1")
+    prefix = state.matrix.artifact_prefix if state.matrix else ""
+    assert sorted(_artifact_keys()) == sorted(
+        [f"{prefix}variants.json"] + [f"{prefix}{v}/{n}" for v in NATIVE for n in ("layer.zip", "manifest.json")]
+    )
+    record = Registry(SETTINGS.table).find_build(LAYER, state.matrix.to_build[0].build_key if state.matrix else "")
+    assert record is not None and record["manifest_key"].startswith(prefix)
+
+
+@pytest.mark.parametrize("tamper", ["zip bytes", "manifest bytes", "variants.json swapped", "no export"])
+def test_a_staged_file_changed_after_the_build_is_refused_and_nothing_is_published(
+    fleet: dict[str, str], tamper: str
+) -> None:
+    before = _published_versions()
+    state = find_reusable_build(find_candidates_task(_rollout("r1"), SETTINGS), SETTINGS)
+    _fake_build(state, NATIVE)
+    s3 = boto3.client("s3")
+    variant = "python3.13-arm64"
+    if tamper == "zip bytes":
+        s3.put_object(Bucket=SETTINGS.bucket, Key=f"{STAGED}{variant}/layer.zip", Body=b"PK planted")
+        expected = rf"{variant}/layer.zip has sha256 [0-9a-f]{{64}}, but variants.json .* lists"
+    elif tamper == "manifest bytes":
+        s3.put_object(Bucket=SETTINGS.bucket, Key=f"{STAGED}{variant}/manifest.json", Body=b'{"unzipped_bytes": 1}')
+        expected = rf"{variant}/manifest.json has sha256 .* it was changed after the build"
+    elif tamper == "variants.json swapped":
+        # a whole consistent index of other files: its own hashes match, the exported one does not
+        body = s3.get_object(Bucket=SETTINGS.bucket, Key=f"{STAGED}variants.json")["Body"].read()
+        index = json.loads(body)
+        planted = b"PK planted"
+        s3.put_object(Bucket=SETTINGS.bucket, Key=f"{STAGED}{variant}/layer.zip", Body=planted)
+        for entry in index["variants"]:
+            if entry["id"] == variant:
+                entry["sha256"] = entry["files"][entry["zip"]] = hashlib.sha256(planted).hexdigest()
+        s3.put_object(Bucket=SETTINGS.bucket, Key=f"{STAGED}variants.json", Body=json.dumps(index).encode())
+        expected = r"variants.json has sha256 [0-9a-f]{64}, but build .* exported [0-9a-f]{64}"
+    else:
+        assert state.matrix is not None
+        state.matrix.codebuild = {**state.matrix.codebuild, "exported": []}
+        expected = r"exported no sha256 of its variants.json"
+    with pytest.raises(StagedBuildRejected, match=expected):
+        publish_layer(state, SETTINGS)
+    assert _published_versions() == before
+    assert _artifact_keys() == []
+    assert all(Registry(SETTINGS.table).find_build(LAYER, t.build_key) is None for t in state.matrix.to_build)
+
+
+def test_object_metadata_claiming_a_build_is_ignored_and_only_the_registry_decides(fleet: dict[str, str]) -> None:
+    first = find_reusable_build(find_candidates_task(_rollout("r1"), SETTINGS), SETTINGS)
+    assert first.matrix is not None and first.matrix.build_needed
+    s3, prefix = boto3.client("s3"), first.matrix.artifact_prefix
+    # objects under artifacts/ that claim, by metadata, to be this matrix's finished build
+    index = {"matrix_key": first.matrix.matrix_key, "variants": []}
+    for key, body in ((f"{prefix}variants.json", json.dumps(index).encode()), (f"{prefix}x/layer.zip", b"PK")):
+        s3.put_object(
+            Bucket=SETTINGS.bucket,
+            Key=key,
+            Body=body,
+            Metadata={"build-key": first.matrix.matrix_key, "sha256": hashlib.sha256(b"PK").hexdigest()},
+        )
+    Registry(SETTINGS.table).release_lock(LAYER, "r1")
+    again = find_reusable_build(find_candidates_task(_rollout("r2"), SETTINGS), SETTINGS)
+    assert again.matrix is not None and again.matrix.build_needed and not again.layer_versions
+
+    # a registry record whose sha256 is not Lambda's CodeSha256 of that version is not reused either
+    Registry(SETTINGS.table).release_lock(LAYER, "r2")
+    built = _built("r3")
+    target = built.matrix.to_build[0] if built.matrix else None
+    assert target is not None
+    registry = Registry(SETTINGS.table)
+    record = registry.find_build(LAYER, target.build_key)
+    assert record is not None
+    registry.record_version(
+        LAYER, int(record["version"]), record["arn"], [target.build_key], record["manifest_key"], "0" * 64, "r3"
+    )
+    registry.release_lock(LAYER, "r3")
+    after = find_reusable_build(find_candidates_task(_rollout("r4"), SETTINGS), SETTINGS)
+    assert after.matrix is not None and target.label in {t.label for t in after.matrix.to_build}

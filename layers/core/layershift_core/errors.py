@@ -60,6 +60,11 @@ class ArtifactMissing(LayershiftError):
     """A build reported success but its layer zip or manifest is not in the artifact bucket."""
 
 
+class StagedBuildRejected(LayershiftError):
+    """A file the build staged is not what the build made: variants.json is not the one whose sha256 the
+    build exported, or a file it names does not have the sha256 it lists. Nothing is published."""
+
+
 class ConcurrentModification(LayershiftError):
     """A function or alias changed under us (RevisionId no longer matches)."""
 

@@ -1,54 +1,24 @@
-"""Step 4: publish a layer version for each variant the build job made (its variants.json)."""
+"""Step 4: publish a layer version for each variant the build job made (its variants.json).
+
+What the build staged is verified and copied into ``artifacts/`` first (:mod:`.staging`); the layer
+versions are published from those copies, the exact object versions verified, and Lambda's
+CodeSha256 of each is checked against the sha256 the build recorded.
+"""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from .aborts import ensure_rollout_not_aborted
-from .artifacts import read_json
-from .aws import client, error_code
-from .errors import ArtifactMissing, BuildFailed
+from .aws import client
+from .errors import BuildFailed
 from .models import LayerVersionRef, RolloutState, ValidatedRollout, platform_label
 from .registry import Registry
 from .settings import Settings
+from .staging import VARIANTS_JSON, BuildResult, VariantView, promote
 
 DESCRIPTION_LIMIT = 256
-
-
-VARIANTS_JSON = "variants.json"
-
-
-class VariantTargetView(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    runtime: str
-    architecture: str
-    build_key: str
-
-
-class VariantView(BaseModel):
-    """The fields of one entry of the build job's variants.json that publishing needs."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: str
-    targets: list[VariantTargetView]
-    compatible_runtimes: list[str]
-    compatible_architectures: list[str]
-    sha256: str
-    unzipped_bytes: int
-    packages: list[dict[str, Any]] = []
-    manifest: str
-    zip: str
-
-
-class VariantIndexView(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    matrix_key: str
-    variants: list[VariantView]
 
 
 def describe(build_key: str, packages: list[dict[str, Any]], variant: str = "") -> str:
@@ -62,15 +32,9 @@ def describe(build_key: str, packages: list[dict[str, Any]], variant: str = "") 
     return text
 
 
-def read_variant_index(bucket: str, prefix: str) -> VariantIndexView:
-    """The build job's variants.json (written last, so every listed file is there), or ArtifactMissing."""
-    key = prefix + VARIANTS_JSON
-    try:
-        return VariantIndexView.model_validate(read_json(bucket, key))
-    except Exception as exc:
-        if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
-            raise ArtifactMissing(f"the build left no {key} in {bucket}") from None
-        raise
+def code_sha256(hex_digest: str) -> str:
+    """Lambda's CodeSha256 (base64 of the digest) of a hex sha256."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
 def _publish_variant(
@@ -85,11 +49,14 @@ def _publish_variant(
     if record is not None and record.get("sha256") == variant.sha256 and record.get("manifest_key") == manifest_key:
         arn, version = str(record["arn"]), int(record["version"])  # published by an earlier attempt of this task
     else:
-        client("s3").head_object(Bucket=settings.bucket, Key=zip_key)
+        content: dict[str, str] = {"S3Bucket": settings.bucket, "S3Key": zip_key}
+        version_id = client("s3").head_object(Bucket=settings.bucket, Key=zip_key).get("VersionId")
+        if version_id and version_id != "null":
+            content["S3ObjectVersion"] = str(version_id)
         kwargs: dict[str, Any] = {
             "LayerName": settings.published_name(rollout.layer),
             "Description": describe(build_keys[0], variant.packages, variant.id),
-            "Content": {"S3Bucket": settings.bucket, "S3Key": zip_key},
+            "Content": content,
             "CompatibleRuntimes": variant.compatible_runtimes,
             "CompatibleArchitectures": variant.compatible_architectures,
         }
@@ -97,6 +64,12 @@ def _publish_variant(
             kwargs["LicenseInfo"] = rollout.spec.license
         published = lam.publish_layer_version(**kwargs)
         arn, version = published["LayerVersionArn"], int(published["Version"])
+        published_sha = (published.get("Content") or {}).get("CodeSha256")
+        if published_sha and published_sha != code_sha256(variant.sha256):
+            raise BuildFailed(
+                f"{arn} has CodeSha256 {published_sha}, not the {code_sha256(variant.sha256)} of the verified "
+                f"s3://{settings.bucket}/{zip_key}; it is not recorded and no function moves to it"
+            )
         registry.record_version(
             rollout.layer,
             version,
@@ -126,7 +99,8 @@ def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
     if state.rollout is None or state.matrix is None:
         raise ValueError("publishing needs a validated rollout and its build matrix")
     rollout, matrix = state.rollout, state.matrix
-    index = read_variant_index(settings.bucket, matrix.artifact_prefix)
+    build = BuildResult.of(getattr(matrix, "codebuild", None))
+    index = promote(settings.bucket, build, matrix.artifact_prefix)
     if index.matrix_key != matrix.matrix_key:
         raise BuildFailed(f"the build's matrix key {index.matrix_key} is not the requested {matrix.matrix_key}")
     wanted = {t.label: t.build_key for t in matrix.to_build}

@@ -8,9 +8,11 @@ The targets come from, in this order:
    ListFunctions, no call per function): every pair among them that the builder supports;
 3. the template's DefaultRuntime x DefaultArchitecture, when no function uses the layer yet.
 
-Each target has its own build key. A target whose build key the registry already holds is served by
-that published version (a pure-Python version serves every runtime and both architectures, so it is
-recorded under each of their keys); the others are built together by one CodeBuild job, which shares
+Each target has its own build key. A target whose build key the registry already holds, recorded
+with the sha256 of the zip that was verified and published (and Lambda's CodeSha256 of that version
+still agrees), is served by that published version (a pure-Python version serves every runtime and
+both architectures, so it is recorded under each of their keys); S3 object metadata plays no part.
+The others are built together by one CodeBuild job, which shares
 the resolution and the downloads between them and writes one variant per layer zip it makes.
 """
 
@@ -32,9 +34,12 @@ from .models import (
     RolloutState,
     platform_label,
 )
+from .observability import logger
+from .publish import code_sha256
 from .registry import Registry
 from .requirements import check_markers, parse_requirements
 from .settings import Settings
+from .staging import STAGING_ROOT
 
 Pair = tuple[str, str]
 
@@ -89,6 +94,14 @@ def _reused_version(
     except lam.exceptions.ResourceNotFoundException:
         registry.forget_build(layer, target.build_key)
         return None
+    recorded = str(record.get("sha256") or "")
+    published = (found.get("Content") or {}).get("CodeSha256")
+    if not recorded or published != code_sha256(recorded):
+        logger.warning(
+            "registry build record does not match the published layer version; building again",
+            extra={"layer": layer, "build_key": target.build_key, "recorded": recorded, "published": published},
+        )
+        return None
     manifest = read_json(settings.bucket, record["manifest_key"])
     return LayerVersionRef(
         arn=found["LayerVersionArn"],
@@ -138,9 +151,10 @@ def find_reusable_build(state: RolloutState, settings: Settings) -> RolloutState
     matrix_key = compute_matrix_key([t.build_key for t in to_build or targets])
     prefix = artifact_prefix(rollout.layer, matrix_key)
     environment = {
+        "LAYERSHIFT_LAYER": rollout.layer,
         "LAYERSHIFT_REQUIREMENTS_URI": rollout.requirements_uri,
         "LAYERSHIFT_TARGETS": ",".join(t.label for t in to_build),
-        "LAYERSHIFT_OUTPUT_URI": f"s3://{settings.bucket}/{prefix}",
+        "LAYERSHIFT_STAGING_URI": f"s3://{settings.bucket}/{STAGING_ROOT}",
         "LAYERSHIFT_BUILD_KEY": matrix_key,
         "LAYERSHIFT_ALLOW_RANGES": "true" if spec.allow_ranges else "false",
         "LAYERSHIFT_PROFILE": spec.profile,

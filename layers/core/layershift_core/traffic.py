@@ -44,6 +44,7 @@ from .observability import logger
 from .pacing import OutOfTime
 from .registry import Registry
 from .settings import Settings
+from .staging import staging_prefix
 from .usage import CHILD_EXECUTIONS, TRANSITIONS_CHILDREN, USAGE
 
 NO_ROUTING: dict[str, Any] = {"AdditionalVersionWeights": {}}
@@ -454,13 +455,26 @@ def _build_unfinished(state: RolloutState) -> bool:
     return any(target.label not in published for target in state.matrix.to_build)
 
 
+def _failed_build_arn(state: RolloutState) -> str | None:
+    """The ARN of the build whose failure ended BuildLayer (the task's Cause is the build, as JSON)."""
+    try:
+        cause = json.loads(state.error.Cause or "") if state.error is not None else None
+    except ValueError:
+        return None
+    build = cause.get("Build") if isinstance(cause, dict) else None
+    arn = build.get("Arn") if isinstance(build, dict) else None
+    return str(arn) if arn else None
+
+
 def build_failure(bucket: str, state: RolloutState) -> tuple[str, str] | None:
-    """The reason the build job recorded beside its output, when the build failed."""
+    """The reason the build job recorded in its staging folder, when the build failed."""
     if not _build_unfinished(state):
         return None
-    assert state.matrix is not None
+    arn = _failed_build_arn(state)
+    if arn is None:
+        return None
     try:
-        record = read_json(bucket, state.matrix.artifact_prefix + BUILD_FAILURE_JSON)
+        record = read_json(bucket, staging_prefix(arn) + BUILD_FAILURE_JSON)
     except Exception as exc:
         if error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
             return None

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from layershift_core.builder import sandbox
 from layershift_core.errors import BuildFailed
 
 AUDIT_TIMEOUT_SECONDS = 180
@@ -261,9 +262,15 @@ def run_audit(packages: dict[str, str]) -> AuditReport:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text("".join(f"{n}=={v}\n" for n, v in sorted(packages.items())), encoding="utf-8")
         try:
-            proc = subprocess.run(
-                _command(requirements), capture_output=True, text=True, timeout=AUDIT_TIMEOUT_SECONDS, check=False
-            )
+            with sandbox.package_environment() as env:
+                proc = subprocess.run(
+                    _command(requirements),
+                    capture_output=True,
+                    text=True,
+                    timeout=AUDIT_TIMEOUT_SECONDS,
+                    check=False,
+                    env=env,
+                )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return AuditReport(UNAVAILABLE, note=f"pip-audit did not finish: {type(exc).__name__}")
     try:

@@ -823,6 +823,16 @@ def _run(job: Job, folder_of: Callable[[str], Path], use_cache: bool) -> tuple[l
     return manifests, index
 
 
+def with_file_hashes(index: VariantIndex, out_dir: Path) -> VariantIndex:
+    """``index`` with the sha256 of every file of each variant, as written in ``out_dir``."""
+    variants = []
+    for variant in index.variants:
+        names = [f"{variant.id}/{name}" for name in (LAYER_ZIP, MANIFEST_JSON, SBOM_JSON)]
+        files = {name: zipper.sha256_file(out_dir / name) for name in names if (out_dir / name).is_file()}
+        variants.append(variant.model_copy(update={"files": files}))
+    return index.model_copy(update={"variants": variants})
+
+
 def build_matrix(
     requirements_text: str | bytes,
     *,
@@ -857,6 +867,7 @@ def build_matrix(
     out_dir = Path(out_dir)
     _manifests, index = _run(job, lambda vid: out_dir / vid, use_cache)
     out_dir.mkdir(parents=True, exist_ok=True)
+    index = with_file_hashes(index, out_dir)
     index.write(out_dir / VARIANTS_JSON)
     job.say(
         f"layershift: matrix {job.matrix_key[:16]}: {len(index.variants)} variant(s) for {len(job.targets)} target(s): "

@@ -1,35 +1,40 @@
-"""The CodeBuild entry: download the requirements, build the matrix of layer variants, upload them.
+"""The CodeBuild entry: download the requirements, build the matrix of layer variants, stage them.
 
 Environment:
 - ``LAYERSHIFT_REQUIREMENTS_URI``  s3://bucket/key of the requirements file
 - ``LAYERSHIFT_TARGETS``           the build matrix: comma-separated runtime/architecture, e.g.
                                    ``python3.12/x86_64,python3.13/arm64``
-- ``LAYERSHIFT_OUTPUT_URI``        s3://bucket/artifacts/<layer>/<matrix_key>/
+- ``LAYERSHIFT_STAGING_URI``       s3://bucket/staging/: the job writes under ``<it><CODEBUILD_BUILD_ARN>/``,
+                                   the one prefix the build role may write (``${codebuild:buildArn}``)
+- ``CODEBUILD_BUILD_ARN``          set by CodeBuild
 - ``LAYERSHIFT_BUILD_KEY``         the matrix key the workflow expects (optional; a mismatch fails)
 - ``LAYERSHIFT_ALLOW_RANGES``      true/false (default false)
 - ``LAYERSHIFT_PROFILE``           build profile (default "default")
-- ``LAYERSHIFT_NO_CACHE``          true/false (default false): build even when the output already holds
-                                   this matrix key
+- ``LAYERSHIFT_NO_CACHE``          true/false (default false): do not use the builder's local cache
 - ``LAYERSHIFT_AUDIT_FAIL_ON``     none, low, moderate, high or critical: a known vulnerability at or
                                    above it fails the build (default none; severity unknown counts as
                                    at it)
 - ``LAYERSHIFT_AUDIT_UNAVAILABLE`` fail or warn (default warn): whether an audit that cannot run fails
+- ``LAYERSHIFT_EXPORT_FILE``       where to write the sha256 of variants.json (default
+                                   ``variants.sha256`` in the working directory); the buildspec exports
+                                   it as ``LAYERSHIFT_VARIANTS_SHA256`` (``env: exported-variables``)
 
 The audit policy is part of every target's build key, so the workflow computes the key with the
 same policy it passes here. Without either audit variable the policy is "audit, never
 fail", the key a workflow that passes none of them computes.
 
-Output, at ``LAYERSHIFT_OUTPUT_URI``: each variant's ``layer.zip``, ``manifest.json`` and
-``sbom.cdx.json`` under ``<id>/``, then ``variants.json`` (the VariantIndex) LAST, so its presence
-means every variant is uploaded. Every object carries the metadata ``build-key`` (the matrix key)
-and, for a variant's files, ``sha256`` (its zip's).
+Output, at the staging prefix: each variant's ``layer.zip``, ``manifest.json`` and ``sbom.cdx.json``
+under ``<id>/``, then ``variants.json`` (the VariantIndex, with the sha256 of every file it names).
+Nothing in staging is trusted: PublishLayerVersion checks variants.json against the sha256 this job
+exported through CodeBuild, every file against variants.json, and copies what matches into
+``artifacts/``. There is no cache hit from S3: whether a build is needed is the registry's answer
+(FindReusableBuild), so this job always builds (from the builder's local cache when it has the key).
 
-When ``variants.json`` already exists at the output URI with this matrix key and every zip it
-lists is there with its sha256, the build is a no-op: pip does not run, the job applies the
-vulnerability gate to the built packages again (advisories appear after a build), reports the
-cache hit and exits 0.
+Package code (pip, compileall, the import smoke test) runs without the job's AWS credentials
+(:mod:`~layershift_core.builder.sandbox`), and the job makes itself non-dumpable so that its own
+``/proc/<pid>/environ`` is closed to them.
 
-On failure the job leaves ``build-failure.json`` (error name and message) at the output URI.
+On failure the job leaves ``build-failure.json`` (error name and message) at the staging prefix.
 boto3 honours ``AWS_ENDPOINT_URL``, so the job runs unchanged against any S3-compatible endpoint.
 Run as ``python -m layershift_core.builder.build_job``. Exit code 0 on success, 1 when the build
 fails, 2 when the environment is malformed; on failure the last line of output states the error.
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from layershift_core.builder import sandbox
 from layershift_core.builder.audit import AuditPolicy, FailOn
 from layershift_core.builder.build import (
     BUILD_FAILURE_JSON,
@@ -53,11 +59,11 @@ from layershift_core.builder.build import (
     SBOM_JSON,
     VARIANTS_JSON,
     build_matrix,
-    regate,
 )
 from layershift_core.builder.key import compute_build_key, compute_matrix_key
-from layershift_core.builder.manifest import Manifest, VariantIndex
+from layershift_core.builder.manifest import VariantIndex
 from layershift_core.builder.matrix import parse_targets
+from layershift_core.builder.zipper import sha256_file
 from layershift_core.errors import BuildFailed, LayershiftError
 from layershift_core.requirements import parse_requirements
 
@@ -69,6 +75,17 @@ _CONTENT_TYPES = {
     SBOM_JSON: "application/vnd.cyclonedx+json",
     VARIANTS_JSON: "application/json",
 }
+
+
+EXPORT_FILE = "variants.sha256"
+
+
+def staging_prefix(staging_uri: str, build_arn: str) -> tuple[str, str]:
+    """(bucket, key prefix) of one build's staging folder: ``staging/<build ARN>/``."""
+    bucket, base = parse_s3_uri(staging_uri)
+    if base and not base.endswith("/"):
+        base += "/"
+    return bucket, f"{base}{build_arn}/"
 
 
 class JobConfigError(Exception):
@@ -125,7 +142,8 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
     env = dict(os.environ if environ is None else environ)
     try:
         req_bucket, req_key = parse_s3_uri(_env("LAYERSHIFT_REQUIREMENTS_URI", env))
-        out_bucket, out_prefix = parse_s3_uri(_env("LAYERSHIFT_OUTPUT_URI", env))
+        out_bucket, out_prefix = staging_prefix(_env("LAYERSHIFT_STAGING_URI", env), _env("CODEBUILD_BUILD_ARN", env))
+        export_file = Path(env.get("LAYERSHIFT_EXPORT_FILE", "").strip() or EXPORT_FILE)
         targets = job_targets(env)
         allow_ranges = _flag("LAYERSHIFT_ALLOW_RANGES", env)
         profile = env.get("LAYERSHIFT_PROFILE", "").strip() or "default"
@@ -135,9 +153,6 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
     except JobConfigError as exc:
         print(f"layershift build job: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
-    if out_prefix and not out_prefix.endswith("/"):
-        out_prefix += "/"
-
     if s3_client is None:
         import boto3
 
@@ -155,17 +170,6 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
                 "(the requirements, targets or audit policy changed, or the builder version differs from the "
                 "workflow's)"
             )
-        if not no_cache:
-            index = output.built(matrix_key)
-            if index is not None:
-                if policy is not None:
-                    output.regate(index, policy)
-                print(
-                    f"layershift build job: cache hit: s3://{out_bucket}/{out_prefix} already holds {VARIANTS_JSON} "
-                    f"of matrix key {matrix_key} and its {len(index.variants)} variant(s); nothing was built",
-                    flush=True,
-                )
-                return 0
         with tempfile.TemporaryDirectory(prefix="layershift-job-") as tmp:
             out_dir = Path(tmp)
             index = build_matrix(
@@ -177,10 +181,11 @@ def run(environ: dict[str, str] | None = None, s3_client=None) -> int:
                 audit_policy=policy,
                 use_cache=not no_cache,
             )
-            output.upload(out_dir, index)
+            digest = output.upload(out_dir, index)
+        export_file.write_text(digest + "\n", encoding="utf-8")
         print(
-            f"layershift build job: uploaded {len(index.variants)} variant(s) and {VARIANTS_JSON} to "
-            f"s3://{out_bucket}/{out_prefix}"
+            f"layershift build job: staged {len(index.variants)} variant(s) and {VARIANTS_JSON} (sha256 {digest}) "
+            f"at s3://{out_bucket}/{out_prefix}"
         )
         for variant in index.variants:
             print(f"layershift build job: succeeded, {variant.id} sha256 {variant.sha256}", flush=True)
@@ -206,54 +211,18 @@ class Output:
         self.bucket = bucket
         self.prefix = prefix
 
-    def _put_file(self, path: Path, key: str, metadata: dict[str, str]) -> None:
+    def _put_file(self, path: Path, key: str) -> None:
         self.s3.upload_file(
-            str(path),
-            self.bucket,
-            self.prefix + key,
-            ExtraArgs={"ContentType": _CONTENT_TYPES[path.name], "Metadata": metadata},
+            str(path), self.bucket, self.prefix + key, ExtraArgs={"ContentType": _CONTENT_TYPES[path.name]}
         )
 
-    def upload(self, out_dir: Path, index: VariantIndex) -> None:
-        """Every variant's files under ``<id>/``, then variants.json."""
+    def upload(self, out_dir: Path, index: VariantIndex) -> str:
+        """Every file variants.json names, then variants.json; returns the sha256 of variants.json."""
         for variant in index.variants:
-            metadata = {"build-key": index.matrix_key, "sha256": variant.sha256}
-            folder = out_dir / variant.id
-            for name in (SBOM_JSON, LAYER_ZIP, MANIFEST_JSON):
-                if (folder / name).is_file():
-                    self._put_file(folder / name, f"{variant.id}/{name}", metadata)
-        self._put_file(out_dir / VARIANTS_JSON, VARIANTS_JSON, {"build-key": index.matrix_key})
-
-    def _head(self, key: str) -> dict[str, str] | None:
-        try:
-            return self.s3.head_object(Bucket=self.bucket, Key=self.prefix + key).get("Metadata", {})
-        except Exception:
-            return None
-
-    def built(self, matrix_key: str) -> VariantIndex | None:
-        """The index already at the output, when it is this matrix key's and every zip it lists is there."""
-        try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + VARIANTS_JSON)["Body"].read()
-            index = VariantIndex.model_validate_json(body)
-        except Exception:
-            return None
-        if index.matrix_key != matrix_key or not index.variants:
-            return None
-        wanted = [(v.zip, v.sha256) for v in index.variants] + [(v.manifest, v.sha256) for v in index.variants]
-        for key, sha256 in wanted:
-            metadata = self._head(key)
-            if metadata is None or metadata.get("build-key") != matrix_key or metadata.get("sha256") != sha256:
-                return None
-        return index
-
-    def regate(self, index: VariantIndex, policy: AuditPolicy) -> None:
-        """The vulnerability gate on the variants already built (raises BuildFailed)."""
-        if not policy.gates:
-            return
-        for variant in index.variants:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + variant.manifest)["Body"].read()
-            manifest = regate(Manifest.model_validate_json(body), policy)
-            print(f"layershift build job: {variant.id}: audit {manifest.audit.status} ({manifest.audit.note})")
+            for name in sorted(variant.files):
+                self._put_file(out_dir / name, name)
+        self._put_file(out_dir / VARIANTS_JSON, VARIANTS_JSON)
+        return sha256_file(out_dir / VARIANTS_JSON)
 
     def record_failure(self, exc: Exception) -> None:
         """Leave the reason beside where the zips would have been, so the workflow can say it plainly."""
@@ -268,6 +237,8 @@ class Output:
 
 def main() -> int:
     """Entry point for ``python -m layershift_core.builder.build_job``."""
+    if not sandbox.protect_own_environment():
+        print("layershift build job: could not make the job non-dumpable; its environment stays readable", flush=True)
     return run()
 
 

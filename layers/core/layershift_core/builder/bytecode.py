@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layershift_core.builder import sandbox
+
 COMPILE_TIMEOUT_SECONDS = 1800
 INVALIDATION_MODE = "unchecked-hash"
 _SKIPPED_FOLDER_SUFFIXES = (".dist-info", ".data", ".libs")
@@ -56,10 +58,16 @@ COMPILE_PROCESSES = 4
 def _compile(
     paths: list[Path], site: Path, interpreter: str, runtime_path: str, legacy: bool
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    # Hash randomisation changes the order of frozenset constants in the marshalled code objects.
-    env["PYTHONHASHSEED"] = "0"
-    env.pop("SOURCE_DATE_EPOCH", None)
+    with sandbox.package_environment() as env:
+        # Hash randomisation changes the order of frozenset constants in the marshalled code objects.
+        env["PYTHONHASHSEED"] = "0"
+        env.pop("SOURCE_DATE_EPOCH", None)
+        return _compile_in(paths, site, interpreter, runtime_path, legacy, env)
+
+
+def _compile_in(
+    paths: list[Path], site: Path, interpreter: str, runtime_path: str, legacy: bool, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     sources = sorted({source for path in paths for source in _sources(path)})
     base = [interpreter, "-I", "-m", "compileall", "-q", "--invalidation-mode", INVALIDATION_MODE]
     # Record the Lambda path (``/opt/...``) as the source path: tracebacks point there and builds in

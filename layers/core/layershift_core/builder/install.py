@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -21,6 +23,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
+from layershift_core.builder import sandbox
 from layershift_core.builder.platforms import Target, find_interpreter, has_pip
 from layershift_core.errors import BuildFailed, SdistOnlyPackage
 from layershift_core.requirements import RequirementSet
@@ -144,14 +147,27 @@ def wheels_from_report(path: Path) -> dict[str, dict[str, str]]:
     return wheels
 
 
-def _pip_env() -> dict[str, str]:
-    """pip's environment. Every pip run inherits the same cache (``PIP_CACHE_DIR``, else pip's default),
-    so what one target's resolution or install downloaded is there for the next target of the job."""
-    env = dict(os.environ)
-    env.update(PIP_NO_INPUT="1", PIP_ROOT_USER_ACTION="ignore", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PIP_TARGET", None)
-    env.pop("PIP_PREFIX", None)
-    return env
+def _pip_cache_dir() -> str:
+    """``PIP_CACHE_DIR``, else pip's default on Linux (``$XDG_CACHE_HOME/pip``, ``~/.cache/pip``), resolved
+    before pip gets a ``HOME`` of its own."""
+    configured = os.environ.get("PIP_CACHE_DIR", "").strip()
+    if configured:
+        return configured
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pip")
+
+
+@contextmanager
+def _pip_env() -> Iterator[dict[str, str]]:
+    """pip's environment: no AWS credentials and an empty ``HOME`` (pip could run an sdist's setup code,
+    see :mod:`~layershift_core.builder.sandbox`). Every pip run shares the same cache, so what one
+    target's resolution or install downloaded is there for the next target of the job."""
+    cache_dir = _pip_cache_dir()
+    with sandbox.package_environment() as env:
+        env.update(PIP_NO_INPUT="1", PIP_ROOT_USER_ACTION="ignore", PYTHONDONTWRITEBYTECODE="1")
+        env["PIP_CACHE_DIR"] = cache_dir
+        env.pop("PIP_TARGET", None)
+        env.pop("PIP_PREFIX", None)
+        yield env
 
 
 def pip_version_from_report(path: Path) -> str:
@@ -207,7 +223,8 @@ def _diagnose(pip_python: str, target: Target, req: Requirement, work: Path) -> 
     probe = [pip_python, "-m", "pip", "download", "--no-deps", "--dest", str(work / "probe"), "-vv"]
     probe += [*target_options(target), str(Requirement(f"{req.name}{req.specifier}"))]
     try:
-        result = subprocess.run(probe, capture_output=True, text=True, timeout=300, check=False, env=_pip_env())
+        with _pip_env() as env:
+            result = subprocess.run(probe, capture_output=True, text=True, timeout=300, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
     name = canonicalize_name(req.name)
@@ -263,9 +280,10 @@ def _fail(proc: subprocess.CompletedProcess[str], pip_python: str, target: Targe
 
 def _run_pip(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS, check=False, env=_pip_env()
-        )
+        with _pip_env() as env:
+            return subprocess.run(
+                cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS, check=False, env=env
+            )
     except subprocess.TimeoutExpired:
         raise BuildFailed(f"{what} did not finish within {PIP_TIMEOUT_SECONDS} s") from None
 

@@ -100,6 +100,8 @@ class SmokeRun(BaseModel):
     recompiled: list[str] = Field(default_factory=list)
     import_seconds: float | None = None
     note: str | None = Field(default=None, description="why it did not run")
+    network: str | None = Field(default=None, description="whether the imports could reach the network")
+    output: str = Field(default="", description="what the imports printed (the end of it)")
 
 
 class SmokeTestSummary(BaseModel):
@@ -110,6 +112,11 @@ class SmokeTestSummary(BaseModel):
     recompiled: list[str] = Field(default_factory=list)
     import_seconds: float | None = None
     runs: list[SmokeRun] = Field(default_factory=list)
+    credentials: str = Field(
+        default="none: the imports ran without AWS credentials, an empty HOME and AWS_EC2_METADATA_DISABLED",
+        description="what the imports could find of the build's AWS credentials",
+    )
+    network: str | None = Field(default=None, description="whether the imports could reach the network")
 
 
 class BinariesSummary(BaseModel):
@@ -216,6 +223,10 @@ class Variant(BaseModel):
     audit_status: str = Field(description="ok, vulnerable or unavailable")
     manifest: str = Field(description="<id>/manifest.json, relative to the index")
     zip: str = Field(description="<id>/layer.zip, relative to the index")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="every file of the variant (zip, manifest, SBOM), its path relative to the index -> sha256",
+    )
 
     def serves(self, runtime: str, architecture: str) -> bool:
         """Whether this variant is built for, or compatible with, the target."""

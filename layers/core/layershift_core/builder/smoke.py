@@ -9,8 +9,12 @@ readable, and unchecked-hash bytecode does not depend on the timestamps the zip 
 
 The test runs in a fresh target interpreter started with ``-I -S -B`` (isolated, no site, no
 bytecode written), with only the layer's folder on ``sys.path``, like a function importing from
-Lambda's read-only ``/opt``. It wraps ``SourceFileLoader.source_to_code`` to count the modules that
-had to be compiled from source: on Lambda each of them is a compile on every cold start.
+Lambda's read-only ``/opt``. Importing runs the packages' own code, so the interpreter gets no AWS
+credentials and an empty ``HOME``, and no network where the host allows a network namespace
+(:mod:`~layershift_core.builder.sandbox`); what the imports print is kept in the report
+(``output``), and the report says whether the network was reachable (``network``). It wraps
+``SourceFileLoader.source_to_code`` to count the modules that had to be compiled from source: on
+Lambda each of them is a compile on every cold start.
 
 What is imported is what a consumer imports: each distribution's own top-level modules, as
 :mod:`~layershift_core.builder.distributions` reads them from RECORD. A failure names the module and
@@ -38,10 +42,13 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from layershift_core.builder import sandbox
 from layershift_core.builder.distributions import InstalledDistribution, scan
 from layershift_core.errors import ImportSmokeTestFailed
 
 SMOKE_TIMEOUT_SECONDS = 600
+# What the imports print is kept up to this many characters (the end of it).
+OUTPUT_LIMIT = 4000
 
 # Modules the Lambda Python runtime provides outside any layer.
 RUNTIME_PROVIDED = frozenset(
@@ -116,6 +123,10 @@ class SmokeReport:
     optional_extras: list[str] = field(default_factory=list)
     # each module -> the distributions (``"name version"``) that install it, when known
     module_owners: dict[str, list[str]] = field(default_factory=dict)
+    # what the imports printed (stdout and stderr, the last OUTPUT_LIMIT characters)
+    output: str = ""
+    # whether the imports could reach the network, and how they were cut off from it
+    network: str = ""
 
     def error(self) -> ImportSmokeTestFailed:
         """The exception that reports this test's failures."""
@@ -190,6 +201,8 @@ def run_smoke_test(
         root = Path(tmp) / "opt"
         read_only_copy(layer_root, root)
         before = _file_states(root)
+        isolation = sandbox.network_isolation()
+        python = [*isolation.prefix, *python]
         try:
             result = _import_resilient(root / site_prefix, Path(tmp), modules, python)
         finally:
@@ -210,10 +223,17 @@ def run_smoke_test(
         if raise_on_failure:
             raise ImportSmokeTestFailed(result)
         return SmokeReport(
-            ran=True, modules=modules, failures=[result], failed_modules=list(modules), module_owners=owners
+            ran=True,
+            modules=modules,
+            failures=[result],
+            failed_modules=list(modules),
+            module_owners=owners,
+            network=isolation.note,
         )
     report = _report(result, str(root) + "/", modules, site, dists)
     report.module_owners = owners
+    report.output = result.get("output", "")[-OUTPUT_LIMIT:]
+    report.network = isolation.note
     if report.failures and raise_on_failure:
         raise report.error()
     return report
@@ -228,8 +248,9 @@ def _import_resilient(site: Path, tmp: Path, modules: list[str], python: list[st
     """The child's result with each crash as a failure, or the crash message when nothing could be imported."""
     crashes: list[dict] = []
     remaining = list(modules)
+    output: list[str] = []
     while True:
-        result, crashed_in = _import_all(site, tmp, remaining, python)
+        result, crashed_in = _import_all(site, tmp, remaining, python, output)
         if isinstance(result, dict):
             break
         if crashed_in not in remaining or len(crashes) >= MAX_CRASHES:
@@ -245,23 +266,31 @@ def _import_resilient(site: Path, tmp: Path, modules: list[str], python: list[st
             result = {"failures": [], "recompiled": [], "seconds": None, "environment": {}}
             break
     result["failures"] = crashes + result["failures"]
+    result["output"] = "".join(output)
     return result
 
 
-def _import_all(site: Path, tmp: Path, modules: list[str], python: list[str]) -> tuple[dict | str, str | None]:
-    """(the child's result, or the message saying how it crashed; the module it crashed in)."""
+def _import_all(
+    site: Path, tmp: Path, modules: list[str], python: list[str], output: list[str]
+) -> tuple[dict | str, str | None]:
+    """(the child's result, or the message saying how it crashed; the module it crashed in). What the
+    child printed is appended to ``output``."""
     result_path = tmp / "result.json"
     progress = tmp / "progress.txt"
     result_path.unlink(missing_ok=True)
     progress.unlink(missing_ok=True)
     cmd = [*python, "-I", "-S", "-B", "-c", _CHILD, str(site), str(result_path), str(progress), *modules]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_SECONDS, check=False, cwd=tmp)
+        with sandbox.package_environment() as env:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_SECONDS, check=False, cwd=tmp, env=env
+            )
     except subprocess.TimeoutExpired:
         raise ImportSmokeTestFailed(
             f"importing the layer's modules did not finish within {SMOKE_TIMEOUT_SECONDS} s"
             + _while_importing(progress)
         ) from None
+    output.append((proc.stdout or "") + (proc.stderr or ""))
     if not result_path.exists():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
         message = f"the import smoke test crashed (exit {proc.returncode}){_while_importing(progress)}:\n{tail}"

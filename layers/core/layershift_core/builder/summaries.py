@@ -168,6 +168,8 @@ def smoke_of(variant: VariantBuild) -> SmokeTestSummary:
             recompiled=report.recompiled,
             import_seconds=report.import_seconds,
             note=None if report.ran else "; ".join(report.notes) or None,
+            network=report.network or None,
+            output=report.output,
         )
         for (_, minor), report in variant.smoke.items()
     ]
@@ -178,6 +180,7 @@ def smoke_of(variant: VariantBuild) -> SmokeTestSummary:
         recompiled=sorted({p for r in runs for p in r.recompiled}),
         import_seconds=first.import_seconds,
         runs=runs,
+        network=first.network,
     )
 
 
@@ -319,6 +322,13 @@ def report_text(manifest: Manifest) -> str:
         )
     else:
         lines.append("  smoke test not run" + (f": {runs[0].note}" if runs and runs[0].note else ""))
+    if manifest.smoke_test.ran:
+        lines.append(f"             no AWS credentials; {manifest.smoke_test.network or 'network unknown'}")
+    for run in runs:
+        printed = run.output.strip().splitlines()
+        if printed:
+            lines.append(f"  smoke test python{run.python_version}: the imports printed {len(printed)} line(s):")
+            lines += [f"    | {line}" for line in printed[-20:]]
     binaries = manifest.binaries
     if binaries.summary:
         lines.append(f"  binaries   {', '.join(binaries.checks)}: {binaries.summary}")
