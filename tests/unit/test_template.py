@@ -278,9 +278,14 @@ def test_layer_build_role_is_narrow(resources: dict[str, Any]) -> None:
         "Action": ["lambda:GetLayerVersion"],
         "Resource": {"Ref": "CoreLayer"},
     }
-    for sid in ("ReadRolloutInputs", "WriteArtifacts"):
-        resources_text = json.dumps(by_sid[sid]["Resource"])
-        assert "/rollouts/*" in resources_text and "/artifacts/*" in resources_text
+    # The build runs package code: it reads the normalised requirements and writes its own staging
+    # prefix only, never rollouts/* or artifacts/* (PublishLayerVersion verifies and copies).
+    assert by_sid["ReadRolloutRequirements"]["Action"] == ["s3:GetObject"]
+    assert json.dumps(by_sid["ReadRolloutRequirements"]["Resource"]).endswith('/rollouts/*/requirements.txt"}')
+    assert by_sid["WriteOwnStaging"]["Action"] == ["s3:PutObject"]
+    assert "/staging/${!codebuild:buildArn}/*" in json.dumps(by_sid["WriteOwnStaging"]["Resource"])
+    writes = [s for s in statements if any(a.startswith("s3:Put") or a.startswith("s3:Delete") for a in s["Action"])]
+    assert [s["Sid"] for s in writes] == ["WriteOwnStaging"]
 
 
 @pytest.mark.parametrize(
