@@ -19,6 +19,9 @@ on that Unix socket (a datagram ``{"log_stream_name": ...}`` carrying the child'
 and stderr), answers ``{"forked": pid}``, and reports ``{"exited": pid, "status": code}`` when a
 child ends. A request ``{"kill": pid}`` kills one of its children. Each child starts where init
 ended, like a Lambda SnapStart restore, and then speaks the protocol above from the ready line on.
+
+With ``LAYERSHIFT_LOCAL_CALL_LOG`` set, ``call_recorder.py`` records every AWS call the function
+makes (its init included) in that file.
 """
 
 import importlib
@@ -119,6 +122,17 @@ def _fault_hook():
     return module
 
 
+def _call_recorder():
+    """The call recorder (``call_recorder.py`` beside this file), when a call log is set."""
+    if not os.environ.get("LAYERSHIFT_LOCAL_CALL_LOG"):
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "call_recorder.py")
+    spec = importlib.util.spec_from_file_location("layershift_call_recorder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main():
     global _PROTOCOL
     _PROTOCOL = _protocol_stream()
@@ -126,6 +140,9 @@ def main():
     sys.path[:0] = init["sys_path"]
     function_config = init["function"]
     hook = _fault_hook()
+    recorder = _call_recorder()
+    if recorder is not None:
+        recorder.install(function_config)  # before the handler's imports: init's calls count too
     handler, init_error = _load_handler(init["handler"])
     if init_error is not None:
         _log(f"[ERROR] {init_error['errorType']}: {init_error['errorMessage']}")

@@ -144,6 +144,7 @@ def _spec(fn: Any) -> FunctionSpec:
         environment=tuple(sorted((str(k), str(v)) for k, v in (fn.environment_vars or {}).items())),
         code_sha256=fn.code_sha_256,
         layer_arns=tuple(layer["Arn"] for layer in fn.layers or []),
+        role_arn=str(fn.role or ""),
     )
 
 

@@ -83,6 +83,7 @@ class FunctionSpec:
     environment: tuple[tuple[str, str], ...]
     code_sha256: str
     layer_arns: tuple[str, ...]
+    role_arn: str = ""
 
     @property
     def pool_key(self) -> tuple[str, str]:
@@ -484,10 +485,13 @@ class LambdaRuntime:
         region: str,
         max_workers_per_version: int = MAX_WORKERS_PER_VERSION,
         fault_plan: Path | None = None,
+        call_log: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         # The fault harness's plan, which every worker's fault hook follows (fault_hook.py).
         self.fault_plan = fault_plan
+        # Where every worker records the AWS calls its function makes (call_recorder.py).
+        self.call_log = call_log
         self.endpoint_url = endpoint_url
         self.region = region
         self.max_workers = max_workers_per_version
@@ -595,6 +599,8 @@ class LambdaRuntime:
         )
         if self.fault_plan is not None:
             env["LAYERSHIFT_FAULT_PLAN"] = str(self.fault_plan)
+        if self.call_log is not None:
+            env["LAYERSHIFT_LOCAL_CALL_LOG"] = str(self.call_log)
         return env
 
     # -- pool ----------------------------------------------------------------------------------
@@ -621,6 +627,7 @@ class LambdaRuntime:
                 "name": spec.function_name,
                 "version": spec.version,
                 "invoked_arn": spec.function_arn,
+                "role_arn": spec.role_arn,
                 "memory_size": spec.memory_size,
                 "log_group_name": f"/aws/lambda/{spec.function_name}",
                 "log_stream_name": log_stream,

@@ -68,10 +68,11 @@ class LocalAws:
     Wait states (1.0 is real time). ``alarm_interval`` is how often metric alarms are evaluated
     in the background (None: only through ``alarms.evaluate_all_alarms_once()``). ``fault_plan``
     names the fault harness's plan, which every function's fault hook follows
-    (``fault_hook.py``). ``aws_limits`` models Lambda's control-plane rate, GetFunction's bucket and
-    the settle time of an update (``lambda_limits.py``); ``set_aws_limits`` changes them while running.
-    Only one
-    instance runs at a time in a process, because the emulated services are process-wide.
+    (``fault_hook.py``). ``call_log`` names a file where every function records each AWS call it
+    makes, and as whom (``call_recorder.py``). ``aws_limits`` models Lambda's control-plane rate,
+    GetFunction's bucket and the settle time of an update (``lambda_limits.py``); ``set_aws_limits``
+    changes them while running. Only one instance runs at a time in a process, because the
+    emulated services are process-wide.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class LocalAws:
         max_workers_per_version: int = MAX_WORKERS_PER_VERSION,
         reset: bool = True,
         fault_plan: str | os.PathLike[str] | None = None,
+        call_log: str | os.PathLike[str] | None = None,
         aws_limits: lambda_limits.AwsLimits | None = None,
     ) -> None:
         base = Path(root) if root is not None else Path.cwd()
@@ -95,6 +97,7 @@ class LocalAws:
         self.reset = reset
         self.max_workers_per_version = max_workers_per_version
         self.fault_plan = Path(fault_plan) if fault_plan is not None else None
+        self.call_log = Path(call_log) if call_log is not None else None
         self.aws_limits = aws_limits
         self.endpoint_url = ""
         self.port = 0
@@ -145,6 +148,7 @@ class LocalAws:
             self.region,
             max_workers_per_version=self.max_workers_per_version,
             fault_plan=self.fault_plan,
+            call_log=self.call_log,
         )
         self._install(dispatch.install, dispatch.uninstall)
         self._install(metrics.install, metrics.uninstall)

@@ -29,10 +29,17 @@ def fault_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def local_aws(tmp_path_factory: pytest.TempPathFactory, fault_plan: Path) -> Iterator[LocalAws]:
+def call_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every AWS call a function makes, with its parameters and who signed it (`call_recorder.py`):
+    what the IAM evaluation of the happy path reads."""
+    return tmp_path_factory.mktemp("calls") / "calls.jsonl"
+
+
+@pytest.fixture(scope="session")
+def local_aws(tmp_path_factory: pytest.TempPathFactory, fault_plan: Path, call_log: Path) -> Iterator[LocalAws]:
     """The session's local AWS (one per xdist worker); a test may model AWS's limits on it for a while."""
     state_dir = tmp_path_factory.mktemp("local-aws")
-    with LocalAws(ROOT, state_dir=state_dir, fault_plan=fault_plan) as aws:
+    with LocalAws(ROOT, state_dir=state_dir, fault_plan=fault_plan, call_log=call_log) as aws:
         yield aws
 
 
