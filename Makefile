@@ -9,7 +9,8 @@ PYTHON ?= $(if $(PY313),$(PY313),python3)
 PY313_PATH := $(if $(PY313),$(dir $(PY313)):,)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+IAM_EVALUATOR := tests/iam
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt $(IAM_EVALUATOR)/package-lock.json | sha256sum | cut -c1-12)
 export AWS_DEFAULT_REGION ?= us-east-1
 export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 
@@ -26,6 +27,12 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# The IAM policy evaluator of tests/iam (@cloud-copilot/iam-simulate, pinned by its lock file).
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+		npm ci --prefix $(IAM_EVALUATOR) --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "note: node and npm not found; the IAM policy tests (tests/iam) will be skipped. Install Node.js 20+ to run them."; \
+	fi
 	touch $@
 
 venv: $(STAMP)
@@ -68,4 +75,4 @@ scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
-	rm -rf $(VENV) .aws-sam .layershift .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(IAM_EVALUATOR)/node_modules .aws-sam .layershift .pytest_cache .ruff_cache
