@@ -76,6 +76,8 @@ class DeployedStack:
     the resource has one, ``outputs`` the evaluated template Outputs. ``local_adaptations`` names
     each resource created differently from AWS, with the reason (only where the local endpoint
     itself makes the AWS form impossible, such as a TLS-only bucket policy on a plain-HTTP endpoint).
+    ``bucket_policies`` keeps each bucket policy as the template gives it, resolved, every statement
+    included: what an IAM evaluation of the stack reads.
     """
 
     stack_name: str
@@ -90,6 +92,7 @@ class DeployedStack:
     outputs: dict[str, str] = field(default_factory=dict)
     skipped_by_condition: dict[str, str] = field(default_factory=dict)
     local_adaptations: dict[str, str] = field(default_factory=dict)
+    bucket_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------- properties
@@ -206,6 +209,7 @@ class _Deployer:
             "AWS::SNS::Subscription": self._subscription,
             "AWS::Logs::LogGroup": self._log_group,
             "AWS::IAM::Role": self._role,
+            "AWS::IAM::Policy": self._policy,
             "AWS::Serverless::LayerVersion": self._layer,
             "AWS::CodeBuild::Project": self._codebuild_project,
             "AWS::Serverless::StateMachine": self._state_machine,
@@ -304,12 +308,16 @@ class _Deployer:
         bucket = props.require("Bucket")
         document = dict(props.require("PolicyDocument"))
         statements = document["Statement"] if isinstance(document["Statement"], list) else [document["Statement"]]
-        kept = [statement for statement in statements if not _is_tls_only_statement(statement)]
+        self.stack.bucket_policies[bucket] = json.loads(json.dumps(document))
+        # The emulated S3 applies a bucket policy's Deny statements without their conditions, so a
+        # conditional deny would refuse every local request: such statements are recorded, not applied
+        # (the TLS-only one could not hold anyway: the local endpoint is plain HTTP on 127.0.0.1).
+        # tests/integration's IAM evaluation reads them from ``bucket_policies``.
+        kept = [statement for statement in statements if not _is_conditional_deny(statement)]
         if len(kept) != len(statements):
-            # The local endpoint is plain HTTP on 127.0.0.1, standing in for AWS's HTTPS endpoint:
-            # a TLS-only deny would refuse every local request, so it is recorded, not applied.
             self.stack.local_adaptations[logical_id] = (
-                "aws:SecureTransport deny statements not applied: the local endpoint is HTTP on loopback"
+                "conditional Deny statements not applied (the local S3 ignores conditions): "
+                + ", ".join(str(s.get("Sid", "?")) for s in statements if _is_conditional_deny(s))
             )
         if kept:
             document["Statement"] = kept
@@ -397,6 +405,7 @@ class _Deployer:
             Path=props.take("Path", "/"),
             AssumeRolePolicyDocument=json.dumps(props.require("AssumeRolePolicyDocument")),
             Description=props.take("Description", ""),
+            MaxSessionDuration=int(props.take("MaxSessionDuration", 3600)),
         )
         for policy in props.take("Policies", []):
             iam.put_role_policy(
@@ -406,6 +415,14 @@ class _Deployer:
             self._attach_managed_policy(name, policy_arn)
         role = iam.get_role(RoleName=name)["Role"]
         return _Created(name, name, role["Arn"], {"Arn": role["Arn"], "RoleId": role["RoleId"]})
+
+    def _policy(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
+        """An inline policy put on each of its roles (the template's roles are named by their Ref)."""
+        name = props.require("PolicyName")
+        document = json.dumps(props.require("PolicyDocument"))
+        for role in props.require("Roles"):
+            self.client("iam").put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=document)
+        return _Created(name, name, None, {})
 
     def _attach_managed_policy(self, role_name: str, policy_arn: str) -> None:
         if policy_arn.startswith(f"arn:{PARTITION}:iam::aws:policy/"):
@@ -653,10 +670,8 @@ class _Deployer:
     stack: DeployedStack
 
 
-def _is_tls_only_statement(statement: dict[str, Any]) -> bool:
-    condition = statement.get("Condition") or {}
-    secure = (condition.get("Bool") or {}).get("aws:SecureTransport")
-    return statement.get("Effect") == "Deny" and str(secure).lower() == "false" and len(condition) == 1
+def _is_conditional_deny(statement: dict[str, Any]) -> bool:
+    return statement.get("Effect") == "Deny" and bool(statement.get("Condition"))
 
 
 def _ensure_aws_managed_policy(account_id: str, policy_arn: str) -> None:
@@ -873,7 +888,7 @@ def deploy_control_plane(
     deployer = _Deployer(aws, project_root, template, ctx)
     deployer.stack = stack
     resources = template["Resources"]
-    for logical_id in creation_order(resources):
+    for logical_id in creation_order(resources, template.get("Globals", {})):
         resource = resources[logical_id]
         condition = resource.get("Condition")
         if condition is not None and not ctx.conditions[condition]:

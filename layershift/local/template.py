@@ -43,6 +43,7 @@ NAME_PROPERTIES: dict[str, str] = {
     "AWS::SNS::Topic": "TopicName",
     "AWS::Logs::LogGroup": "LogGroupName",
     "AWS::IAM::Role": "RoleName",
+    "AWS::IAM::Policy": "PolicyName",
     "AWS::CodeBuild::Project": "Name",
     "AWS::Events::Rule": "Name",
     "AWS::Serverless::Function": "FunctionName",
@@ -271,11 +272,25 @@ def _references(value: Any) -> Iterator[str]:
                 yield from _references(arg)
 
 
-def creation_order(resources: dict[str, Any]) -> list[str]:
-    """Logical ids in an order where each resource comes after everything it refers to."""
+def _owner(name: str, resources: dict[str, Any]) -> str:
+    """The logical id that creates ``name``: SAM's generated ``<Id>Role`` is created with ``<Id>``."""
+    owner = name.removesuffix("Role")
+    if name not in resources and owner in resources and resources[owner].get("Type") in SAM_ROLE_TYPES:
+        return owner
+    return name
+
+
+_GLOBALS_SECTIONS = {"AWS::Serverless::Function": "Function", "AWS::Serverless::StateMachine": "StateMachine"}
+
+
+def creation_order(resources: dict[str, Any], globals_: dict[str, Any] | None = None) -> list[str]:
+    """Logical ids in an order where each resource comes after everything it refers to, its
+    ``Globals`` section included."""
     depends: dict[str, set[str]] = {}
     for logical_id, resource in resources.items():
-        refs = {name for name in _references(resource) if name in resources and name != logical_id}
+        section = (globals_ or {}).get(_GLOBALS_SECTIONS.get(resource.get("Type", ""), ""), {})
+        owners = {_owner(name, resources) for name in (*_references(resource), *_references(section))}
+        refs = {name for name in owners if name in resources and name != logical_id}
         depends_on = resource.get("DependsOn", [])
         refs |= {depends_on} if isinstance(depends_on, str) else set(depends_on)
         depends[logical_id] = refs
@@ -373,7 +388,7 @@ def local_resource_names(template: dict[str, Any], stack_name: str = "layershift
     evaluate_conditions(ctx, template)
     names: dict[str, str] = {}
     resources = template["Resources"]
-    for logical_id in creation_order(resources):
+    for logical_id in creation_order(resources, template.get("Globals", {})):
         resource = resources[logical_id]
         if "Condition" in resource and not ctx.conditions[resource["Condition"]]:
             continue
@@ -383,7 +398,7 @@ def local_resource_names(template: dict[str, Any], stack_name: str = "layershift
             names[logical_id] = name
             ctx.refs[logical_id] = name
             ctx.attributes[logical_id] = _NameOnlyAttributes(name)
-        if rtype in SAM_ROLE_TYPES:
+        if rtype in SAM_ROLE_TYPES and "Role" not in resource.get("Properties", {}):
             role_id = f"{logical_id}Role"
             names[role_id] = generated_name(stack_name, role_id, "AWS::IAM::Role")
     return names

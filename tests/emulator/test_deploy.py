@@ -65,8 +65,12 @@ def _assert_object_created_reaches_eventbridge(aws: LocalAws, bucket: str) -> No
 
 
 def _check_bucket_policy(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
-    # The only statement is the TLS-only deny, which a plain-HTTP local endpoint cannot honour.
-    assert "aws:SecureTransport" in stack.local_adaptations[lid]
+    # Every statement is a conditional deny, which the local S3 would apply to everyone: each is kept
+    # for the IAM evaluation, and named as not applied.
+    bucket = stack.names["ArtifactBucket"]
+    sids = [statement["Sid"] for statement in stack.bucket_policies[bucket]["Statement"]]
+    assert sids == ["DenyInsecureTransport", "OnlyTheControlPlaneWritesRolloutsAndArtifacts"]
+    assert all(sid in stack.local_adaptations[lid] for sid in sids)
 
 
 def _check_table(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
@@ -92,6 +96,19 @@ def _check_log_group(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
 
 def _check_role(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     assert aws.client("iam").get_role(RoleName=stack.names[lid])["Role"]["Arn"] == stack.arns[lid]
+
+
+def _check_policy(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
+    """An AWS::IAM::Policy is an inline policy of the template's roles it names."""
+    iam, name = aws.client("iam"), stack.names[lid]
+    holders = [
+        role
+        for role_id, rtype in stack.types.items()
+        if rtype == "AWS::IAM::Role"
+        for role in [stack.names[role_id]]
+        if name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+    ]
+    assert holders, f"no role of the stack has the policy {name}"
 
 
 def _check_layer(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
@@ -141,7 +158,9 @@ def _check_function(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     assert variables["LAYERSHIFT_POLL_SECONDS"] == stack.parameters["PollSeconds"]
     if lid == "StartRolloutFunction":
         assert variables["LAYERSHIFT_STATE_MACHINE_ARN"] == stack.physical_ids["RolloutStateMachine"]
-    assert config["Role"] == stack.arns[f"{lid}Role"]
+    assert config["Role"] == stack.arns.get(f"{lid}Role", stack.arns["ChangeFunctionsRole"])
+    if "LAYERSHIFT_TENANT_ROLE_ARN" in variables:
+        assert variables["LAYERSHIFT_TENANT_ROLE_ARN"] == stack.arns["TenantRole"]
 
 
 # rule (or its permission) -> the function it invokes
@@ -187,6 +206,7 @@ CHECKS: dict[str, Callable[[LocalAws, DeployedStack, str], None]] = {
     "AWS::SNS::Topic": _check_topic,
     "AWS::Logs::LogGroup": _check_log_group,
     "AWS::IAM::Role": _check_role,
+    "AWS::IAM::Policy": _check_policy,
     "AWS::Serverless::LayerVersion": _check_layer,
     "AWS::CodeBuild::Project": _check_project,
     "AWS::Serverless::StateMachine": _check_state_machine,
@@ -220,13 +240,19 @@ def test_outputs_resolve_to_the_local_resources(stack: DeployedStack) -> None:
 
 def test_roles_carry_the_template_policies(aws: LocalAws, stack: DeployedStack) -> None:
     iam = aws.client("iam")
-    role = stack.names["PrepareVersionsFunctionRole"]
-    documents = [
-        json.dumps(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
-        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
-    ]
-    assert any("aws:ResourceTag/layershift:managed" in document for document in documents)
-    attached = {p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]}
+
+    def documents(role: str) -> list[str]:
+        return [
+            json.dumps(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+            for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+        ]
+
+    tenant = documents(stack.names["TenantRole"])
+    assert any("${aws:PrincipalTag/layershift:layer} *" in document for document in tenant)
+    assert not any("layershift:managed" in document for document in tenant)  # AllowManagedOptIn is off
+    changer = stack.names["ChangeFunctionsRole"]
+    assert any(stack.arns["TenantRole"] in document for document in documents(changer))
+    attached = {p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=changer)["AttachedPolicies"]}
     assert attached == {"AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
 
 

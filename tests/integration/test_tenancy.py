@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from layershift.controlplane import ControlPlane
+from layershift.controlplane import ControlPlane, from_outputs
+from layershift.local.server import LocalAws
 
-from .support import create_consumer, publish_bootstrap_layer, run_rollout, spec
+from .support import ROOT, STACK_PARAMETERS, create_consumer, publish_bootstrap_layer, run_rollout, spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -67,3 +68,41 @@ def rollout_plan(cp: ControlPlane, layer: str, execution_arn: str) -> dict[str, 
     name = execution_arn.rsplit(":", 1)[-1]
     body = cp.client("s3").get_object(Bucket=cp.bucket, Key=f"rollouts/{layer}/{name}/plan.json")["Body"].read()
     return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def floored(local_aws: LocalAws) -> ControlPlane:
+    """A second control plane on the same local AWS, whose template sets every floor."""
+    from layershift.local.deploy import deploy_control_plane
+
+    floors = {
+        "FloorMinSteps": "2",
+        "FloorMinBakeSeconds": "60",
+        "FloorRequireAnalysis": "true",
+        "FloorRequireApproval": "true",
+    }
+    stack = deploy_control_plane(local_aws, ROOT, stack_name="floored", parameters={**STACK_PARAMETERS, **floors})
+    return from_outputs(stack.outputs, local_aws.region, local_aws.endpoint_url)
+
+
+# Each spec is below exactly one floor.
+STEPS = "steps = [{weight = 10, bake_seconds = 60}, {weight = 50, bake_seconds = 60}]"
+BELOW_THE_FLOORS = {
+    "FloorMinSteps": '[rollout]\nstrategy = "Canary10Percent5Minutes"\n',
+    "FloorMinBakeSeconds": "[rollout]\nsteps = [{weight = 10, bake_seconds = 60}, {weight = 50, bake_seconds = 5}]\n",
+    "FloorRequireAnalysis": f"[rollout]\n{STEPS}\n[analysis]\nenabled = false\n",
+    "FloorRequireApproval": f"[rollout]\n{STEPS}\napproval = false\n",
+}
+
+
+def test_a_spec_below_a_floor_is_refused_naming_the_floor(floored: ControlPlane) -> None:
+    """Before anything is built or any function is looked at: the execution fails at validation."""
+    mine = publish_bootstrap_layer(floored, "floor-a")
+    create_consumer(floored, "floor-a-consumer", [mine], tags={"layershift:layer": "floor-a"})
+    before = _snapshot(floored, "floor-a-consumer")
+    for floor, config in BELOW_THE_FLOORS.items():
+        rollout = run_rollout(floored, "floor-a", f"six==1.16.0\n# {floor}\n", config)
+        assert rollout.status == "FAILED" and rollout.error == "InvalidLayerSpec", rollout.lines
+        assert f"template parameter {floor}" in (rollout.cause or ""), rollout.cause
+        assert "BuildLayer" not in " ".join(rollout.states_entered())
+    assert _snapshot(floored, "floor-a-consumer") == before

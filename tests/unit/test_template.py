@@ -76,6 +76,8 @@ STAR_ONLY_ACTIONS = {
     "cloudwatch:GetMetricData",
     "cloudwatch:GetMetricStatistics",
     "ssm:DescribeParameters",
+    "states:SendTaskSuccess",
+    "states:SendTaskFailure",
     "logs:CreateLogDelivery",
     "logs:GetLogDelivery",
     "logs:UpdateLogDelivery",
@@ -110,6 +112,12 @@ def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(policy, dict) and "PolicyDocument" in policy:
             found.extend(policy["PolicyDocument"]["Statement"])
     return found
+
+
+def _role_of(resources: dict[str, Any], logical_id: str) -> dict[str, Any]:
+    """The resource holding a function's policies: the function (SAM generates its role), or the role it names."""
+    role = resources[logical_id]["Properties"].get("Role")
+    return resources[role["Fn::GetAtt"][0]] if role else resources[logical_id]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -364,7 +372,7 @@ def test_s3_push_triggers_start_rollout(resources: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("logical_id", sorted(FUNCTIONS))
 def test_function_permissions_are_narrow(resources: dict[str, Any], logical_id: str) -> None:
-    statements = _statements(resources[logical_id])
+    statements = _statements(_role_of(resources, logical_id))
     assert statements, f"{logical_id} has no policy statements"
     for statement in statements:
         actions = set(_as_list(statement["Action"]))
@@ -376,10 +384,9 @@ def test_function_permissions_are_narrow(resources: dict[str, Any], logical_id: 
             assert "aws:ResourceTag/layershift:" in json.dumps(statement.get("Condition", {})), (
                 f"{logical_id}: {mutating} must be limited to layershift-tagged functions"
             )
-        if "lambda:PublishLayerVersion" in actions:
-            assert statement["Resource"] == {
-                "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:layer:*"
-            }
+        if "lambda:PublishLayerVersion" in actions:  # only this stack's <prefix><layer> names
+            template, values = statement["Resource"]["Fn::Sub"]
+            assert template.endswith(":layer:${Prefix}*") and "LayerNamePrefix" in json.dumps(values)
         if "ssm:PutParameter" in actions:
             assert statement["Resource"] == {
                 "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/layershift/*"
@@ -403,7 +410,8 @@ def test_local_names_cover_every_unconditional_resource(template: dict[str, Any]
     assert unconditional <= set(names)
     assert names["StartRolloutFunctionLogGroup"] == f"/aws/lambda/{names['StartRolloutFunction']}"
     assert names["CoreLayer"] == "layershift-core"
-    assert all(f"{lid}Role" in names for lid in FUNCTIONS)
+    generated = [lid for lid in FUNCTIONS if "Role" not in template["Resources"][lid]["Properties"]]
+    assert all(f"{lid}Role" in names for lid in generated)
     assert len(names["ArtifactBucket"]) <= 63 and names["ArtifactBucket"] == names["ArtifactBucket"].lower()
     assert all(len(names[lid]) <= 64 for lid in FUNCTIONS)
 
@@ -422,7 +430,7 @@ def test_an_alarm_going_into_alarm_reaches_on_alarm(resources: dict[str, Any]) -
     assert permission["SourceArn"] == {"Fn::GetAtt": ["AlarmStateChangeRule", "Arn"]}
     statements = resources["OnAlarmFunction"]["Properties"]["Policies"][0]["Statement"]
     ends_bake = next(s for s in statements if "states:SendTaskFailure" in s["Action"])
-    assert ends_bake["Resource"] == {"Ref": "RolloutStateMachine"}
+    assert ends_bake["Resource"] == "*"  # SendTask* have no resource-level permissions
 
 
 def test_the_restore_state_machine_invokes_only_its_functions(resources: dict[str, Any]) -> None:
@@ -450,3 +458,66 @@ def test_the_request_budget_is_a_share_of_lambdas_quota(template: dict[str, Any]
     assert parameters["LambdaRequestsPerSecond"]["MaxValue"] == 15  # Lambda's control-plane quota
     assert parameters["LambdaRequestsPerSecond"]["Default"] < 15  # leaves room for the teams' own deploys
     assert parameters["GetFunctionRequestsPerSecond"]["MaxValue"] == 100
+
+
+CHANGING_TASKS = ["PrepareVersionsFunction", "ShiftAliasesFunction", "RestoreTargetsFunction"]
+
+
+@pytest.mark.parametrize("logical_id", CHANGING_TASKS)
+def test_the_tasks_that_change_functions_do_so_only_as_the_tenant(resources: dict[str, Any], logical_id: str) -> None:
+    """Their own role changes no function; they act as TenantRole, whose trust the session tag gates."""
+    props = resources[logical_id]["Properties"]
+    assert props["Role"] == {"Fn::GetAtt": ["ChangeFunctionsRole", "Arn"]}
+    assert props["Environment"]["Variables"]["LAYERSHIFT_TENANT_ROLE_ARN"] == {"Fn::GetAtt": ["TenantRole", "Arn"]}
+    own = {action for statement in _statements(resources["ChangeFunctionsRole"]) for action in statement["Action"]}
+    assert not {action for action in own if action.startswith("lambda:")}
+    (assume,) = resources["AssumeTenantRole"]["Properties"]["PolicyDocument"]["Statement"]
+    assert set(assume["Action"]) == {"sts:AssumeRole", "sts:TagSession"}
+    assert assume["Resource"] == {"Fn::GetAtt": ["TenantRole", "Arn"]}
+    assert resources["AssumeTenantRole"]["Properties"]["Roles"] == [{"Ref": "ChangeFunctionsRole"}]
+
+
+def test_the_tenant_role_changes_only_functions_opted_in_for_its_sessions_layer(resources: dict[str, Any]) -> None:
+    role = resources["TenantRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"AWS": {"Fn::GetAtt": ["ChangeFunctionsRole", "Arn"]}}
+    assert trust["Condition"]["Null"] == {"aws:RequestTag/layershift:layer": "false"}
+    assert trust["Condition"]["ForAllValues:StringEquals"] == {"aws:TagKeys": ["layershift:layer"]}
+    document = role["Policies"][0]["PolicyDocument"]["Statement"]
+    statements = {statement["Sid"]: statement for statement in document if "Sid" in statement}
+    change = statements["ChangeFunctionsOptedInForTheLayer"]
+    assert set(change["Action"]) == MUTATING_LAMBDA_ACTIONS
+    tag = "${aws:PrincipalTag/layershift:layer}"
+    assert change["Condition"] == {
+        "StringLike": {"aws:ResourceTag/layershift:layer": [tag, f"{tag} *", f"* {tag}", f"* {tag} *"]}
+    }
+    (managed,) = [entry["Fn::If"] for entry in document if "Fn::If" in entry]
+    assert managed[0] == "ManagedOptInAllowed" and managed[2] == {"Ref": "AWS::NoValue"}
+    assert managed[1]["Condition"] == {"StringEquals": {"aws:ResourceTag/layershift:managed": "true"}}
+    deny = statements["AttachOnlyKnownLayers"]
+    assert deny["Effect"] == "Deny" and deny["Action"] == ["lambda:UpdateFunctionConfiguration"]
+    assert "ThirdPartyLayerArns" in json.dumps(deny["Condition"]["ForAnyValue:StringNotLike"]["lambda:Layer"])
+    # no other statement may change a function
+    others = [s for sid, s in statements.items() if sid != change["Sid"] and s["Effect"] == "Allow"]
+    assert not any(set(_as_list(s["Action"])) & MUTATING_LAMBDA_ACTIONS for s in others)
+
+
+def test_only_the_control_plane_writes_rollouts_and_artifacts(resources: dict[str, Any]) -> None:
+    """Every role the template lets write rollouts/ or artifacts/ is exempt from the bucket's deny, and no other."""
+    statements = resources["ArtifactBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    deny = next(s for s in statements if s["Sid"] == "OnlyTheControlPlaneWritesRolloutsAndArtifacts")
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"} <= set(deny["Action"])
+    exempt = {arn["Fn::GetAtt"][0] for arn in deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]}
+    writers = set()
+    for logical_id, resource in resources.items():
+        if resource["Type"] not in ("AWS::Serverless::Function", "AWS::Serverless::StateMachine", "AWS::IAM::Role"):
+            continue
+        for statement in _statements(resource):
+            if "Action" not in statement:  # a SAM policy template (LambdaInvokePolicy)
+                continue
+            writes = {"s3:PutObject", "s3:DeleteObject"} & set(_as_list(statement["Action"]))
+            targets = json.dumps(statement["Resource"])
+            if writes and ("/rollouts/" in targets or "/artifacts/" in targets):
+                writers.add(logical_id if resource["Type"] == "AWS::IAM::Role" else f"{logical_id}Role")
+    assert exempt == writers

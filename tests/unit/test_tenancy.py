@@ -3,8 +3,13 @@ layers the tenant role may attach; the floors of the control plane are not the p
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime, timedelta
 
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from layershift_core import aws
 from layershift_core.errors import InvalidLayerSpec
 from layershift_core.planner import foreign_layer_problem, opt_in_problem, replace_layer
 from layershift_core.spec import Floors, SpecDefaults, parse_layer_spec
@@ -76,3 +81,35 @@ def test_required_alarms_gate_every_rollout_and_approval_is_required_where_the_f
     assert parse_layer_spec("", strict).approval is True
     with pytest.raises(InvalidLayerSpec, match="FloorRequireApproval"):
         parse_layer_spec("[rollout]\napproval = false", strict)
+
+
+def test_the_changing_tasks_act_in_a_session_tagged_with_their_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tenant session names the layer (the tag IAM compares with each function's), one per layer, reused
+    until close to its end."""
+    role = "arn:aws:iam::111111111111:role/ls-tenant"
+    sts = boto3.client("sts", region_name="us-east-1")
+    monkeypatch.setattr(aws, "client", lambda service: sts if service == "sts" else pytest.fail(service))
+    monkeypatch.setattr(aws, "_tenant_clients", {})
+
+    def session(layer: str, minutes: int) -> None:
+        expected = {
+            "RoleArn": role,
+            "RoleSessionName": f"layershift-{layer}",
+            "DurationSeconds": 900,
+            "Tags": [{"Key": "layershift:layer", "Value": layer}],
+        }
+        expires = datetime.now(UTC) + timedelta(minutes=minutes)
+        answer = {"AccessKeyId": f"ASIA{layer.upper():0<16}", "SecretAccessKey": "s", "SessionToken": "t"}
+        stubber.add_response("assume_role", {"Credentials": {**answer, "Expiration": expires}}, expected)
+
+    with Stubber(sts) as stubber:
+        session("a", 15)
+        session("b", 15)
+        first = aws.tenant_lambda(role, "a")
+        assert aws.tenant_lambda(role, "a") is first  # reused: no second AssumeRole
+        assert aws.tenant_lambda(role, "b") is not first
+        stubber.assert_no_pending_responses()
+        session("a", 15)
+        aws._tenant_clients[(role, "a")] = (datetime.now(UTC).timestamp() + 60, first)  # about to end
+        assert aws.tenant_lambda(role, "a") is not first
+        stubber.assert_no_pending_responses()

@@ -23,6 +23,19 @@ def read_bytes(bucket: str, key: str, version_id: str | None = None) -> bytes:
     return client("s3").get_object(**kwargs)["Body"].read()
 
 
+def head_if_present(bucket: str, key: str) -> dict[str, Any] | None:
+    """The current version's HeadObject answer, or None when there is no object at ``key``.
+
+    Asked first by listing the key itself as a prefix: S3 tells a missing key (404) from a denied one
+    (403) only to a caller allowed to list the bucket, and the control plane may list only the
+    prefixes it reads (an ``s3:prefix`` condition), which a HeadObject does not carry."""
+    s3 = client("s3")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    if not listed or listed[0]["Key"] != key:
+        return None
+    return dict(s3.head_object(Bucket=bucket, Key=key))
+
+
 def write_bytes(bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream") -> str | None:
     response = client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
     return response.get("VersionId")

@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from .aborts import ensure_rollout_not_aborted
-from .artifacts import read_bytes
-from .aws import client, error_code
+from .artifacts import head_if_present, read_bytes
+from .aws import client
 from .errors import LayerLocked, RolloutAborted, Superseded, UnlockRefused
 from .models import LockWait, RolloutRequest, RolloutState
 from .observability import logger
@@ -34,7 +34,6 @@ from .settings import Settings
 MAX_ATTEMPTS = 120
 MIN_RETRY_SECONDS = 5
 MAX_RETRY_SECONDS = 300
-_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
 # Executions whose rollout is alive: their lock is not to be taken from them without --force.
 LIVE_EXECUTION_STATUSES = frozenset({"RUNNING", "PENDING_REDRIVE"})
 
@@ -123,13 +122,9 @@ def ensure_latest_push(request: RolloutRequest, rollout_id: str) -> None:
     """
     if request.requirements_version is None:
         return  # not pinned to a version: nothing to compare
-    s3 = client("s3")
-    try:
-        current = s3.head_object(Bucket=request.bucket, Key=request.requirements_key)
-    except Exception as exc:
-        if error_code(exc) in _MISSING:
-            return  # deleted since: no newer push to roll out instead
-        raise
+    current = head_if_present(request.bucket, request.requirements_key)
+    if current is None:
+        return  # deleted since: no newer push to roll out instead
     version = current.get("VersionId")
     if not version or version == request.requirements_version:
         return
@@ -150,12 +145,10 @@ def _same_push(request: RolloutRequest, current_version: str) -> bool:
     if read_bytes(bucket, key, current_version) != read_bytes(bucket, key, request.requirements_version):
         return False
     config_key = request.config_key or key.rsplit("/", 1)[0] + "/layer.toml"
-    try:
-        config_version = client("s3").head_object(Bucket=request.bucket, Key=config_key).get("VersionId")
-    except Exception as exc:
-        if error_code(exc) not in _MISSING:
-            raise
+    config_head = head_if_present(request.bucket, config_key)
+    if config_head is None:
         return request.config_key is None
+    config_version = config_head.get("VersionId")
     if request.config_key is None:
         return False
     if config_version == request.config_version:

@@ -35,6 +35,7 @@ class Settings(BaseModel):
     codecommit_repository: str | None = None
     codecommit_branch: str = "main"
     restore_state_machine_arn: str | None = None
+    tenant_role_arn: str | None = None
     fanout_batch_size: int = Field(default=25, ge=1, le=1000)
     fanout_concurrency: int = Field(default=10, ge=1, le=1000)
     tolerated_failure_percent: float = Field(default=5.0, ge=0, le=100)
@@ -119,6 +120,7 @@ _ENV = {
     "codecommit_repository": "LAYERSHIFT_CODECOMMIT_REPOSITORY",
     "codecommit_branch": "LAYERSHIFT_CODECOMMIT_BRANCH",
     "restore_state_machine_arn": "LAYERSHIFT_RESTORE_STATE_MACHINE_ARN",
+    "tenant_role_arn": "LAYERSHIFT_TENANT_ROLE_ARN",
     "fanout_batch_size": "LAYERSHIFT_FANOUT_BATCH_SIZE",
     "fanout_concurrency": "LAYERSHIFT_FANOUT_CONCURRENCY",
     "tolerated_failure_percent": "LAYERSHIFT_TOLERATED_FAILURE_PERCENT",

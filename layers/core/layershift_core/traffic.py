@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from .aborts import abort_reason, ensure_not_aborted
 from .artifacts import read_json, rollout_prefix, write_json
-from .aws import client, error_code, guarded
+from .aws import client, error_code, guarded, tenant_lambda
 from .builder.build import BUILD_FAILURE_JSON
 from .errors import ConcurrentModification, RollbackIncomplete, RolloutAborted
 from .fanout import (
@@ -65,12 +65,11 @@ def _ours(alias: dict[str, Any], target: TargetPlan) -> bool:
     return alias["FunctionVersion"] in versions and all(version in versions for version in _routing(alias))
 
 
-def set_alias_weight(target: TargetPlan, weight: int) -> None:
+def set_alias_weight(lam: Any, target: TargetPlan, weight: int) -> None:
     """Route ``weight``% of the alias to the new version (100: the alias points at it, no routing).
 
     Guarded by the alias's RevisionId, so a change made since it was read fails instead of being
     overwritten."""
-    lam = client("lambda")
     alias = lam.get_alias(FunctionName=target.function_name, Name=target.alias)
     if not _ours(alias, target):
         raise ConcurrentModification(
@@ -123,6 +122,7 @@ def shift_aliases(event: BatchEvent, settings: Settings, seconds_left: float) ->
     def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
         given = ShiftInput.model_validate(head)
         ensure_not_aborted(settings, given.layer, given.rollout_id)
+        lam = tenant_lambda(settings.tenant_role_arn, given.layer)
 
         def shift(item: dict[str, Any]) -> dict[str, Any]:
             target = TargetPlan.model_validate(item)
@@ -130,7 +130,7 @@ def shift_aliases(event: BatchEvent, settings: Settings, seconds_left: float) ->
                 raise ValueError(f"{target.function_name} has no prepared version")
             weight = weight_for(target, given.step)
             if weight is not None:
-                set_alias_weight(target, weight)
+                set_alias_weight(lam, target, weight)
             return {"function_name": target.function_name, "weight": weight}
 
         return until_out_of_time(items, shift)
@@ -362,9 +362,11 @@ def _restore_layers(lam: Any, target: TargetPlan) -> str | None:
     return None
 
 
-def restore_batch(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Aliases first (they carry the traffic), then ``$LATEST``; (results, items left)."""
-    lam = client("lambda")
+def restore_batch(
+    items: list[dict[str, Any]], layer: str, tenant_role_arn: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Aliases first (they carry the traffic), then ``$LATEST``, as the layer's tenant; (results, items left)."""
+    lam = tenant_lambda(tenant_role_arn, layer)
     targets = [TargetPlan.model_validate(item) for item in items]
     aliases: dict[str, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
@@ -402,7 +404,7 @@ def restore_targets(event: BatchEvent, settings: Settings, seconds_left: float) 
         if record.get("status") in ENDED:
             logger.warning("the rollout ended already: nothing restored", extra={"status": record.get("status")})
             return [{"function_name": item["function_name"], "ended": record["status"]} for item in items], []
-        return restore_batch(items)
+        return restore_batch(items, head["layer"], settings.tenant_role_arn)
 
     return run_pass(event, seconds_left, process)
 

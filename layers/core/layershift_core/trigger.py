@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .artifacts import read_bytes
-from .aws import client, error_code
+from .artifacts import head_if_present, read_bytes
+from .aws import client
 from .models import RolloutRequest, RolloutState
 from .observability import logger
 
@@ -73,13 +73,10 @@ def request_for_push(bucket: str, key: str, version_id: str | None) -> tuple[Rol
     config_key = f"layers/{layer}/layer.toml"
     config: bytes | None = None
     config_version: str | None = None
-    try:
-        head = client("s3").head_object(Bucket=bucket, Key=config_key)
-        config_version = head.get("VersionId")
+    config_head = head_if_present(bucket, config_key)
+    if config_head is not None:
+        config_version = config_head.get("VersionId")
         config = read_bytes(bucket, config_key, config_version)
-    except Exception as exc:
-        if error_code(exc) not in {"404", "NoSuchKey", "NotFound"}:
-            raise
     requirements = read_bytes(bucket, key, version_id)
     head = client("s3").head_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
     metadata = head.get("Metadata", {})

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError, WaiterError
 from pydantic import BaseModel
 
 from .aborts import ensure_not_aborted, ensure_rollout_not_aborted
-from .aws import client, error_code, guarded
+from .aws import error_code, guarded, tenant_lambda
 from .errors import TooManyTargetsFailed
 from .fanout import BatchEvent, raise_first_failure, read_map_run, record_map_run, run_pass
 from .models import RolloutState, TargetPlan, Verdict
@@ -141,10 +141,11 @@ def _skipped(target: TargetPlan, reason: str) -> dict[str, Any]:
 
 
 def prepare_batch(
-    items: list[dict[str, Any]], given: PrepareInput
+    items: list[dict[str, Any]], given: PrepareInput, tenant_role_arn: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The three sweeps over a batch; (results of the finished targets, the items left for the next pass)."""
-    lam = client("lambda")
+    """The three sweeps over a batch, as the layer's tenant; (results of the finished targets, the items
+    left for the next pass)."""
+    lam = tenant_lambda(tenant_role_arn, given.layer)
     targets = [TargetPlan.model_validate(item) for item in items]
     description = f"layershift {given.layer} rollout {given.rollout_id}"[:256]
     results: list[dict[str, Any]] = []
@@ -178,7 +179,7 @@ def prepare_versions(event: BatchEvent, settings: Settings, seconds_left: float)
     def process(items: list[dict[str, Any]], head: dict[str, Any], _deadline: float) -> Any:
         given = PrepareInput.model_validate(head)
         ensure_not_aborted(settings, given.layer, given.rollout_id)
-        return prepare_batch(items, given)
+        return prepare_batch(items, given, settings.tenant_role_arn)
 
     return run_pass(event, seconds_left, process)
 
