@@ -1,6 +1,9 @@
 """What IAM decides with, read from the local AWS as deployed: each role's policies (inline and
-attached, the template after the local deploy resolved it), trust policies, the bucket policy, and
-the tags and resource policies of Lambda functions. Read once per name, when first needed."""
+attached, the template after the local deploy resolved it), trust policies, bucket policies, and
+the tags of Lambda functions. Read once per name, when first needed.
+
+A bucket policy comes from the deployed stack (``DeployedStack.bucket_policies``): the local S3
+applies no conditional Deny, so the deploy keeps those statements there rather than in S3."""
 
 from __future__ import annotations
 
@@ -29,8 +32,16 @@ def role_name(role_arn: str) -> str:
 class DeployedAccount:
     """One account and region of the local AWS. ``client`` makes a boto3 client for a service."""
 
-    def __init__(self, client: Client, account_id: str, region: str, partition: str = "aws") -> None:
+    def __init__(
+        self,
+        client: Client,
+        account_id: str,
+        region: str,
+        bucket_policies: dict[str, Policy] | None = None,
+        partition: str = "aws",
+    ) -> None:
         self._client = client
+        self._bucket_policies = bucket_policies or {}
         self.account_id = account_id
         self.region = region
         self.partition = partition
@@ -68,6 +79,8 @@ class DeployedAccount:
         return _document(role["AssumeRolePolicyDocument"])
 
     def _bucket_policy(self, bucket: str) -> Policy | None:
+        if bucket in self._bucket_policies:
+            return self._bucket_policies[bucket]
         s3 = self._client("s3")
         try:
             return _document(s3.get_bucket_policy(Bucket=bucket)["Policy"])

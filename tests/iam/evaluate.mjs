@@ -11,7 +11,10 @@
 // runSimulation validates the request and drops the context keys the service authorization
 // reference does not list for the action. A key a service sets on every request of its sessions
 // (codebuild:buildArn in a build's role session) is not listed there: with `contextAsGiven` the
-// request is evaluated by runUnsafeSimulation, with the context as given and no explanation.
+// identity policies are evaluated by runUnsafeSimulation, with the context as given (and no
+// explanation). Its resource-policy path fails in this version (it reads the name of an unnamed
+// policy), so a resource policy is evaluated on its own by runSimulation, and the two combine as
+// IAM combines them within one account: an explicit deny of either wins, else an allow of either.
 
 import {
   getDenialReasons,
@@ -44,8 +47,7 @@ async function evaluate(request) {
     ...(request.resourcePolicy ? { resourcePolicy: request.resourcePolicy } : {})
   }
   if (request.contextAsGiven) {
-    const decision = runUnsafeSimulation(simulation, { simulationMode: 'Strict' })
-    return { decision, reasons: [], ignoredContextKeys: [], resourceType: [] }
+    return evaluateAsGiven(request, simulation)
   }
   const response = await runSimulation(simulation, { simulationMode: 'Strict' })
   if (response.resultType === 'error') {
@@ -59,6 +61,22 @@ async function evaluate(request) {
     ignoredContextKeys: [...new Set(results.flatMap((result) => result.ignoredContextKeys ?? []))],
     resourceType: results.map((result) => result.resourceType).filter(Boolean)
   }
+}
+
+async function evaluateAsGiven(request, simulation) {
+  const { resourcePolicy, ...identityOnly } = simulation
+  const decisions = [runUnsafeSimulation(identityOnly, { simulationMode: 'Strict' })]
+  if (resourcePolicy) {
+    const alone = await evaluate({ ...request, identityPolicies: [], contextAsGiven: false })
+    if (alone.decision === 'Error') return alone
+    decisions.push(alone.decision)
+  }
+  const decision = decisions.includes('ExplicitlyDenied')
+    ? 'ExplicitlyDenied'
+    : decisions.includes('Allowed')
+      ? 'Allowed'
+      : 'ImplicitlyDenied'
+  return { decision, reasons: [], ignoredContextKeys: [], resourceType: [] }
 }
 
 const requests = await readStdin()

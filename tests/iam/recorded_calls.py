@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .deployed import DeployedAccount, role_name
+from .deployed import DeployedAccount
+from .principals import RoleSession
 from .simulator import Context, IamRequest, Policy, actions_of
 
 # boto3 service name -> IAM service prefix, where they differ.
@@ -139,7 +140,7 @@ def iam_requests(call: dict[str, Any], account: DeployedAccount) -> list[Transla
     prefix = IAM_PREFIX.get(service, service)
     action = known[operation] or operation
     params = call["params"]
-    principal = _Principal.of(call, account)
+    signer = _signer(call, account)
     if service == "s3":
         pairs = _s3(operation, action, params, account)
     elif service == "dynamodb" and operation == "TransactWriteItems":
@@ -161,62 +162,26 @@ def iam_requests(call: dict[str, Any], account: DeployedAccount) -> list[Transla
         full_action = f"{prefix}:{action_name}"
         if not _takes_a_resource(prefix, action_name):
             resource = "*"
-        context = {**principal.context(), **context, **_resource_context(resource, account)}
-        translated.append(
-            Translated(
-                call,
-                IamRequest.of(
-                    principal=principal.arn,
-                    action=full_action,
-                    resource=resource,
-                    account_id=account.account_id,
-                    identity_policies=account.role_policies(principal.role_arn),
-                    context=context,
-                    resource_policy=_resource_policy(prefix, resource, account),
-                ),
-            )
-        )
+        context = {**context, **_resource_context(resource, account)}
+        policy = _resource_policy(prefix, resource, account)
+        translated.append(Translated(call, signer.request(account, full_action, resource, context, policy)))
     return translated
 
 
-@dataclass(frozen=True)
-class _Principal:
+def _signer(call: dict[str, Any], account: DeployedAccount) -> RoleSession:
     """Who signed a call: the function's execution role, or a role session it assumed."""
-
-    role_arn: str
-    session_name: str
-    session_tags: tuple[tuple[str, str], ...]
-    account_id: str
-
-    @classmethod
-    def of(cls, call: dict[str, Any], account: DeployedAccount) -> _Principal:
-        signer = call["principal"]
-        if not signer.get("role_arn"):
-            raise AssertionError(
-                f"{call['function']}'s {call['service']}.{call['operation']} was signed by credentials that are "
-                f"neither its execution role's nor a role session it assumed: {signer}"
-            )
-        return cls(
-            role_arn=signer["role_arn"],
-            session_name=signer.get("session_name") or call["function"],
-            session_tags=tuple(sorted((signer.get("session_tags") or {}).items())),
-            account_id=account.account_id,
+    signer = call["principal"]
+    if not signer.get("role_arn"):
+        raise AssertionError(
+            f"{call['function']}'s {call['service']}.{call['operation']} was signed by credentials that are "
+            f"neither its execution role's nor a role session it assumed: {signer}"
         )
-
-    @property
-    def arn(self) -> str:
-        return f"arn:aws:sts::{self.account_id}:assumed-role/{role_name(self.role_arn)}/{self.session_name}"
-
-    def context(self) -> Context:
-        context: Context = {
-            "aws:PrincipalArn": self.role_arn,
-            "aws:PrincipalAccount": self.account_id,
-            "aws:PrincipalType": "AssumedRole",
-            "aws:SecureTransport": "true",
-        }
-        for key, value in self.session_tags:
-            context[f"aws:PrincipalTag/{key}"] = value
-        return context
+    return RoleSession(
+        role_arn=signer["role_arn"],
+        session_name=signer.get("session_name") or call["function"],
+        account_id=account.account_id,
+        session_tags=tuple(sorted((signer.get("session_tags") or {}).items())),
+    )
 
 
 def _takes_a_resource(prefix: str, action: str) -> bool:

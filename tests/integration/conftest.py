@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from layershift.controlplane import ControlPlane, from_outputs
+from layershift.local.deploy import DeployedStack, deploy_control_plane
 from layershift.local.server import LocalAws
 
 from .support import ROOT, STACK_PARAMETERS
@@ -44,8 +45,11 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory, fault_plan: Path, call_l
 
 
 @pytest.fixture(scope="session")
-def control_plane(local_aws: LocalAws) -> ControlPlane:
-    from layershift.local.deploy import deploy_control_plane
+def deployed_stack(local_aws: LocalAws) -> DeployedStack:
+    """The session's control plane as the local deploy created it (names, ARNs, bucket policies)."""
+    return deploy_control_plane(local_aws, ROOT, parameters=STACK_PARAMETERS)
 
-    stack = deploy_control_plane(local_aws, ROOT, parameters=STACK_PARAMETERS)
-    return from_outputs(stack.outputs, local_aws.region, local_aws.endpoint_url)
+
+@pytest.fixture(scope="session")
+def control_plane(local_aws: LocalAws, deployed_stack: DeployedStack) -> ControlPlane:
+    return from_outputs(deployed_stack.outputs, local_aws.region, local_aws.endpoint_url)

@@ -4,7 +4,8 @@ a resource policy, trust policies) by @cloud-copilot/iam-simulate (tests/iam).
 
 Two rollouts on two functions each: one promoted through an approval, one rolled back by its
 gating alarm, so the restore path runs too. The local functions record each call, its parameters
-and who signed it (`layershift/local/call_recorder.py`).
+and who signed it (`layershift/local/call_recorder.py`): the execution role, or the tenant role's
+session with its layershift:layer tag, which must be the one to change every target.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from layershift import controlplane
 from layershift.controlplane import ControlPlane
+from layershift.local.deploy import DeployedStack
 from layershift.local.server import LocalAws
 from tests.iam.deployed import DeployedAccount
 from tests.iam.recorded_calls import Translated, iam_requests, load_calls
@@ -41,6 +43,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.network]
 REQUIRED = {
     ("PublishLayerFunction", "lambda:PublishLayerVersion"),
     ("PublishLayerFunction", "s3:PutObject"),
+    ("PrepareVersionsFunction", "sts:AssumeRole"),
+    ("PrepareVersionsFunction", "sts:TagSession"),
     ("PrepareVersionsFunction", "lambda:UpdateFunctionConfiguration"),
     ("PrepareVersionsFunction", "lambda:PublishVersion"),
     ("ShiftAliasesFunction", "lambda:UpdateAlias"),
@@ -112,6 +116,11 @@ def _wait_until_quiet(call_log: Path) -> None:
     wait_until(quiet, timeout=120, interval=0.5)
 
 
+def _as_a_tenant(call: dict[str, Any], tenant_role: str) -> bool:
+    signer = call["principal"]
+    return signer.get("role_arn") == tenant_role and bool((signer.get("session_tags") or {}).get("layershift:layer"))
+
+
 def _denials(translated: list[Translated]) -> list[str]:
     distinct = list(dict.fromkeys(t.request for t in translated))
     decisions = dict(zip(distinct, evaluate(distinct), strict=True))
@@ -125,6 +134,7 @@ def _denials(translated: list[Translated]) -> list[str]:
 
 def test_every_call_of_a_rollout_is_allowed_by_the_deployed_policies(
     control_plane: ControlPlane,
+    deployed_stack: DeployedStack,
     local_aws: LocalAws,
     call_log: Path,
     record_property: Callable[[str, Any], None],
@@ -137,16 +147,19 @@ def test_every_call_of_a_rollout_is_allowed_by_the_deployed_policies(
     _wait_until_quiet(call_log)
 
     calls = load_calls(call_log, since=started)
-    account = DeployedAccount(cp.client, local_aws.account_id, local_aws.region)
+    account = DeployedAccount(cp.client, local_aws.account_id, local_aws.region, deployed_stack.bucket_policies)
     translated = [item for call in calls for item in iam_requests(call, account)]
     made = {(_logical_id(item.call["function"]), item.request.action) for item in translated}
     assert made >= REQUIRED, f"the rollouts did not make {sorted(REQUIRED - made)}"
-    tenant_sessions = {
-        item.call["principal"].get("session_name") for item in translated if item.request.action in MUTATIONS
-    }
-    if any(item.request.action == "sts:AssumeRole" for item in translated):
-        # The functions act on targets through the tenant role's session, never their own role.
-        assert None not in tenant_sessions, "a Lambda mutation was made with a function's own role"
+    # Every change to a target is made as the tenant role, in a session tagged with a layer (which
+    # layer may change which function is the evaluation's to say).
+    tenant = deployed_stack.arns["TenantRole"]
+    strays = [
+        item.describe()
+        for item in translated
+        if item.request.action in MUTATIONS and not _as_a_tenant(item.call, tenant)
+    ]
+    assert not strays, "Lambda changes not made as a tenant of a layer:\n" + "\n".join(strays)
 
     denied = _denials(translated)
     assert not denied, "calls of the rollout the deployed IAM policies deny:\n" + "\n".join(denied)
