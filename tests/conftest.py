@@ -46,14 +46,18 @@ except ImportError:  # pragma: no cover - xdist is a dev dependency; without it 
 
 if LoadScopeScheduling is not None:
 
+    # Tests that run as one unit of work on one worker (see TierScheduling).
+    ONE_UNIT = ("tests/emulator/", "tests/integration/test_iam_tenancy_escapes.py")
+
     class TierScheduling(LoadScopeScheduling):
         """Every test is a unit of work of its own, except the emulator tier: its tests start local
         AWS instances of their own, one at a time per process, so they run as one unit on one
         worker. xdist hands out the biggest unit first, so that worker runs them before any
-        integration test starts the session's shared local AWS there."""
+        integration test starts the session's shared local AWS there. The IAM escapes share a second
+        control plane that their module deploys: as one unit, it is deployed once."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return "tests/emulator" if nodeid.startswith("tests/emulator/") else nodeid
+            return next((unit for unit in ONE_UNIT if nodeid.startswith(unit)), nodeid)
 
     def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadScopeScheduling:
         return TierScheduling(config, log)
