@@ -11,6 +11,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 IAM_EVALUATOR := tests/iam
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt $(IAM_EVALUATOR)/package-lock.json | sha256sum | cut -c1-12)
+# checkov cannot share the project's venv: it pins boto3==1.35.49 and packaging<24, where the project
+# needs packaging>=24 and the local AWS boto3 1.43. It gets a venv of its own, pinned whole.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cat constraints-checkov.txt | sha256sum | cut -c1-12)
 export AWS_DEFAULT_REGION ?= us-east-1
 export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 
@@ -19,7 +23,7 @@ export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 help:
 	@echo "make demo   a real rollout on the local emulated AWS: one promotion, one automatic rollback"
 	@echo "make test   lint, statelint, sam validate and the whole pytest suite"
-	@echo "make lint   ruff, mypy, statelint and sam validate --lint only"
+	@echo "make lint   ruff, mypy, statelint, sam validate --lint, cfn-lint and checkov only"
 
 $(STAMP):
 	@if [ -z "$(PY313)" ]; then echo "note: python3.13 not found; using $$($(PYTHON) --version). Layers are built without bytecode and 'sam build' needs python3.13 on PATH."; fi
@@ -35,16 +39,30 @@ $(STAMP):
 	fi
 	touch $@
 
+$(CHECKOV_STAMP):
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints-checkov.txt checkov
+	touch $@
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/layershift demo
 
-lint: $(STAMP)
+# cfn-lint runs again on its own for its informational rules, which sam validate leaves out (I3011:
+# every stateful resource says what deletion and replacement do to it). checkov's cloudformation
+# framework reads SAM templates (its serverless framework is the Serverless Framework's); a finding is
+# fixed, or skipped on its resource with the reason (Metadata: checkov: skip). --skip-download keeps it
+# offline.
+lint: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy layers/core/layershift_core functions/*/app.py
 	$(BIN)/python -m layershift.asl_lint statemachines/*.asl.json
 	$(BIN)/sam validate --lint --template template.yaml
+	$(BIN)/cfn-lint template.yaml --include-checks I
+	$(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
@@ -75,4 +93,4 @@ scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(IAM_EVALUATOR)/node_modules .aws-sam .layershift .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(IAM_EVALUATOR)/node_modules .aws-sam .layershift .pytest_cache .ruff_cache

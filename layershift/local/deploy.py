@@ -45,6 +45,8 @@ _LAMBDA_BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicEx
 
 
 _XRAY_WRITE_ONLY = "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess"
+# The action SAM grants a function's role on its DeadLetterQueue, by queue type.
+_DEAD_LETTER_ACTIONS = {"SQS": "sqs:SendMessage", "SNS": "sns:Publish"}
 
 
 class UnsupportedResource(RuntimeError):
@@ -75,7 +77,8 @@ class DeployedStack:
     state machines and layer versions), ``names`` the plain physical name, ``arns`` the ARN where
     the resource has one, ``outputs`` the evaluated template Outputs. ``local_adaptations`` names
     each resource created differently from AWS, with the reason (only where the local endpoint
-    itself makes the AWS form impossible, such as a TLS-only bucket policy on a plain-HTTP endpoint).
+    itself makes the AWS form impossible, such as a TLS-only bucket policy on a plain-HTTP endpoint,
+    or where the emulator does not keep a setting it was given, such as a function's DeadLetterConfig).
     ``bucket_policies`` keeps each bucket policy as the template gives it, resolved, every statement
     included: what an IAM evaluation of the stack reads.
     """
@@ -207,6 +210,10 @@ class _Deployer:
             "AWS::DynamoDB::Table": self._table,
             "AWS::SNS::Topic": self._topic,
             "AWS::SNS::Subscription": self._subscription,
+            "AWS::KMS::Key": self._kms_key,
+            "AWS::SQS::Queue": self._queue,
+            "AWS::SQS::QueuePolicy": self._queue_policy,
+            "AWS::CloudWatch::Alarm": self._alarm,
             "AWS::Logs::LogGroup": self._log_group,
             "AWS::IAM::Role": self._role,
             "AWS::IAM::Policy": self._policy,
@@ -339,6 +346,9 @@ class _Deployer:
         sse = props.take("SSESpecification")
         if sse:
             kwargs["SSESpecification"] = {"Enabled": sse.get("SSEEnabled") in (True, "true")}
+        protection = props.take("DeletionProtectionEnabled")
+        if protection is not None:
+            kwargs["DeletionProtectionEnabled"] = protection in (True, "true")
         tags = props.take("Tags")
         if tags:
             kwargs["Tags"] = tags
@@ -385,6 +395,102 @@ class _Deployer:
         arn = response["SubscriptionArn"]
         return _Created(arn, logical_id, arn, {"Arn": arn})
 
+    def _kms_key(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
+        kms = self.client("kms")
+        kwargs: dict[str, Any] = {
+            "Description": props.take("Description", ""),
+            "KeyUsage": props.take("KeyUsage", "ENCRYPT_DECRYPT"),
+            "KeySpec": props.take("KeySpec", "SYMMETRIC_DEFAULT"),
+        }
+        policy = props.take("KeyPolicy")
+        if policy is not None:
+            kwargs["Policy"] = json.dumps(policy)
+        tags = props.take("Tags")
+        if tags:
+            kwargs["Tags"] = [{"TagKey": tag["Key"], "TagValue": tag["Value"]} for tag in tags]
+        key = kms.create_key(**kwargs)["KeyMetadata"]
+        if props.take("EnableKeyRotation") in (True, "true"):
+            kms.enable_key_rotation(KeyId=key["KeyId"])
+        # Only used when the key is scheduled for deletion, which a deploy never does.
+        props.acknowledge("PendingWindowInDays")
+        return _Created(key["KeyId"], logical_id, key["Arn"], {"Arn": key["Arn"], "KeyId": key["KeyId"]})
+
+    def _queue(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
+        name = self._name(logical_id, resource, props)
+        sqs = self.client("sqs")
+        attributes: dict[str, str] = {}
+        for key in (
+            "DelaySeconds",
+            "KmsDataKeyReusePeriodSeconds",
+            "KmsMasterKeyId",
+            "MaximumMessageSize",
+            "MessageRetentionPeriod",
+            "ReceiveMessageWaitTimeSeconds",
+            "VisibilityTimeout",
+        ):
+            value = props.take(key)
+            if value is not None:
+                attributes[key] = str(value)
+        managed_sse = props.take("SqsManagedSseEnabled")
+        if managed_sse is not None:
+            attributes["SqsManagedSseEnabled"] = "true" if managed_sse in (True, "true") else "false"
+        redrive = props.take("RedrivePolicy")
+        if redrive is not None:
+            attributes["RedrivePolicy"] = json.dumps(redrive)
+        tags = props.take("Tags")
+        url = sqs.create_queue(
+            QueueName=name,
+            Attributes=attributes,
+            **({"tags": {tag["Key"]: str(tag["Value"]) for tag in tags}} if tags else {}),
+        )["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        return _Created(url, name, arn, {"Arn": arn, "QueueName": name, "QueueUrl": url})
+
+    def _queue_policy(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
+        document = json.dumps(props.require("PolicyDocument"))
+        sqs = self.client("sqs")
+        for url in props.require("Queues"):
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": document})
+        return _Created(logical_id, logical_id, None, {})
+
+    def _alarm(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
+        name = self._name(logical_id, resource, props)
+        if props.has("Metrics"):
+            raise UnsupportedResource(logical_id, resource["Type"], "metric math alarms are not supported locally")
+        kwargs: dict[str, Any] = {
+            "AlarmName": name,
+            "Namespace": props.require("Namespace"),
+            "MetricName": props.require("MetricName"),
+            "Period": int(props.require("Period")),
+            "EvaluationPeriods": int(props.require("EvaluationPeriods")),
+            "Threshold": float(props.require("Threshold")),
+            "ComparisonOperator": props.require("ComparisonOperator"),
+        }
+        for key in ("AlarmDescription", "Statistic", "ExtendedStatistic", "TreatMissingData", "Unit"):
+            value = props.take(key)
+            if value is not None:
+                kwargs[key] = value
+        datapoints = props.take("DatapointsToAlarm")
+        if datapoints is not None:
+            kwargs["DatapointsToAlarm"] = int(datapoints)
+        enabled = props.take("ActionsEnabled")
+        if enabled is not None:
+            kwargs["ActionsEnabled"] = enabled in (True, "true")
+        for key in ("AlarmActions", "OKActions", "InsufficientDataActions"):
+            value = props.take(key)
+            if value:
+                kwargs[key] = list(value)
+        dimensions = props.take("Dimensions")
+        if dimensions:
+            kwargs["Dimensions"] = [{"Name": d["Name"], "Value": str(d["Value"])} for d in dimensions]
+        tags = props.take("Tags")
+        if tags:
+            kwargs["Tags"] = tags
+        cloudwatch = self.client("cloudwatch")
+        cloudwatch.put_metric_alarm(**kwargs)
+        arn = self.arn("cloudwatch", f"alarm:{name}")
+        return _Created(name, name, arn, {"Arn": arn})
+
     def _log_group(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
         name = self._name(logical_id, resource, props)
         logs = self.client("logs")
@@ -429,8 +535,16 @@ class _Deployer:
             _ensure_aws_managed_policy(self.account, policy_arn)
         self.client("iam").attach_role_policy(RoleName=role_name, PolicyArn=policy_arn)
 
-    def _sam_role(self, owner_id: str, principal: str, policies: list[Any], managed: list[str]) -> str:
-        """The role SAM generates for a function or state machine (``<LogicalId>Role``)."""
+    def _sam_role(
+        self,
+        owner_id: str,
+        principal: str,
+        policies: list[Any],
+        managed: list[str],
+        generated: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The role SAM generates for a function or state machine (``<LogicalId>Role``), with the
+        inline policies SAM adds of its own (``generated``, such as ``DeadLetterQueuePolicy``)."""
         role_id = f"{owner_id}Role"
         name = generated_name(self.ctx.stack_name, role_id, "AWS::IAM::Role")
         iam = self.client("iam")
@@ -449,6 +563,10 @@ class _Deployer:
             document = self._sam_policy_document(owner_id, policy)
             iam.put_role_policy(
                 RoleName=name, PolicyName=f"{role_id}Policy{index}", PolicyDocument=json.dumps(document)
+            )
+        for policy in generated or []:
+            iam.put_role_policy(
+                RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(policy["PolicyDocument"])
             )
         self._record(role_id, "AWS::IAM::Role", _Created(name, name, role["Arn"], {"Arn": role["Arn"]}))
         return role["Arn"]
@@ -518,7 +636,25 @@ class _Deployer:
         policies = props.take("Policies", [])
         if isinstance(policies, dict | str):
             policies = [policies]
-        role_arn = role or self._sam_role(logical_id, SAM_ROLE_TYPES[rtype], policies, managed)
+        dead_letter = props.take("DeadLetterQueue")
+        generated: list[dict[str, Any]] = []
+        if dead_letter is not None:
+            action = _DEAD_LETTER_ACTIONS.get(dead_letter.get("Type"))
+            if action is None or not dead_letter.get("TargetArn"):
+                raise UnsupportedResource(
+                    logical_id, rtype, f"DeadLetterQueue {dead_letter} needs Type SQS or SNS and TargetArn"
+                )
+            # SAM's own inline policy for it, beside the function's Policies.
+            generated.append(
+                {
+                    "PolicyName": "DeadLetterQueuePolicy",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [{"Action": action, "Resource": dead_letter["TargetArn"], "Effect": "Allow"}],
+                    },
+                }
+            )
+        role_arn = role or self._sam_role(logical_id, SAM_ROLE_TYPES[rtype], policies, managed, generated)
         environment = props.take("Environment", {}).get("Variables", {})
         tags = {"lambda:createdBy": "SAM", **{k: str(v) for k, v in props.take("Tags", {}).items()}}
         kwargs: dict[str, Any] = {
@@ -538,11 +674,19 @@ class _Deployer:
         }
         if tracing:
             kwargs["TracingConfig"] = {"Mode": "Active" if tracing == "Active" else "PassThrough"}
+        if dead_letter is not None:
+            kwargs["DeadLetterConfig"] = {"TargetArn": dead_letter["TargetArn"]}
         for key in ("ReservedConcurrentExecutions",):
             value = props.take(key)
             if value is not None:
                 raise UnsupportedResource(logical_id, rtype, f"{key} is not supported by the local deployer")
         response = self.client("lambda").create_function(**kwargs)
+        if dead_letter is not None and "DeadLetterConfig" not in response:
+            # The emulated Lambda accepts DeadLetterConfig and drops it; the role still carries SAM's
+            # DeadLetterQueuePolicy, and the template test checks the setting itself.
+            self.stack.local_adaptations[logical_id] = (
+                "DeadLetterConfig not kept: the emulated Lambda drops it (and runs no asynchronous retries)"
+            )
         arn = response["FunctionArn"]
         return _Created(name, name, arn, {"Arn": arn})
 

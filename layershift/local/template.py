@@ -33,6 +33,8 @@ _NAME_LIMITS: dict[str, int] = {
     "AWS::CodeBuild::Project": 255,
     "AWS::Serverless::StateMachine": 80,
     "AWS::Serverless::LayerVersion": 140,
+    "AWS::SQS::Queue": 80,
+    "AWS::CloudWatch::Alarm": 255,
 }
 # Types CloudFormation names without the stack name in front.
 _NAMED_WITHOUT_STACK = {"AWS::CodeBuild::Project", "AWS::Serverless::StateMachine"}
@@ -49,6 +51,8 @@ NAME_PROPERTIES: dict[str, str] = {
     "AWS::Serverless::Function": "FunctionName",
     "AWS::Serverless::StateMachine": "Name",
     "AWS::Serverless::LayerVersion": "LayerName",
+    "AWS::SQS::Queue": "QueueName",
+    "AWS::CloudWatch::Alarm": "AlarmName",
 }
 # SAM resources that bring a generated IAM role named <LogicalId>Role.
 SAM_ROLE_TYPES = {
@@ -422,8 +426,9 @@ def physical_name(ctx: TemplateContext, logical_id: str, resource: dict[str, Any
     rtype = resource["Type"]
     if rtype == "AWS::S3::BucketPolicy":
         return str(resolve(ctx, resource["Properties"]["Bucket"]))
-    if rtype in ("AWS::Lambda::Permission", "AWS::SNS::Subscription"):
-        # A permission is the function policy statement named after its logical id.
+    if rtype in ("AWS::Lambda::Permission", "AWS::SNS::Subscription", "AWS::SQS::QueuePolicy", "AWS::KMS::Key"):
+        # A permission is the function policy statement named after its logical id; a queue policy
+        # and a KMS key have no name of their own (a key's id is chosen when it is created).
         return logical_id
     prop = NAME_PROPERTIES.get(rtype)
     if prop is None:

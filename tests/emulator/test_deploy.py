@@ -80,11 +80,49 @@ def _check_table(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     ttl = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
     assert ttl["AttributeName"] == "expires_at" and ttl["TimeToLiveStatus"] == "ENABLED"
+    assert table["DeletionProtectionEnabled"] is True
 
 
 def _check_topic(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     attributes = aws.client("sns").get_topic_attributes(TopicArn=stack.physical_ids[lid])["Attributes"]
-    assert attributes["KmsMasterKeyId"] == "alias/aws/sns"
+    assert attributes["KmsMasterKeyId"] == stack.physical_ids["MessageKey"]
+
+
+def _check_key(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
+    kms, key_id = aws.client("kms"), stack.physical_ids[lid]
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"] == stack.arns[lid]
+    assert kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is True
+    policy = json.loads(kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"])
+    services = {s["Principal"]["Service"] for s in policy["Statement"] if "Service" in s["Principal"]}
+    assert services == {"cloudwatch.amazonaws.com", "events.amazonaws.com"}
+
+
+def _check_queue(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
+    attributes = aws.client("sqs").get_queue_attributes(QueueUrl=stack.physical_ids[lid], AttributeNames=["All"])[
+        "Attributes"
+    ]
+    assert attributes["QueueArn"] == stack.arns[lid]
+    assert attributes["MessageRetentionPeriod"] == "1209600"
+    assert attributes["KmsMasterKeyId"] == stack.physical_ids["MessageKey"]
+
+
+def _check_queue_policy(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
+    queue = stack.physical_ids["TriggerDeadLetterQueue"]
+    policy = aws.client("sqs").get_queue_attributes(QueueUrl=queue, AttributeNames=["Policy"])["Attributes"]["Policy"]
+    (statement,) = json.loads(policy)["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    rules = [stack.arns[rule] for rule, rtype in stack.types.items() if rtype == "AWS::Events::Rule"]
+    assert sorted(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == sorted(rules)
+
+
+def _check_alarm(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
+    (alarm,) = aws.client("cloudwatch").describe_alarms(AlarmNames=[stack.names[lid]])["MetricAlarms"]
+    assert alarm["AlarmArn"] == stack.arns[lid]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": stack.names["TriggerDeadLetterQueue"]}]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0.0)
+    assert alarm["AlarmActions"] == [stack.physical_ids["NotificationTopic"]]
 
 
 def _check_log_group(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
@@ -161,6 +199,15 @@ def _check_function(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     assert config["Role"] == stack.arns.get(f"{lid}Role", stack.arns["ChangeFunctionsRole"])
     if "LAYERSHIFT_TENANT_ROLE_ARN" in variables:
         assert variables["LAYERSHIFT_TENANT_ROLE_ARN"] == stack.arns["TenantRole"]
+    if lid in set(RULE_TARGETS.values()):
+        # SAM's own grant for the function's DeadLetterQueue; the emulated Lambda drops the setting
+        document = aws.client("iam").get_role_policy(
+            RoleName=stack.names[f"{lid}Role"], PolicyName="DeadLetterQueuePolicy"
+        )
+        assert document["PolicyDocument"]["Statement"] == [
+            {"Action": "sqs:SendMessage", "Resource": stack.arns["TriggerDeadLetterQueue"], "Effect": "Allow"}
+        ]
+        assert "DeadLetterConfig" in config or "DeadLetterConfig" in stack.local_adaptations[lid]
 
 
 # rule (or its permission) -> the function it invokes
@@ -188,8 +235,10 @@ def _check_rule(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
         ]
     else:
         assert pattern["detail-type"] == ["CloudWatch Alarm State Change"]
+        assert pattern["account"] == [aws.account_id]
     (target,) = events.list_targets_by_rule(Rule=stack.names[lid])["Targets"]
     assert target["Arn"] == stack.arns[RULE_TARGETS[lid]]
+    assert target["DeadLetterConfig"] == {"Arn": stack.arns["TriggerDeadLetterQueue"]}
 
 
 def _check_permission(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
@@ -204,6 +253,10 @@ CHECKS: dict[str, Callable[[LocalAws, DeployedStack, str], None]] = {
     "AWS::S3::BucketPolicy": _check_bucket_policy,
     "AWS::DynamoDB::Table": _check_table,
     "AWS::SNS::Topic": _check_topic,
+    "AWS::KMS::Key": _check_key,
+    "AWS::SQS::Queue": _check_queue,
+    "AWS::SQS::QueuePolicy": _check_queue_policy,
+    "AWS::CloudWatch::Alarm": _check_alarm,
     "AWS::Logs::LogGroup": _check_log_group,
     "AWS::IAM::Role": _check_role,
     "AWS::IAM::Policy": _check_policy,
@@ -235,7 +288,30 @@ def test_outputs_resolve_to_the_local_resources(stack: DeployedStack) -> None:
         "LayerBuildProjectName": stack.names["LayerBuildProject"],
         "LayerNamePrefix": "layershift-",
         "ApproveRolloutFunctionName": stack.physical_ids["ApproveRolloutFunction"],
+        "TriggerDeadLetterQueueUrl": stack.physical_ids["TriggerDeadLetterQueue"],
+        "TriggerDeadLetterQueueArn": stack.arns["TriggerDeadLetterQueue"],
     }
+
+
+def test_every_rule_target_dead_letters_to_a_queue_an_alarm_watches(aws: LocalAws, stack: DeployedStack) -> None:
+    """The deployed rules keep their targets' DeadLetterConfig, and the queue it names has the alarm
+    that notifies the topic."""
+    events, cloudwatch = aws.client("events"), aws.client("cloudwatch")
+    rules = [lid for lid, rtype in stack.types.items() if rtype == "AWS::Events::Rule"]
+    assert sorted(rules) == ["AlarmStateChangeRule", "ExecutionEndedRule", "RolloutTriggerRule"]
+    queues = set()
+    for rule in rules:
+        for target in events.list_targets_by_rule(Rule=stack.names[rule])["Targets"]:
+            queues.add(target["DeadLetterConfig"]["Arn"])
+    assert queues == {stack.arns["TriggerDeadLetterQueue"]}
+    alarms = cloudwatch.describe_alarms(AlarmNamePrefix=f"{stack.stack_name}-")["MetricAlarms"]
+    watching = [
+        alarm
+        for alarm in alarms
+        if alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        and alarm["Dimensions"] == [{"Name": "QueueName", "Value": stack.names["TriggerDeadLetterQueue"]}]
+    ]
+    assert [alarm["AlarmActions"] for alarm in watching] == [[stack.physical_ids["NotificationTopic"]]]
 
 
 def test_roles_carry_the_template_policies(aws: LocalAws, stack: DeployedStack) -> None:

@@ -245,7 +245,7 @@ def test_registry_table_and_topic(resources: dict[str, Any]) -> None:
         {"AttributeName": "sk", "KeyType": "RANGE"},
     ]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
-    assert resources["NotificationTopic"]["Properties"]["KmsMasterKeyId"] == "alias/aws/sns"
+    assert resources["NotificationTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "MessageKey"}
 
 
 def test_core_layer_is_built_by_sam(resources: dict[str, Any]) -> None:
@@ -521,3 +521,150 @@ def test_only_the_control_plane_writes_rollouts_and_artifacts(resources: dict[st
             if writes and ("/rollouts/" in targets or "/artifacts/" in targets):
                 writers.add(logical_id if resource["Type"] == "AWS::IAM::Role" else f"{logical_id}Role")
     assert exempt == writers
+
+
+# ---------------------------------------------------------------------------------------- hardening
+
+
+def _of_type(resources: dict[str, Any], *types: str) -> dict[str, dict[str, Any]]:
+    return {lid: resource for lid, resource in resources.items() if resource["Type"] in types}
+
+
+def _key_statement_for(resources: dict[str, Any], key_ref: Any, service: str) -> dict[str, Any]:
+    """The statement of the key ``key_ref`` names that lets ``service`` encrypt for it."""
+    assert isinstance(key_ref, dict) and set(key_ref) == {"Ref"}, f"{key_ref} is not a key of this stack"
+    key = resources[key_ref["Ref"]]
+    assert key["Type"] == "AWS::KMS::Key"
+    statements = key["Properties"]["KeyPolicy"]["Statement"]
+    (statement,) = [s for s in statements if s["Principal"] == {"Service": service}]
+    assert statement["Effect"] == "Allow"
+    assert {"kms:Decrypt"} <= set(_as_list(statement["Action"]))
+    assert any(a.startswith("kms:GenerateDataKey") for a in _as_list(statement["Action"]))
+    return statement
+
+
+def test_every_rule_target_has_a_dead_letter_queue_that_an_alarm_watches(resources: dict[str, Any]) -> None:
+    """An event EventBridge cannot deliver lands in an encrypted queue, kept 14 days, whose first
+    message raises an alarm on the notification topic."""
+    rules = _of_type(resources, "AWS::Events::Rule")
+    assert set(rules) >= {"RolloutTriggerRule", "AlarmStateChangeRule", "ExecutionEndedRule", "CodeCommitTriggerRule"}
+    alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
+    for rule_id, rule in rules.items():
+        for target in rule["Properties"]["Targets"]:
+            dead_letter = target.get("DeadLetterConfig", {}).get("Arn")
+            assert dead_letter, f"{rule_id} target {target['Id']} has no DeadLetterConfig"
+            queue_id, attribute = dead_letter["Fn::GetAtt"]
+            assert attribute == "Arn" and resources[queue_id]["Type"] == "AWS::SQS::Queue"
+            queue = resources[queue_id]["Properties"]
+            assert queue["MessageRetentionPeriod"] == 1209600
+            encrypted = queue.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in queue
+            assert encrypted, f"{queue_id} is not encrypted"
+            if "KmsMasterKeyId" in queue:  # EventBridge needs the key's grant to send
+                _key_statement_for(resources, queue["KmsMasterKeyId"], "events.amazonaws.com")
+            watching = [
+                alarm["Properties"]
+                for alarm in alarms.values()
+                if alarm["Properties"]["Namespace"] == "AWS/SQS"
+                and alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+                and alarm["Properties"]["Dimensions"]
+                == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+            ]
+            assert len(watching) == 1, f"{queue_id} needs one alarm on ApproximateNumberOfMessagesVisible"
+            (alarm,) = watching
+            assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["Threshold"] == 0
+            assert alarm["TreatMissingData"] == "notBreaching"
+            assert {"Ref": "NotificationTopic"} in alarm["AlarmActions"]
+
+
+def test_the_alarm_can_reach_the_topic(resources: dict[str, Any]) -> None:
+    """CloudWatch cannot publish to a topic under the AWS managed key aws/sns: the topic's key must
+    grant it, or the dead-letter alarm would never notify."""
+    key_ref = resources["NotificationTopic"]["Properties"]["KmsMasterKeyId"]
+    assert key_ref != "alias/aws/sns"
+    statement = _key_statement_for(resources, key_ref, "cloudwatch.amazonaws.com")
+    assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    key = resources[key_ref["Ref"]]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    # the wildcard statement is the AWS managed keys' own: this account only, through SNS or SQS only
+    (anyone,) = [s for s in key["KeyPolicy"]["Statement"] if s["Principal"] == {"AWS": "*"}]
+    condition = anyone["Condition"]["StringEquals"]
+    assert condition["kms:CallerAccount"] == {"Ref": "AWS::AccountId"}
+    assert {json.dumps(service) for service in condition["kms:ViaService"]} == {
+        json.dumps({"Fn::Sub": "sns.${AWS::Region}.${AWS::URLSuffix}"}),
+        json.dumps({"Fn::Sub": "sqs.${AWS::Region}.${AWS::URLSuffix}"}),
+    }
+
+
+def test_only_the_stacks_rules_may_send_to_the_dead_letter_queue(resources: dict[str, Any]) -> None:
+    rules = _of_type(resources, "AWS::Events::Rule")
+    queues = {
+        target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
+        for rule in rules.values()
+        for target in rule["Properties"]["Targets"]
+    }
+    for queue_id in queues:
+        policies = [
+            policy["Properties"]
+            for policy in _of_type(resources, "AWS::SQS::QueuePolicy").values()
+            if {"Ref": queue_id} in policy["Properties"]["Queues"]
+        ]
+        assert len(policies) == 1, f"{queue_id} needs one queue policy"
+        (statement,) = policies[0]["PolicyDocument"]["Statement"]
+        assert statement["Effect"] == "Allow"
+        assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+        assert _as_list(statement["Action"]) == ["sqs:SendMessage"]
+        assert statement["Resource"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+        sources = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+        expected = []
+        for rule_id, rule in rules.items():
+            arn = {"Fn::GetAtt": [rule_id, "Arn"]}
+            condition = rule.get("Condition")
+            expected.append({"Fn::If": [condition, arn, {"Ref": "AWS::NoValue"}]} if condition else arn)
+        assert sorted(map(json.dumps, sources)) == sorted(map(json.dumps, expected))
+
+
+def test_functions_the_rules_invoke_keep_what_they_fail_on(resources: dict[str, Any]) -> None:
+    """EventBridge invokes its targets asynchronously: what a function still fails on after Lambda's
+    retries goes to the same dead-letter queue (the rule's DeadLetterConfig covers only delivery)."""
+    for rule in _of_type(resources, "AWS::Events::Rule").values():
+        for target in rule["Properties"]["Targets"]:
+            function_id = target["Arn"]["Fn::GetAtt"][0]
+            dead_letter = resources[function_id]["Properties"].get("DeadLetterQueue")
+            assert dead_letter == {"Type": "SQS", "TargetArn": target["DeadLetterConfig"]["Arn"]}, function_id
+
+
+def test_the_alarm_rule_hears_only_this_account(resources: dict[str, Any]) -> None:
+    pattern = resources["AlarmStateChangeRule"]["Properties"]["EventPattern"]
+    assert pattern["account"] == [{"Ref": "AWS::AccountId"}]
+
+
+def test_no_state_machine_logs_its_execution_data(resources: dict[str, Any]) -> None:
+    """Task tokens travel in the execution data: it never goes to CloudWatch Logs."""
+    machines = _of_type(resources, "AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine")
+    assert set(machines) >= {"RolloutStateMachine", "RestoreStateMachine"}
+    for logical_id, machine in machines.items():
+        logging = machine["Properties"].get("Logging") or machine["Properties"].get("LoggingConfiguration")
+        assert logging is not None, f"{logical_id} has no logging"
+        assert logging["IncludeExecutionData"] is False, logical_id
+
+
+def test_every_log_group_is_retained(resources: dict[str, Any]) -> None:
+    groups = _of_type(resources, "AWS::Logs::LogGroup")
+    assert len(groups) >= len(FUNCTIONS) + 3
+    for logical_id, group in groups.items():
+        assert group.get("DeletionPolicy") == "Retain", logical_id
+        assert group.get("UpdateReplacePolicy") == "Retain", logical_id
+
+
+def test_the_registry_table_cannot_be_deleted_by_accident(resources: dict[str, Any]) -> None:
+    table = resources["RegistryTable"]
+    assert table["Properties"]["DeletionProtectionEnabled"] is True
+    assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
+
+
+def test_every_suppression_says_why(resources: dict[str, Any]) -> None:
+    """A checkov finding is fixed, or skipped on its resource with its reason (make lint runs checkov)."""
+    for logical_id, resource in resources.items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV2?_AWS_[0-9]+", skip["id"]), f"{logical_id}: {skip}"
+            assert len(skip.get("comment", "")) > 40, f"{logical_id}: {skip['id']} needs its reason"
