@@ -1,6 +1,7 @@
 """What IAM decides with, read from the local AWS as deployed: each role's policies (inline and
-attached, the template after the local deploy resolved it), trust policies, bucket policies, and
-the tags of Lambda functions. Read once per name, when first needed.
+attached, the template after the local deploy resolved it), trust policies, bucket policies, the
+tags of Lambda functions, and the key a topic is encrypted with and its key policy. Read once per
+name, when first needed.
 
 A bucket policy comes from the deployed stack (``DeployedStack.bucket_policies``): the local S3
 applies no conditional Deny, so the deploy keeps those statements there rather than in S3."""
@@ -50,6 +51,8 @@ class DeployedAccount:
         self.trust_policy = cache(self._trust_policy)
         self.bucket_policy = cache(self._bucket_policy)
         self.function_tags = cache(self._function_tags)
+        self.topic_key = cache(self._topic_key)
+        self.key_policy = cache(self._key_policy)
 
     def arn(self, service: str, resource: str, *, region: bool = True, account: bool = True) -> str:
         return (
@@ -96,3 +99,14 @@ class DeployedAccount:
         except lam.exceptions.ResourceNotFoundException:
             return ()
         return tuple(sorted(tags.items()))
+
+    def _topic_key(self, topic_arn: str) -> str | None:
+        """The ARN of the customer managed key a topic is encrypted with (None: none, or AWS's own)."""
+        attributes = self._client("sns").get_topic_attributes(TopicArn=topic_arn)["Attributes"]
+        key = attributes.get("KmsMasterKeyId")
+        if not key or key.startswith("alias/aws/"):
+            return None
+        return str(self._client("kms").describe_key(KeyId=key)["KeyMetadata"]["Arn"])
+
+    def _key_policy(self, key_arn: str) -> Policy:
+        return _document(self._client("kms").get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"])

@@ -1,7 +1,8 @@
 """A recorded AWS call (``layershift/local/call_recorder.py``) as the IAM requests AWS evaluates for
 it: the action, the resource ARN, the principal and its policies as deployed, the resource policy,
 and the condition context (tags of the Lambda function read from the local AWS, the layers of an
-update, session tags, the request's tags and prefix).
+update, session tags, the request's tags and prefix). A publish to a topic encrypted with a
+customer managed key also needs that key, used by SNS with the publisher's permissions.
 
 An operation this module does not know raises :class:`UnknownOperation`: a new call must be
 described here before it can pass. Whether an action takes a resource at all comes from the
@@ -157,15 +158,28 @@ def iam_requests(call: dict[str, Any], account: DeployedAccount) -> list[Transla
         pairs = [(action, account.arn("cloudwatch", f"alarm:{name}"), {}) for name in params["AlarmNames"]]
     else:
         pairs = [(action, _resource(service, operation, params, account), _condition_context(operation, params))]
+    requests = [(f"{prefix}:{name}", resource, context) for name, resource, context in pairs]
+    if service == "sns" and operation == "Publish":
+        requests += _topic_key_use(str(params.get("TopicArn") or params.get("TargetArn")), account)
     translated = []
-    for action_name, resource, context in pairs:
-        full_action = f"{prefix}:{action_name}"
-        if not _takes_a_resource(prefix, action_name):
+    for full_action, resource, context in requests:
+        if not _takes_a_resource(*full_action.split(":", 1)):
             resource = "*"
         context = {**context, **_resource_context(resource, account)}
-        policy = _resource_policy(prefix, resource, account)
+        policy = _resource_policy(full_action.split(":", 1)[0], resource, account)
         translated.append(Translated(call, signer.request(account, full_action, resource, context, policy)))
     return translated
+
+
+def _topic_key_use(topic_arn: str, account: DeployedAccount) -> list[tuple[str, str, Context]]:
+    """Publishing to a topic encrypted with a customer managed key: SNS uses the key on the
+    publisher's behalf, with the publisher's permissions (kms:ViaService says through SNS)."""
+    key_arn = account.topic_key(topic_arn)
+    if key_arn is None:
+        return []
+    via_sns = f"sns.{account.region}.amazonaws.com"
+    context: Context = {"kms:ViaService": via_sns, "kms:CallerAccount": account.account_id}
+    return [("kms:GenerateDataKey", key_arn, context), ("kms:Decrypt", key_arn, context)]
 
 
 def _signer(call: dict[str, Any], account: DeployedAccount) -> RoleSession:
@@ -266,6 +280,8 @@ def _resource_policy(prefix: str, resource: str, account: DeployedAccount) -> Po
         return account.bucket_policy(resource.split(":::", 1)[1].split("/", 1)[0])
     if prefix == "sts":
         return account.trust_policy(resource)
+    if prefix == "kms":
+        return account.key_policy(resource)
     return None
 
 

@@ -13,6 +13,7 @@ from .simulator import Policy, require_evaluator
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/layershift-ChangeFunctionsRole-X"
 TENANT = f"arn:aws:iam::{ACCOUNT}:role/layershift-TenantRole-X"
+KEY = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": ROLE}, "Action": "*"}]}
 
 
@@ -33,6 +34,12 @@ class Account(DeployedAccount):
 
     def _function_tags(self, function_arn: str) -> tuple[tuple[str, str], ...]:
         return (("layershift:layer", "billing common"),) if function_arn.endswith(":function:target") else ()
+
+    def _topic_key(self, topic_arn: str) -> str | None:
+        return KEY if topic_arn.endswith(":encrypted") else None
+
+    def _key_policy(self, key_arn: str) -> Policy:
+        return TRUST
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +121,22 @@ def test_a_tagged_assume_role_is_also_a_tag_session_with_the_request_tags() -> N
 def test_actions_without_resource_types_are_evaluated_on_star() -> None:
     assert [r for _, r, _ in _translated(_call("stepfunctions", "SendTaskSuccess", {}))] == ["*"]
     assert [r for _, r, _ in _translated(_call("lambda", "ListFunctions", {}))] == ["*"]
+
+
+def test_a_publish_to_an_encrypted_topic_also_uses_its_key_through_sns() -> None:
+    topic = f"arn:aws:sns:us-east-1:{ACCOUNT}:encrypted"
+    translated = iam_requests(_call("sns", "Publish", {"TopicArn": topic}), Account())
+    plain = iam_requests(_call("sns", "Publish", {"TopicArn": f"arn:aws:sns:us-east-1:{ACCOUNT}:plain"}), Account())
+
+    assert [(t.request.action, t.request.resource) for t in translated] == [
+        ("sns:Publish", topic),
+        ("kms:GenerateDataKey", KEY),
+        ("kms:Decrypt", KEY),
+    ]
+    for item in translated[1:]:
+        assert item.request.context_dict()["kms:ViaService"] == "sns.us-east-1.amazonaws.com"
+        assert item.request.resource_policy is not None  # the key policy
+    assert [t.request.action for t in plain] == ["sns:Publish"]
 
 
 def test_a_transaction_needs_each_items_action_on_its_table() -> None:
