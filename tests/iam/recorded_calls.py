@@ -26,9 +26,9 @@ from .simulator import Context, IamRequest, Policy, actions_of
 # boto3 service name -> IAM service prefix, where they differ.
 IAM_PREFIX = {"stepfunctions": "states", "resourcegroupstaggingapi": "tag"}
 
-# Every operation the control plane's functions are known to make, with its IAM action where the
-# action is not named after the operation. Versioned S3 reads, CopyObject, TransactWriteItems and
-# AssumeRole with tags are expanded below.
+# Every operation this module translates, with its IAM action where the action is not named after
+# the operation. Versioned S3 reads, CopyObject, TransactWriteItems, AssumeRole with tags and a
+# publish to an encrypted topic are expanded below.
 KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
     "lambda": {
         "GetFunction": None,
