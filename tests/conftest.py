@@ -45,7 +45,6 @@ except ImportError:  # pragma: no cover - xdist is a dev dependency; without it 
     LoadScopeScheduling = None
 
 if LoadScopeScheduling is not None:
-
     # Tests that run as one unit of work on one worker (see TierScheduling).
     ONE_UNIT = ("tests/emulator/", "tests/integration/test_iam_tenancy_escapes.py")
 
