@@ -111,23 +111,12 @@ class LambdaContext:
         return max(0, int(self._deadline_ms - time.time() * 1000))
 
 
-def _fault_hook():
-    """The fault harness's hook (``fault_hook.py`` beside this file), when a fault plan is set."""
-    if not os.environ.get("LAYERSHIFT_FAULT_PLAN"):
+def _harness_module(variable, filename):
+    """A harness module beside this file (the fault hook, the call recorder), when ``variable`` is set."""
+    if not os.environ.get(variable):
         return None
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_hook.py")
-    spec = importlib.util.spec_from_file_location("layershift_fault_hook", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _call_recorder():
-    """The call recorder (``call_recorder.py`` beside this file), when a call log is set."""
-    if not os.environ.get("LAYERSHIFT_LOCAL_CALL_LOG"):
-        return None
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "call_recorder.py")
-    spec = importlib.util.spec_from_file_location("layershift_call_recorder", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
+    spec = importlib.util.spec_from_file_location(f"layershift_{filename.removesuffix('.py')}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -139,8 +128,8 @@ def main():
     init = json.loads(sys.stdin.readline())
     sys.path[:0] = init["sys_path"]
     function_config = init["function"]
-    hook = _fault_hook()
-    recorder = _call_recorder()
+    hook = _harness_module("LAYERSHIFT_FAULT_PLAN", "fault_hook.py")
+    recorder = _harness_module("LAYERSHIFT_LOCAL_CALL_LOG", "call_recorder.py")
     if recorder is not None:
         recorder.install(function_config)  # before the handler's imports: init's calls count too
     handler, init_error = _load_handler(init["handler"])
