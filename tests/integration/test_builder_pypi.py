@@ -8,10 +8,9 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
+from layershift.local.server import LocalAws
 from layershift_core.builder import (
     Manifest,
     VariantIndex,
@@ -113,16 +112,18 @@ def test_sdist_only_pin_fails_naming_the_package(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "layer.zip").exists()
 
 
-@mock_aws
-def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket="artifacts")
-    s3.put_object(Bucket="artifacts", Key="layers/auth/requirements.txt", Body=PURE.encode())
+def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, local_aws: LocalAws) -> None:
+    """The job against the session's local S3 (an in-process moto mock would reset the server the
+    worker's other integration tests share)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", local_aws.endpoint_url)
+    s3 = local_aws.client("s3")
+    s3.create_bucket(Bucket="build-job-artifacts")
+    s3.put_object(Bucket="build-job-artifacts", Key="layers/auth/requirements.txt", Body=PURE.encode())
     key = compute_matrix_key([compute_build_key(parse_requirements(PURE), "python3.13", "x86_64")])
     env = {
-        "LAYERSHIFT_REQUIREMENTS_URI": "s3://artifacts/layers/auth/requirements.txt",
+        "LAYERSHIFT_REQUIREMENTS_URI": "s3://build-job-artifacts/layers/auth/requirements.txt",
         "LAYERSHIFT_TARGETS": "python3.13/x86_64",
-        "LAYERSHIFT_STAGING_URI": "s3://artifacts/staging/",
+        "LAYERSHIFT_STAGING_URI": "s3://build-job-artifacts/staging/",
         "CODEBUILD_BUILD_ARN": "arn:aws:codebuild:us-east-1:123456789012:build/LayerBuildProject:1",
         "LAYERSHIFT_EXPORT_FILE": str(tmp_path / "variants.sha256"),
         "LAYERSHIFT_BUILD_KEY": key,
@@ -132,14 +133,14 @@ def test_build_job_end_to_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         monkeypatch.setenv(name, value)
     assert build_job.main() == 0
     staged = f"staging/{env['CODEBUILD_BUILD_ARN']}/"
-    listing = s3.get_object(Bucket="artifacts", Key=f"{staged}variants.json")["Body"].read()
+    listing = s3.get_object(Bucket="build-job-artifacts", Key=f"{staged}variants.json")["Body"].read()
     assert (tmp_path / "variants.sha256").read_text().strip() == hashlib.sha256(listing).hexdigest()
     index = VariantIndex.model_validate_json(listing)
     [variant] = index.variants
     manifest = Manifest.model_validate_json(
-        s3.get_object(Bucket="artifacts", Key=f"{staged}{variant.manifest}")["Body"].read()
+        s3.get_object(Bucket="build-job-artifacts", Key=f"{staged}{variant.manifest}")["Body"].read()
     )
-    body = s3.get_object(Bucket="artifacts", Key=f"{staged}{variant.zip}")["Body"].read()
+    body = s3.get_object(Bucket="build-job-artifacts", Key=f"{staged}{variant.zip}")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == manifest.sha256 == variant.files[variant.zip]
     assert manifest.smoke_test.network
     assert manifest.package_versions() == {"pyjwt": "2.10.0", "six": "1.16.0"}
