@@ -54,7 +54,7 @@ LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "t
 
 # Adapters that live beside this module and are installed when present, each with
 # install([aws]) / uninstall(): the codebuild:startBuild(.sync) integration, Lambda RevisionId.
-OPTIONAL_ADAPTERS = ("codebuild", "revisions")
+OPTIONAL_ADAPTERS = ("codebuild", "revisions", "codecommit")
 
 _active_lock = threading.Lock()
 _active: list[LocalAws] = []
