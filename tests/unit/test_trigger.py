@@ -97,11 +97,20 @@ def test_a_codecommit_push_is_mirrored_with_its_commit_id(machine: str) -> None:
             )
         assert mirror_codecommit_push(event, BUCKET, "main") == ["api"]
         stub.assert_no_pending_responses()
-    head = boto3.client("s3").head_object(Bucket=BUCKET, Key="layers/api/requirements.txt")
-    assert head["Metadata"] == {"layershift-source": "codecommit", "layershift-commit": "c2"}
+    s3 = boto3.client("s3")
+    head = s3.head_object(Bucket=BUCKET, Key="layers/api/requirements.txt")
+    config_version = s3.head_object(Bucket=BUCKET, Key="layers/api/layer.toml")["VersionId"]
+    assert head["Metadata"] == {
+        "layershift-source": "codecommit",
+        "layershift-commit": "c2",
+        "layershift-config-version": config_version,
+    }
+    # a newer push's layer.toml lands before this push is read: this push keeps its commit's own
+    s3.put_object(Bucket=BUCKET, Key="layers/api/layer.toml", Body=b"[rollout]\nstrategy = 'AllAtOnce'\n")
     result = start_rollout(_event("layers/api/requirements.txt", head["VersionId"]), machine)
     state = json.loads(boto3.client("stepfunctions").describe_execution(executionArn=result.execution_arn)["input"])
     assert (state["request"]["source"], state["request"]["commit_id"]) == ("codecommit", "c2")
+    assert state["request"]["config_version"] == config_version
 
 
 def test_a_push_to_another_branch_is_ignored(machine: str) -> None:

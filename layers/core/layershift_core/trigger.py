@@ -26,6 +26,10 @@ _KEY = re.compile(r"^layers/(?P<layer>[^/]+)/requirements\.txt$")
 _SPEC_PATH = re.compile(r"^layers/(?P<layer>[^/]+)/(requirements\.txt|layer\.toml)$")
 SOURCE_METADATA = "layershift-source"
 COMMIT_METADATA = "layershift-commit"
+# The S3 version of the layer.toml that belongs to this requirements.txt (a CodeCommit push records
+# the one its own commit mirrored, or NO_CONFIG), so a newer push cannot swap it before it is read.
+CONFIG_VERSION_METADATA = "layershift-config-version"
+NO_CONFIG = "none"
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -71,15 +75,10 @@ def request_for_push(bucket: str, key: str, version_id: str | None) -> tuple[Rol
         raise ValueError(f"{key!r} is not a layers/<layer>/requirements.txt key")
     layer = match["layer"]
     config_key = f"layers/{layer}/layer.toml"
-    config: bytes | None = None
-    config_version: str | None = None
-    config_head = head_if_present(bucket, config_key)
-    if config_head is not None:
-        config_version = config_head.get("VersionId")
-        config = read_bytes(bucket, config_key, config_version)
     requirements = read_bytes(bucket, key, version_id)
     head = client("s3").head_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
     metadata = head.get("Metadata", {})
+    config, config_version = _pushed_config(bucket, config_key, metadata.get(CONFIG_VERSION_METADATA))
     request = RolloutRequest(
         layer=layer,
         bucket=bucket,
@@ -91,6 +90,19 @@ def request_for_push(bucket: str, key: str, version_id: str | None) -> tuple[Rol
         commit_id=metadata.get(COMMIT_METADATA),
     )
     return request, requirements, config
+
+
+def _pushed_config(bucket: str, config_key: str, pinned: str | None) -> tuple[bytes | None, str | None]:
+    """The layer.toml of this push and its version: the one the push recorded, else the current one."""
+    if pinned == NO_CONFIG:
+        return None, None
+    if pinned:
+        return read_bytes(bucket, config_key, pinned), pinned
+    head = head_if_present(bucket, config_key)
+    if head is None:
+        return None, None
+    version = head.get("VersionId")
+    return read_bytes(bucket, config_key, version), version
 
 
 def start_rollout(event: dict[str, Any], state_machine_arn: str) -> StartResult:
@@ -175,13 +187,19 @@ def mirror_codecommit_push(event: dict[str, Any], bucket: str, branch: str) -> l
         config = _commit_file(detail.repositoryName, detail.commitId, f"layers/{layer}/layer.toml")
         if config is None:
             s3.delete_object(Bucket=bucket, Key=f"layers/{layer}/layer.toml")
+            config_version = NO_CONFIG
         else:
-            s3.put_object(Bucket=bucket, Key=f"layers/{layer}/layer.toml", Body=config)
+            written = s3.put_object(Bucket=bucket, Key=f"layers/{layer}/layer.toml", Body=config)
+            config_version = written.get("VersionId") or ""
         s3.put_object(
             Bucket=bucket,
             Key=f"layers/{layer}/requirements.txt",
             Body=requirements,
-            Metadata={SOURCE_METADATA: "codecommit", COMMIT_METADATA: detail.commitId},
+            Metadata={
+                SOURCE_METADATA: "codecommit",
+                COMMIT_METADATA: detail.commitId,
+                CONFIG_VERSION_METADATA: config_version,
+            },
         )
         mirrored.append(layer)
     logger.info("codecommit push mirrored", extra={"commit": detail.commitId, "layers": mirrored})
