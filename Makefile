@@ -18,7 +18,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cat constraints-checkov.txt 
 export AWS_DEFAULT_REGION ?= us-east-1
 export PATH := $(CURDIR)/$(BIN):$(PY313_PATH)$(PATH)
 
-.PHONY: help venv demo test lint unit integration sam-build clean bench faults scale
+.PHONY: help venv demo demo-git test lint unit integration sam-build clean bench faults scale
 
 help:
 	@echo "make demo   a real rollout on the local emulated AWS: one promotion, one automatic rollback"
@@ -50,6 +50,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/layershift demo
+
+# A rollout started by a git push to the local CodeCommit (a bare git repository).
+demo-git: $(STAMP)
+	$(BIN)/layershift demo --git
 
 # cfn-lint runs again on its own for its informational rules, which sam validate leaves out (I3011:
 # every stateful resource says what deletion and replacement do to it). checkov's cloudformation

@@ -197,6 +197,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.git:
+        from .demo_git import run as run_git
+
+        return run_git(_project_root())
     from .demo import run
 
     return run(_project_root(), keep_running=args.keep_running)
@@ -286,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a promotion and an automatic rollback on the local emulated AWS")
     demo.add_argument("--keep-running", action="store_true")
+    demo.add_argument("--git", action="store_true", help="a rollout started by a git push to the local CodeCommit")
     demo.set_defaults(func=cmd_demo)
 
     local = sub.add_parser("local", help="run the local emulated AWS with the control plane deployed")

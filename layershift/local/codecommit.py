@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ exec {python} -m layershift.local.codecommit_events {endpoint} {region} {account
 def _create_repository(self: Any, repository_name: str, repository_description: str) -> dict[str, str]:
     metadata = _originals["create_repository"](self, repository_name, repository_description)
     path = repository_path(repository_name)
+    shutil.rmtree(path, ignore_errors=True)  # a new repository is empty, whatever an earlier run left on disk
     subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(path)], check=True)
     hook = path / "hooks" / "post-receive"
     hook.write_text(
