@@ -1,4 +1,16 @@
-"""Notifications: one SNS message per rollout ending, readable by a person and parseable by a machine.
+"""Notifications: one SNS message per phase of a rollout, readable by a person and parseable by a machine.
+
+Every message goes through ``publish``: its body is AWS Chatbot's custom notification schema (a
+title, a description, and the phase's numbers as ``metadata.additionalContext``; the rollout's
+messages share a ``threadId``), and its message attributes ``layer``, ``phase`` and ``severity`` are
+what subscription filter policies choose by. The phases: ``accepted``, ``built``, ``traffic_step``,
+``approval_needed``, and the endings ``promoted``, ``rolled_back``, ``rejected`` and
+``rollback_incomplete`` (severity ``critical``: it pages).
+
+An ending also carries its full record (targets, skipped functions, usage; the aliases to fix first
+when it pages): that is the message every subscriber but a chat one receives (``MessageStructure``
+``json``: ``default`` is the record, ``https``, the protocol chat integrations subscribe with, the
+chat schema).
 
 A rollback that could not finish pages: its message names every alias that is not back on its old
 version (the first few; the rest are in S3), what it points at now, and the exact commands that put
@@ -37,6 +49,64 @@ SUBJECTS = {
     "rejected": "layershift: {layer} push rejected",
     "rollback_incomplete": "layershift: ACTION NEEDED, {layer} rollback incomplete",
 }
+# Each ending's phase attribute is its event; its severity:
+SEVERITIES = {"promoted": "info", "rolled_back": "warning", "rejected": "warning", "rollback_incomplete": "critical"}
+_CHAT_TITLE_MAX, _CHAT_DESCRIPTION_MAX = 250, 8000
+
+
+def publish(
+    settings: Settings,
+    layer: str,
+    phase: str,
+    severity: str,
+    title: str,
+    description: str,
+    details: dict[str, Any],
+    *,
+    rollout_id: str | None = None,
+    record: str | None = None,
+) -> None:
+    """Publish one phase of a rollout: ONE SNS message, in the chat schema, with its filter attributes.
+
+    ``details`` are the phase's numbers (flattened to strings, as the schema's ``additionalContext``
+    wants); ``record``, when given, is what subscribers other than chat receive instead.
+    """
+    if not settings.topic_arn:
+        return
+    context = {"layer": layer, "phase": phase, "severity": severity}
+    if rollout_id:
+        context["rollout_id"] = rollout_id
+    context.update({key: _flat(value) for key, value in details.items() if value is not None})
+    chat = {
+        "version": "1.0",
+        "source": "custom",
+        "content": {
+            "textType": "client-markdown",
+            "title": title[:_CHAT_TITLE_MAX],
+            "description": description[:_CHAT_DESCRIPTION_MAX],
+        },
+        "metadata": {
+            "threadId": f"layershift-{layer}-{rollout_id or 'push'}",
+            "summary": title[:_CHAT_TITLE_MAX],
+            "eventType": phase,
+            "additionalContext": context,
+        },
+    }
+    attributes = {
+        name: {"DataType": "String", "StringValue": value}
+        for name, value in (("layer", layer), ("phase", phase), ("severity", severity))
+    }
+    kwargs: dict[str, Any] = {"Message": json.dumps(chat)}
+    if record is not None:
+        kwargs = {"MessageStructure": "json", "Message": json.dumps({"default": record, "https": json.dumps(chat)})}
+    client("sns").publish(TopicArn=settings.topic_arn, Subject=title[:100], MessageAttributes=attributes, **kwargs)
+    logger.info("notification published", extra={"layer": layer, "phase": phase, "severity": severity})
+
+
+def _flat(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
 # The states each ending still enters after its notification (the lock's release, the end state).
 STATES_AFTER_NOTIFY = {"promoted": 2, "rolled_back": 2, "rollback_incomplete": 2, "rejected": 1}
 # Skipped functions named in a message; the plan in S3 names every one.
@@ -108,8 +178,29 @@ def publish_ending(settings: Settings, event: str, layer: str, body: dict[str, A
         if more > 0:
             lines.append(f"... and {more} more: s3://{settings.bucket}/{body.get('unrestored_key')}")
         message = "\n".join(lines) + "\n\n" + message
-    client("sns").publish(
-        TopicArn=settings.topic_arn, Subject=SUBJECTS[event].format(layer=layer)[:100], Message=message
+    outcome = body.get("outcome") or {}
+    description = str(outcome.get("cause") or outcome.get("error") or "") if isinstance(outcome, dict) else ""
+    if event == "promoted":
+        description = f"every target alias is 100% on {body.get('layer_version')}"
+    if body.get("unrestored"):
+        description = message.split("\n\n", 1)[0]
+    publish(
+        settings,
+        layer,
+        event,
+        SEVERITIES[event],
+        SUBJECTS[event].format(layer=layer),
+        description,
+        {
+            "layer_version": body.get("layer_version"),
+            "targets": body.get("targets"),
+            "skipped_count": body.get("skipped_count"),
+            "outcome": outcome or None,
+            "unrestored_count": body.get("unrestored_count"),
+            "sent_by": body.get("sent_by"),
+        },
+        rollout_id=body.get("rollout_id"),
+        record=message,
     )
 
 

@@ -14,6 +14,7 @@ from .aborts import ensure_rollout_not_aborted
 from .aws import client
 from .errors import BuildFailed
 from .models import LayerVersionRef, RolloutState, ValidatedRollout, platform_label
+from .notify import publish
 from .registry import Registry
 from .settings import Settings
 from .staging import VARIANTS_JSON, BuildResult, VariantView, promote
@@ -126,4 +127,38 @@ def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
         status="published",
         layer_version_arns=",".join(v.arn for v in state.layer_versions),
     )
+    _announce_built(settings, rollout, index.variants, published)
     return state
+
+
+def _announce_built(
+    settings: Settings, rollout: ValidatedRollout, variants: list[VariantView], published: list[LayerVersionRef]
+) -> None:
+    """The ``built`` notification: each published layer version, its size and its packages."""
+    by_id = {variant.id: variant for variant in variants}
+    versions: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for ref in published:
+        variant = by_id.get(ref.variant or "")
+        packages = sorted(f"{p.get('name')}=={p.get('version')}" for p in (variant.packages if variant else []))
+        size_mb = round(ref.unzipped_bytes / 1_000_000, 1)
+        versions.append(
+            {
+                "layer_version": ref.arn,
+                "variant": ref.variant,
+                "serves": ref.targets,
+                "unzipped_mb": size_mb,
+                "packages": packages,
+            }
+        )
+        lines.append(f"- {ref.arn} ({', '.join(ref.targets)}): {size_mb} MB unzipped, {len(packages)} package(s)")
+    publish(
+        settings,
+        rollout.layer,
+        "built",
+        "info",
+        f"layershift: {rollout.layer} built and published",
+        "\n".join(lines),
+        {"layer_versions": versions},
+        rollout_id=rollout.rollout_id,
+    )
