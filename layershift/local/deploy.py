@@ -214,6 +214,7 @@ class _Deployer:
             "AWS::SQS::Queue": self._queue,
             "AWS::SQS::QueuePolicy": self._queue_policy,
             "AWS::CloudWatch::Alarm": self._alarm,
+            "AWS::CloudWatch::Dashboard": self._dashboard,
             "AWS::Logs::LogGroup": self._log_group,
             "AWS::IAM::Role": self._role,
             "AWS::IAM::Policy": self._policy,
@@ -490,6 +491,14 @@ class _Deployer:
         cloudwatch.put_metric_alarm(**kwargs)
         arn = self.arn("cloudwatch", f"alarm:{name}")
         return _Created(name, name, arn, {"Arn": arn})
+
+    def _dashboard(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
+        name = self._name(logical_id, resource, props)
+        body = props.require("DashboardBody")
+        json.loads(body)  # CloudWatch refuses a body that is not JSON; so does the local deploy
+        self.client("cloudwatch").put_dashboard(DashboardName=name, DashboardBody=body)
+        arn = self.arn("cloudwatch", f"dashboard/{name}", region=False)
+        return _Created(name, name, arn, {})
 
     def _log_group(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
         name = self._name(logical_id, resource, props)

@@ -89,3 +89,30 @@ def test_a_page_keeps_its_record_with_the_fix_first_and_is_critical(inbox) -> No
     [(attributes, message)] = received()
     assert attributes["phase"] == "rollback_incomplete" and attributes["severity"] == "critical"
     assert message.startswith("ACTION NEEDED") and '"event": "rollback_incomplete"' in message
+
+
+def test_phase_seconds_sums_each_phases_states_from_the_history() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from layershift_core.notify import phase_seconds
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def at(seconds: float, kind: str, name: str) -> dict:
+        detail = "stateEnteredEventDetails" if kind == "in" else "stateExitedEventDetails"
+        return {"timestamp": start + timedelta(seconds=seconds), detail: {"name": name}}
+
+    events = [
+        at(0, "in", "ValidateRequest"),
+        at(2, "out", "ValidateRequest"),
+        at(2, "in", "BuildLayer"),
+        at(40, "out", "BuildLayer"),
+        at(40, "in", "BakeAndWatch"),
+        at(50, "out", "BakeAndWatch"),
+        at(50, "in", "CheckHealth"),
+        at(51, "out", "CheckHealth"),
+        at(51, "in", "BakeAndWatch"),
+        at(61, "out", "BakeAndWatch"),
+        at(61, "in", "NotifyPromoted"),
+    ]
+    assert phase_seconds(events) == {"validate": 2.0, "build": 38.0, "traffic": 21.0}

@@ -26,7 +26,7 @@ from typing import Any
 from .aws import client
 from .fanout import flush_usage
 from .models import NotifyRequest, RolloutPlan, RolloutState, Verdict
-from .observability import logger
+from .observability import MetricUnit, emit, logger
 from .planner import load_plan
 from .registry import Registry
 from .settings import Settings
@@ -151,21 +151,76 @@ def usage_line(usage: dict[str, Any]) -> str:
     )
 
 
-def parent_transitions(execution_arn: str) -> int:
-    """The states the execution entered so far, each retry counted again (at most a few history pages)."""
-    entered = scheduled = tasks = 0
+# The workflow's states, by the phase of a rollout they belong to (the dashboard's PhaseDuration).
+PHASES = {
+    "validate": ("ValidateRequest",),
+    "lock_wait": ("AcquireLayerLock", "WaitForLayerLock"),
+    "build": ("FindReusableBuild", "BuildLayer", "PublishLayerVersion"),
+    "plan": ("FindCandidates", "AssessCandidates", "PlanRollout"),
+    "prepare": ("PrepareFunctionVersions", "RecordPreparedVersions"),
+    "traffic": ("SetTrafficWeight", "StartBake", "BakeAndWatch", "ReadCanaryMetrics", "CheckHealth"),
+    "approval": ("AwaitApproval",),
+    "promote": ("PromoteAliases", "PromoteLayer"),
+    "rollback": ("RestoreAliases", "RollBack"),
+}
+_PHASE_OF = {state: phase for phase, states in PHASES.items() for state in states}
+
+
+def execution_history(execution_arn: str) -> list[dict[str, Any]]:
+    """The execution's history so far, without its data (at most a few pages)."""
+    events: list[dict[str, Any]] = []
     paginator = client("stepfunctions").get_paginator("get_execution_history")
     for page in paginator.paginate(executionArn=execution_arn, maxResults=1000, includeExecutionData=False):
-        for event in page["events"]:
-            kind = event["type"]
-            entered += kind.endswith("StateEntered")
-            tasks += kind == "TaskStateEntered"
-            scheduled += kind in {"TaskScheduled", "LambdaFunctionScheduled"}
+        events.extend(page["events"])
+    return events
+
+
+def parent_transitions(execution_arn: str, events: list[dict[str, Any]] | None = None) -> int:
+    """The states the execution entered so far, each retry counted again."""
+    entered = scheduled = tasks = 0
+    for event in execution_history(execution_arn) if events is None else events:
+        kind = event["type"]
+        entered += kind.endswith("StateEntered")
+        tasks += kind == "TaskStateEntered"
+        scheduled += kind in {"TaskScheduled", "LambdaFunctionScheduled"}
     return entered + max(0, scheduled - tasks)
+
+
+def phase_seconds(events: list[dict[str, Any]]) -> dict[str, float]:
+    """The seconds the execution spent in each phase (``PHASES``), from its states' entries and exits."""
+    entered_at: dict[str, datetime] = {}
+    totals: dict[str, float] = {}
+    for event in events:
+        if "stateEnteredEventDetails" in event:
+            entered_at[event["stateEnteredEventDetails"]["name"]] = event["timestamp"]
+        elif "stateExitedEventDetails" in event:
+            name = event["stateExitedEventDetails"]["name"]
+            start = entered_at.pop(name, None)
+            if start is not None and name in _PHASE_OF:
+                seconds = (event["timestamp"] - start).total_seconds()
+                totals[_PHASE_OF[name]] = totals.get(_PHASE_OF[name], 0.0) + seconds
+    return totals
+
+
+def _emit_ending(request: NotifyRequest, state: RolloutState, events: list[dict[str, Any]], usage: dict) -> None:
+    """The ending's metrics: its duration, each phase's, what moved and what was absorbed."""
+    for phase, seconds in phase_seconds(events).items():
+        emit("PhaseDuration", MetricUnit.Seconds, seconds, phase=phase)
+    if events:
+        seconds = (datetime.now(UTC) - events[0]["timestamp"]).total_seconds()
+        emit("RolloutDuration", MetricUnit.Seconds, seconds, outcome=request.event)
+    if request.event == "promoted" and state.plan is not None:
+        emit("FunctionsMoved", MetricUnit.Count, state.plan.target_count)
+        if state.layer_versions:
+            emit("PromotedVersion", MetricUnit.NoUnit, state.layer_versions[0].version, layer=state.request.layer)
+    emit("ThrottlesAbsorbed", MetricUnit.Count, int(usage.get("throttles_absorbed", 0)))
 
 
 def publish_ending(settings: Settings, event: str, layer: str, body: dict[str, Any]) -> None:
     """Publish one ending to the topic: a JSON body, with the aliases to fix spelled out first."""
+    emit("Rollouts", MetricUnit.Count, 1, outcome=event)
+    if event == "rollback_incomplete":
+        emit("RollbackIncomplete", MetricUnit.Count, 1)
     if not settings.topic_arn:
         return
     message = json.dumps(body, indent=2)
@@ -252,11 +307,13 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
         body["unrestored_count"] = summary.unrestored_count
         body["unrestored_key"] = summary.unrestored_key
     if rollout is not None:
+        events = execution_history(request.execution_arn) if request.execution_arn else []
         if request.execution_arn:
-            transitions = parent_transitions(request.execution_arn) + STATES_AFTER_NOTIFY[request.event]
+            transitions = parent_transitions(request.execution_arn, events) + STATES_AFTER_NOTIFY[request.event]
             USAGE.add(TRANSITIONS_PARENT, transitions)
         flush_usage(settings, rollout.layer, rollout.rollout_id)
         body["usage"] = usage_of(registry.rollout(rollout.layer, rollout.rollout_id) or {})
+        _emit_ending(request, state, events, body["usage"])
     publish_ending(settings, request.event, layer, body)
     state.notified = True
     if rollout is not None:
