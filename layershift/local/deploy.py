@@ -691,8 +691,9 @@ class _Deployer:
                 raise UnsupportedResource(logical_id, rtype, f"{key} is not supported by the local deployer")
         response = self.client("lambda").create_function(**kwargs)
         if dead_letter is not None and "DeadLetterConfig" not in response:
-            # The emulated Lambda accepts DeadLetterConfig and drops it; the role still carries SAM's
-            # DeadLetterQueuePolicy, and the template test checks the setting itself.
+            # moto accepts DeadLetterConfig and drops it; lambda_invoke keeps it when installed (the
+            # local AWS always installs it), so this is only a Lambda without that adapter. The role
+            # still carries SAM's DeadLetterQueuePolicy, and the template test checks the setting.
             self.stack.local_adaptations[logical_id] = (
                 "DeadLetterConfig not kept: the emulated Lambda drops it (and runs no asynchronous retries)"
             )
