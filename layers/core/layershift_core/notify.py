@@ -218,11 +218,16 @@ def _emit_ending(request: NotifyRequest, state: RolloutState, events: list[dict[
 
 def publish_ending(settings: Settings, event: str, layer: str, body: dict[str, Any]) -> None:
     """Publish one ending to the topic: a JSON body, with the aliases to fix spelled out first."""
+    if settings.topic_arn:
+        _publish_ending(settings, event, layer, body)
+    # Counted once the ending is announced: an ending the reaper announces for a workflow that
+    # could not is counted by the reaper, not twice.
     emit("Rollouts", MetricUnit.Count, 1, outcome=event)
     if event == "rollback_incomplete":
         emit("RollbackIncomplete", MetricUnit.Count, 1)
-    if not settings.topic_arn:
-        return
+
+
+def _publish_ending(settings: Settings, event: str, layer: str, body: dict[str, Any]) -> None:
     message = json.dumps(body, indent=2)
     if body.get("unrestored"):
         lines = ["ACTION NEEDED: these aliases are not back on their old version. Fix each with:"]
@@ -306,6 +311,7 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
         body["unrestored"] = summary.unrestored
         body["unrestored_count"] = summary.unrestored_count
         body["unrestored_key"] = summary.unrestored_key
+    events: list[dict[str, Any]] = []
     if rollout is not None:
         events = execution_history(request.execution_arn) if request.execution_arn else []
         if request.execution_arn:
@@ -313,10 +319,10 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
             USAGE.add(TRANSITIONS_PARENT, transitions)
         flush_usage(settings, rollout.layer, rollout.rollout_id)
         body["usage"] = usage_of(registry.rollout(rollout.layer, rollout.rollout_id) or {})
-        _emit_ending(request, state, events, body["usage"])
     publish_ending(settings, request.event, layer, body)
     state.notified = True
     if rollout is not None:
+        _emit_ending(request, state, events, body["usage"])  # once announced: a retried task counts once
         registry.put_rollout(rollout.layer, rollout.rollout_id, notified_at=datetime.now(UTC).isoformat())
     logger.info("notified", extra={"event": request.event, "layer": layer})
     return state
