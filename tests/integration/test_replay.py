@@ -115,7 +115,7 @@ def test_a_push_that_start_rollout_fails_on_is_replayed_into_exactly_one_rollout
     ended = wait_for_end(cp, started[0]["executionArn"])
     assert ended["status"] == "FAILED"  # refused at validation: an unpinned requirement
 
-    # The same event replayed again (a second copy in the queue) starts nothing more.
+    # The same event replayed again (a second copy in the queue, EventBridge's) starts nothing more.
     event = {
         "version": "0",
         "id": "replayed-twice",
@@ -130,9 +130,21 @@ def test_a_push_that_start_rollout_fails_on_is_replayed_into_exactly_one_rollout
             "object": {"key": f"layers/{LAYER}/requirements.txt", "version-id": pushed.requirements_version},
         },
     }
-    cp.client("sqs").send_message(QueueUrl=cp.dead_letter_queue_url, MessageBody=json.dumps(event))
+    # as EventBridge dead-letters an event it could not deliver: the target named by TARGET_ARN
+    target = listed[0].targets[0]
+    rule = cp.client("events").list_rule_names_by_target(TargetArn=target)["RuleNames"][0]
+    named = {
+        "RULE_ARN": cp.client("events").describe_rule(Name=rule)["Arn"],
+        "TARGET_ARN": target,
+        "ERROR_CODE": "ResourceNotFoundException",
+    }
+    cp.client("sqs").send_message(
+        QueueUrl=cp.dead_letter_queue_url,
+        MessageBody=json.dumps(event),
+        MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in named.items()},
+    )
     again = [item for item in replay(cp) if item.source == "aws.s3"]
-    assert [item.outcome for item in again] == ["replayed"]
+    assert [(item.outcome, item.error) for item in again] == [("replayed", "ResourceNotFoundException")]
     assert '"started": false' in again[0].answers[0]
     assert len(_executions(cp, name)) == 1
     assert _waiting(cp) == before

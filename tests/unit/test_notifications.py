@@ -116,3 +116,34 @@ def test_phase_seconds_sums_each_phases_states_from_the_history() -> None:
         at(61, "in", "NotifyPromoted"),
     ]
     assert phase_seconds(events) == {"validate": 2.0, "build": 38.0, "traffic": 21.0}
+
+
+def test_an_ending_sends_chat_subscribers_the_chat_schema_and_the_others_its_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from layershift_core import notify
+
+    sent: list[dict] = []
+
+    class Topic:
+        def publish(self, **kwargs: object) -> None:
+            sent.append(kwargs)
+
+    monkeypatch.setattr(notify, "client", lambda service: Topic())
+    settings = Settings(bucket="artifacts", table="registry", topic_arn="arn:aws:sns:us-east-1:123456789012:t")
+    body = {"event": "rolled_back", "layer": "shared", "rollout_id": "r3", "outcome": {"cause": "failing: 2/6"}}
+    publish_ending(settings, "rolled_back", "shared", body)
+
+    [kwargs] = sent
+    assert kwargs["MessageStructure"] == "json" and kwargs["Subject"] == "layershift: shared rolled back"
+    assert {k: v["StringValue"] for k, v in kwargs["MessageAttributes"].items()} == {
+        "layer": "shared",
+        "phase": "rolled_back",
+        "severity": "warning",
+    }
+    per_protocol = json.loads(kwargs["Message"])
+    assert set(per_protocol) == {"default", "https"}
+    assert json.loads(per_protocol["default"]) == body
+    chat = json.loads(per_protocol["https"])
+    assert (chat["version"], chat["source"]) == ("1.0", "custom")
+    assert chat["content"]["description"] == "failing: 2/6" and chat["metadata"]["eventType"] == "rolled_back"
