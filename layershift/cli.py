@@ -190,6 +190,12 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import print_report, replay
+
+    return print_report(replay(_control_plane(args), dry_run=args.dry_run), args.dry_run)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from layershift_core.builder.command import run
 
@@ -287,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     unlock.add_argument("--reason", default="unlocked from the command line", help="recorded on the holder's rollout")
     _add_target(unlock)
     unlock.set_defaults(func=cmd_unlock)
+
+    replay = sub.add_parser("replay", help="re-drive the events waiting in the dead-letter queue to their targets")
+    replay.add_argument("--dry-run", action="store_true", help="list the waiting events, re-drive nothing")
+    _add_target(replay)
+    replay.set_defaults(func=cmd_replay)
 
     demo = sub.add_parser("demo", help="a promotion and an automatic rollback on the local emulated AWS")
     demo.add_argument("--keep-running", action="store_true")

@@ -30,6 +30,7 @@ OUTPUT_KEYS = {
     "topic_arn": "NotificationTopicArn",
     "layer_name_prefix": "LayerNamePrefix",
     "approve_function": "ApproveRolloutFunctionName",
+    "dead_letter_queue_url": "TriggerDeadLetterQueueUrl",
 }
 
 
@@ -49,6 +50,7 @@ class ControlPlane:
     topic_arn: str | None = None
     layer_name_prefix: str = ""
     approve_function: str | None = None
+    dead_letter_queue_url: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -214,6 +214,7 @@ class _Deployer:
             "AWS::SQS::Queue": self._queue,
             "AWS::SQS::QueuePolicy": self._queue_policy,
             "AWS::CloudWatch::Alarm": self._alarm,
+            "AWS::CloudWatch::Dashboard": self._dashboard,
             "AWS::Logs::LogGroup": self._log_group,
             "AWS::IAM::Role": self._role,
             "AWS::IAM::Policy": self._policy,
@@ -491,6 +492,14 @@ class _Deployer:
         arn = self.arn("cloudwatch", f"alarm:{name}")
         return _Created(name, name, arn, {"Arn": arn})
 
+    def _dashboard(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
+        name = self._name(logical_id, resource, props)
+        body = props.require("DashboardBody")
+        json.loads(body)  # CloudWatch refuses a body that is not JSON; so does the local deploy
+        self.client("cloudwatch").put_dashboard(DashboardName=name, DashboardBody=body)
+        arn = self.arn("cloudwatch", f"dashboard/{name}", region=False)
+        return _Created(name, name, arn, {})
+
     def _log_group(self, logical_id: str, resource: dict[str, Any], props: _Props) -> _Created:
         name = self._name(logical_id, resource, props)
         logs = self.client("logs")
@@ -682,8 +691,9 @@ class _Deployer:
                 raise UnsupportedResource(logical_id, rtype, f"{key} is not supported by the local deployer")
         response = self.client("lambda").create_function(**kwargs)
         if dead_letter is not None and "DeadLetterConfig" not in response:
-            # The emulated Lambda accepts DeadLetterConfig and drops it; the role still carries SAM's
-            # DeadLetterQueuePolicy, and the template test checks the setting itself.
+            # moto accepts DeadLetterConfig and drops it; lambda_invoke keeps it when installed (the
+            # local AWS always installs it), so this is only a Lambda without that adapter. The role
+            # still carries SAM's DeadLetterQueuePolicy, and the template test checks the setting.
             self.stack.local_adaptations[logical_id] = (
                 "DeadLetterConfig not kept: the emulated Lambda drops it (and runs no asynchronous retries)"
             )

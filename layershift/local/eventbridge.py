@@ -5,6 +5,16 @@ destinations, and silently drops Lambda functions and state machines. This patch
 those two as EventBridge does: asynchronously, through the service APIs (an ``Event`` invoke
 and ``StartExecution``), with the target's ``Input``, ``InputPath`` or ``InputTransformer``
 applied and the event ``time`` in ISO-8601. Other targets still go to the emulator.
+
+A delivery that fails (the invoke or StartExecution call itself: a function that is gone, a
+throttle) is retried as the target's ``RetryPolicy`` says, within ``MaximumRetryAttempts`` and
+``MaximumEventAgeInSeconds``, and then sent to the target's ``DeadLetterConfig`` queue with the
+attributes EventBridge adds (``dead_letters.py``). EventBridge spaces its retries with exponential
+back-off over minutes; locally they follow each other within seconds (``RETRY_DELAYS``). A function
+that errors is not a failed delivery: the ``Event`` invoke was accepted, and Lambda's own retries and
+the function's DeadLetterConfig take over (``lambda_invoke.py``), as on AWS.
+
+``TestEventPattern``, which the emulator leaves unimplemented, answers with the rules' own matcher.
 """
 
 from __future__ import annotations
@@ -13,13 +23,18 @@ import copy
 import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from moto.events import models as events_models
+from moto.events import responses as events_responses
 from moto.events.utils import EventTemplateParser
+
+from layershift.local import dead_letters
 
 LOG = logging.getLogger(__name__)
 
@@ -96,10 +111,69 @@ def deliver(target: dict[str, Any], event: dict[str, Any]) -> None:
         _client("stepfunctions", region).start_execution(stateMachineArn=arn, input=payload)
 
 
-def _deliver_in_background(target: dict[str, Any], event: dict[str, Any]) -> None:
-    def work() -> None:
+# EventBridge backs off exponentially with jitter, over minutes; locally the same bounded number of
+# retries follows within seconds: 0.05 s doubling up to 1 s (8 retries take about 4.5 s).
+RETRY_DELAYS = tuple(min(0.05 * 2**attempt, 1.0) for attempt in range(185))
+_RETRIABLE = {"ThrottlingException", "TooManyRequestsException", "ServiceException", "InternalFailure"}
+
+
+def _retriable(error: ClientError) -> bool:
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return error.response.get("Error", {}).get("Code") in _RETRIABLE or status == 429 or status >= 500
+
+
+def deliver_with_retries(rule_arn: str, target: dict[str, Any], event: dict[str, Any]) -> None:
+    """Deliver, retrying as the target's RetryPolicy allows; then dead-letter the event, or drop it."""
+    policy = target.get("RetryPolicy") or {}
+    max_retries = int(policy.get("MaximumRetryAttempts", 185))
+    max_age = float(policy.get("MaximumEventAgeInSeconds", 86400))
+    started = time.monotonic()
+    retries = 0
+    while True:
         try:
             deliver(target, event)
+            return
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", "ClientError"))
+            message = str(error.response.get("Error", {}).get("Message", ""))
+            exhausted = ""
+            if _retriable(error):
+                if retries >= max_retries:
+                    exhausted = "MaximumRetryAttempts"
+                elif time.monotonic() - started + RETRY_DELAYS[retries] > max_age:
+                    exhausted = "MaximumEventAgeInSeconds"
+                else:
+                    time.sleep(RETRY_DELAYS[retries])
+                    retries += 1
+                    continue
+            _dead_letter(rule_arn, target, event, code, message, exhausted, retries)
+            return
+
+
+def _dead_letter(
+    rule_arn: str, target: dict[str, Any], event: dict[str, Any], code: str, message: str, exhausted: str, retries: int
+) -> None:
+    queue_arn = (target.get("DeadLetterConfig") or {}).get("Arn")
+    if not queue_arn:
+        LOG.warning("event for %s dropped after %d retries: %s", target.get("Arn"), retries, code)
+        return
+    attributes = dead_letters.eventbridge_attributes(
+        error_code=code,
+        error_message=message,
+        exhausted=exhausted,
+        attempts=retries,
+        rule_arn=rule_arn,
+        target_arn=str(target["Arn"]),
+    )
+    if not exhausted:  # a non-retriable error: EventBridge names no exhausted condition
+        attributes.pop("EXHAUSTED_RETRY_CONDITION")
+    dead_letters.send(queue_arn, json.dumps(aws_event(event)), attributes)
+
+
+def _deliver_in_background(rule_arn: str, target: dict[str, Any], event: dict[str, Any]) -> None:
+    def work() -> None:
+        try:
+            deliver_with_retries(rule_arn, target, event)
         except Exception:
             LOG.exception("EventBridge delivery to %s failed", target.get("Arn"))
         finally:
@@ -118,11 +192,18 @@ def _send_to_targets(self: Any, original_event: dict[str, Any], transform_input:
     matches = bool(self.event_pattern.get_pattern()) and self.event_pattern.matches_event(original_event)
     if ours and getattr(self, "state", "ENABLED") == "ENABLED" and matches:
         for target in ours:
-            _deliver_in_background(target, original_event)
+            _deliver_in_background(self.arn, target, original_event)
     if others:
         rest = copy.copy(self)
         rest.targets = others
         _originals["send_to_targets"](rest, original_event, transform_input)
+
+
+def _test_event_pattern(self: Any) -> tuple[str, dict[str, Any]]:
+    # TestEventPattern, which the emulator leaves unimplemented, with the matcher its rules use.
+    pattern = events_models.EventPattern.load(self._get_param("EventPattern"))
+    event = json.loads(self._get_param("Event"))
+    return json.dumps({"Result": pattern.matches_event(event)}), self.response_headers
 
 
 def install(endpoint_url: str) -> None:
@@ -132,6 +213,8 @@ def install(endpoint_url: str) -> None:
     if not _originals:
         _originals["send_to_targets"] = events_models.Rule.send_to_targets
         events_models.Rule.send_to_targets = _send_to_targets  # type: ignore[method-assign]
+        _originals["test_event_pattern"] = events_responses.EventsHandler.test_event_pattern
+        events_responses.EventsHandler.test_event_pattern = _test_event_pattern  # type: ignore[method-assign,assignment]
 
 
 def wait_idle(timeout: float = 5.0) -> None:
@@ -146,4 +229,5 @@ def uninstall() -> None:
     wait_idle()
     if _originals:
         events_models.Rule.send_to_targets = _originals.pop("send_to_targets")  # type: ignore[method-assign]
+        events_responses.EventsHandler.test_event_pattern = _originals.pop("test_event_pattern")  # type: ignore[method-assign]
     _state.pop("endpoint_url", None)

@@ -33,7 +33,7 @@ from moto.awslambda import responses as lambda_responses
 from moto.core.exceptions import JsonRESTError
 from moto.utilities.utils import ARN_PARTITION_REGEX
 
-from layershift.local import integration_faults, metrics
+from layershift.local import dead_letters, integration_faults, metrics
 from layershift.local.lambda_runtime import (
     FunctionSpec,
     InvokeResult,
@@ -249,12 +249,28 @@ def _backend_invoke(
     return result.payload
 
 
+# Lambda retries a failed asynchronous invocation twice, about one and then two minutes later;
+# locally the retries follow at once, so the dead letter is there in seconds.
+ASYNC_RETRIES = 2
+
+
 def invoke_async(target: Target, event: bytes) -> None:
-    """Run an ``Event`` invocation in the background, as Lambda's async queue does."""
+    """Run an ``Event`` invocation in the background, as Lambda's async queue does: an invocation
+    that still errors after ``ASYNC_RETRIES`` retries goes to the function's DeadLetterConfig."""
 
     def work() -> None:
         try:
-            invoke_target(target, event)
+            error_code, error_message = 200, ""
+            for _ in range(ASYNC_RETRIES + 1):
+                try:
+                    result = invoke_target(target, event)
+                except TooManyRequestsException as exc:
+                    error_code, error_message = 429, str(getattr(exc, "message", exc))
+                    continue
+                if not result.errored:
+                    return
+                error_code, error_message = 200, result.payload.decode("utf-8", "replace")
+            _dead_letter(target, event, error_code, error_message)
         except Exception:
             LOG.exception("asynchronous invoke of %s failed", target.name)
         finally:
@@ -263,6 +279,37 @@ def invoke_async(target: Target, event: bytes) -> None:
     thread = threading.Thread(target=work, daemon=True, name=f"lambda-async-{target.name}")
     _async_threads.add(thread)
     thread.start()
+
+
+def _dead_letter(target: Target, event: bytes, error_code: int, error_message: str) -> None:
+    config = getattr(target.function, "dead_letter_config", None) or {}
+    queue_arn = config.get("TargetArn")
+    if not queue_arn:
+        LOG.warning("asynchronous invoke of %s failed after its retries; no DeadLetterConfig", target.name)
+        return
+    attributes = dead_letters.lambda_attributes(
+        request_id=str(uuid.uuid4()), error_code=error_code, error_message=error_message
+    )
+    dead_letters.send(queue_arn, event.decode("utf-8", "replace"), attributes)
+
+
+def _function_init(self: Any, account_id: str, spec: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+    _originals["function_init"](self, account_id, spec, *args, **kwargs)
+    self.dead_letter_config = spec.get("DeadLetterConfig") or None
+
+
+def _function_get_configuration(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    config: dict[str, Any] = _originals["function_get_configuration"](self, *args, **kwargs)
+    if getattr(self, "dead_letter_config", None):
+        config["DeadLetterConfig"] = dict(self.dead_letter_config)
+    return config
+
+
+def _function_update_configuration(self: Any, config_updates: dict[str, Any]) -> dict[str, Any]:
+    if "DeadLetterConfig" in config_updates:
+        self.dead_letter_config = config_updates["DeadLetterConfig"] or None
+    result: dict[str, Any] = _originals["function_update_configuration"](self, config_updates)
+    return result
 
 
 def _function_invoke_lambda(self: Any, event: Any = None) -> tuple[str, bool, str]:
@@ -291,6 +338,13 @@ def install(runtime: LambdaRuntime) -> None:
     lambda_responses.LambdaResponse.invoke = _response_invoke  # type: ignore[method-assign]
     lambda_models.LambdaBackend.invoke = _backend_invoke  # type: ignore[method-assign]
     lambda_models.LambdaFunction._invoke_lambda = _function_invoke_lambda  # type: ignore[method-assign]
+    # The emulator drops DeadLetterConfig: keep it on the function, and in its configuration.
+    _originals["function_init"] = lambda_models.LambdaFunction.__init__
+    _originals["function_get_configuration"] = lambda_models.LambdaFunction.get_configuration
+    _originals["function_update_configuration"] = lambda_models.LambdaFunction.update_configuration
+    lambda_models.LambdaFunction.__init__ = _function_init  # type: ignore[method-assign]
+    lambda_models.LambdaFunction.get_configuration = _function_get_configuration  # type: ignore[method-assign]
+    lambda_models.LambdaFunction.update_configuration = _function_update_configuration  # type: ignore[method-assign]
 
 
 def uninstall(wait_seconds: float = 5.0) -> None:
@@ -300,6 +354,9 @@ def uninstall(wait_seconds: float = 5.0) -> None:
         lambda_responses.LambdaResponse.invoke = _originals.pop("response_invoke")  # type: ignore[method-assign]
         lambda_models.LambdaBackend.invoke = _originals.pop("backend_invoke")  # type: ignore[method-assign]
         lambda_models.LambdaFunction._invoke_lambda = _originals.pop("function_invoke_lambda")  # type: ignore[method-assign]
+        lambda_models.LambdaFunction.__init__ = _originals.pop("function_init")  # type: ignore[method-assign]
+        lambda_models.LambdaFunction.get_configuration = _originals.pop("function_get_configuration")  # type: ignore[method-assign]
+        lambda_models.LambdaFunction.update_configuration = _originals.pop("function_update_configuration")  # type: ignore[method-assign]
     _state.pop("runtime", None)
     with _credit_lock:
         _credits.clear()

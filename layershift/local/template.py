@@ -53,6 +53,7 @@ NAME_PROPERTIES: dict[str, str] = {
     "AWS::Serverless::LayerVersion": "LayerName",
     "AWS::SQS::Queue": "QueueName",
     "AWS::CloudWatch::Alarm": "AlarmName",
+    "AWS::CloudWatch::Dashboard": "DashboardName",
 }
 # SAM resources that bring a generated IAM role named <LogicalId>Role.
 SAM_ROLE_TYPES = {

@@ -116,13 +116,53 @@ def _check_queue_policy(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     assert sorted(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == sorted(rules)
 
 
+# Each alarm's metric, with its dimensions as the local deploy resolved them.
+ALARM_METRICS: dict[str, Callable[[DeployedStack], tuple[str, str, list[dict[str, str]]]]] = {
+    "TriggerDeadLetterAlarm": lambda stack: (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        [{"Name": "QueueName", "Value": stack.names["TriggerDeadLetterQueue"]}],
+    ),
+    "UnfinishedExecutionAlarm": lambda stack: ("Layershift", "ExecutionsUnfinished", []),
+    "RollbackIncompleteAlarm": lambda stack: ("Layershift", "RollbackIncomplete", []),
+    "ReaperErrorsAlarm": lambda stack: (
+        "AWS/Lambda",
+        "Errors",
+        [{"Name": "FunctionName", "Value": stack.physical_ids["ReapRolloutFunction"]}],
+    ),
+}
+
+
 def _check_alarm(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     (alarm,) = aws.client("cloudwatch").describe_alarms(AlarmNames=[stack.names[lid]])["MetricAlarms"]
     assert alarm["AlarmArn"] == stack.arns[lid]
-    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
-    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": stack.names["TriggerDeadLetterQueue"]}]
+    namespace, metric, dimensions = ALARM_METRICS[lid](stack)
+    assert (alarm["Namespace"], alarm["MetricName"]) == (namespace, metric)
+    assert alarm.get("Dimensions", []) == dimensions
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0.0)
     assert alarm["AlarmActions"] == [stack.physical_ids["NotificationTopic"]]
+
+
+def _check_dashboard(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
+    dashboard = aws.client("cloudwatch").get_dashboard(DashboardName=stack.names[lid])
+    assert dashboard["DashboardName"] == "layershift-rollouts"
+    body = json.loads(dashboard["DashboardBody"])  # the resolved !Sub is JSON
+    titles = [widget["properties"]["title"] for widget in body["widgets"]]
+    assert titles == [
+        "Rollouts by outcome",
+        "Seconds per phase (average per rollout)",
+        "Functions moved and throttles absorbed",
+        "Control-plane errors",
+        "Promoted version per layer",
+        "Control-plane alarms",
+    ]
+    text = json.dumps(body)
+    assert "${" not in text, "an unresolved substitution"
+    assert stack.physical_ids["RolloutStateMachine"] in text and stack.names["TriggerDeadLetterQueue"] in text
+    alarms = body["widgets"][-1]["properties"]["alarms"]
+    assert alarms == [stack.arns[a] for a in ALARM_METRICS if a != "TriggerDeadLetterAlarm"] + [
+        stack.arns["TriggerDeadLetterAlarm"]
+    ]
 
 
 def _check_log_group(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
@@ -257,6 +297,7 @@ CHECKS: dict[str, Callable[[LocalAws, DeployedStack, str], None]] = {
     "AWS::SQS::Queue": _check_queue,
     "AWS::SQS::QueuePolicy": _check_queue_policy,
     "AWS::CloudWatch::Alarm": _check_alarm,
+    "AWS::CloudWatch::Dashboard": _check_dashboard,
     "AWS::Logs::LogGroup": _check_log_group,
     "AWS::IAM::Role": _check_role,
     "AWS::IAM::Policy": _check_policy,

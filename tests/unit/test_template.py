@@ -668,3 +668,82 @@ def test_every_suppression_says_why(resources: dict[str, Any]) -> None:
         for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
             assert re.fullmatch(r"CKV2?_AWS_[0-9]+", skip["id"]), f"{logical_id}: {skip}"
             assert len(skip.get("comment", "")) > 40, f"{logical_id}: {skip['id']} needs its reason"
+
+
+def _emitted_metrics() -> set[str]:
+    """Every metric name the control plane's code emits (``emit`` or Powertools' ``add_metric``)."""
+    source = "\n".join(path.read_text() for path in (ROOT / "layers" / "core" / "layershift_core").glob("*.py"))
+    return set(re.findall(r'emit\(\s*"(\w+)"', source)) | set(re.findall(r'add_metric\(name="(\w+)"', source))
+
+
+def _rendered_dashboard(resources: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard body with each ${...} substitution replaced by a placeholder: it must be JSON."""
+    body = resources["ControlPlaneDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    names = set(re.findall(r"\$\{([^}]+)\}", body))
+    for name in names:
+        assert name.split(".")[0] in resources or name.startswith("AWS::"), f"${{{name}}} names nothing"
+    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: f"SUB-{m.group(1)}", body))
+
+
+def test_the_dashboard_is_json_and_shows_only_metrics_the_code_emits(resources: dict[str, Any]) -> None:
+    dashboard = _rendered_dashboard(resources)
+    ours = set()
+    for widget in dashboard["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if isinstance(line[0], str) and line[0] == "Layershift":
+                ours.add(line[1])
+            elif isinstance(line[0], dict) and "Layershift" in line[0]["expression"]:
+                ours.update(re.findall(r'MetricName=\\?"(\w+)', line[0]["expression"]))
+    assert ours == {
+        "Rollouts",
+        "PhaseDuration",
+        "FunctionsMoved",
+        "ThrottlesAbsorbed",
+        "ExecutionsUnfinished",
+        "RollbackIncomplete",
+        "PromotedVersion",
+    }
+    assert ours <= _emitted_metrics(), f"not emitted by any code: {ours - _emitted_metrics()}"
+    alarm_widget = dashboard["widgets"][-1]["properties"]["alarms"]
+    alarms = [lid for lid, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert sorted(alarm_widget) == sorted(f"SUB-{lid}.Arn" for lid in alarms)
+
+
+def test_every_control_plane_alarm_notifies_the_topic_on_a_metric_that_exists(resources: dict[str, Any]) -> None:
+    alarms = {lid: r["Properties"] for lid, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert sorted(alarms) == [
+        "ReaperErrorsAlarm",
+        "RollbackIncompleteAlarm",
+        "TriggerDeadLetterAlarm",
+        "UnfinishedExecutionAlarm",
+    ]
+    for lid, props in alarms.items():
+        assert props["AlarmActions"] == [{"Ref": "NotificationTopic"}], lid
+        assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0), lid
+        assert props["TreatMissingData"] == "notBreaching", lid
+        if props["Namespace"] == "Layershift":
+            assert props["MetricName"] in _emitted_metrics(), lid
+            assert "Dimensions" not in props, f"{lid}: emit() sends these metrics without dimensions"
+    assert alarms["ReaperErrorsAlarm"]["Dimensions"] == [
+        {"Name": "FunctionName", "Value": {"Ref": "ReapRolloutFunction"}}
+    ]
+
+
+def test_every_function_that_publishes_a_notification_may_publish_to_the_topic(resources: dict[str, Any]) -> None:
+    publishers = {
+        "ValidateRequestFunction",
+        "PublishLayerFunction",
+        "CheckHealthFunction",
+        "WaitForSignalFunction",
+        "NotifyFunction",
+        "ReapRolloutFunction",
+    }
+    for lid, resource in resources.items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        statements = [s for policy in resource["Properties"].get("Policies", []) for s in policy.get("Statement", [])]
+        publishes = [s for s in statements if "sns:Publish" in s["Action"]]
+        if lid in publishers:
+            assert [s["Resource"] for s in publishes] == [{"Ref": "NotificationTopic"}], lid
+        else:
+            assert not publishes, f"{lid} publishes nothing"

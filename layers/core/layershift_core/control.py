@@ -19,6 +19,7 @@ from .aws import client, error_code
 from .errors import ApprovalRejected, NothingWaiting, RolloutAborted, RolloutUnhealthy
 from .health import firing_alarms
 from .models import LayerName, StepState
+from .notify import publish
 from .observability import logger, metrics
 from .registry import Registry
 from .settings import Settings
@@ -60,17 +61,20 @@ def register_wait(request: WaitRequest, settings: Settings) -> dict[str, Any]:
 
 
 def _announce_approval(settings: Settings, step: StepState) -> None:
-    if not settings.topic_arn:
-        return
     commands = f"layershift approve {step.layer}\nlayershift reject {step.layer}"
-    client("sns").publish(
-        TopicArn=settings.topic_arn,
-        Subject=f"layershift: {step.layer} waits for approval before 100%"[:100],
-        Message=(
+    publish(
+        settings,
+        step.layer,
+        "approval_needed",
+        "warning",
+        f"layershift: {step.layer} waits for approval before 100%",
+        (
             f"Rollout {step.rollout_id} of layer {step.layer} is healthy so far and waits for approval "
             f"before it moves every target to 100% on the new version.\n\nTo go on, or to roll back:\n{commands}\n"
             "(add --stack NAME or --local as for any layershift command)"
         ),
+        {"weight_percent": step.step.weight, "commands": commands.splitlines()},
+        rollout_id=step.rollout_id,
     )
 
 

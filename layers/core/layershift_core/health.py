@@ -26,6 +26,7 @@ from .aws import client
 from .errors import RolloutInconclusive, RolloutUnhealthy
 from .fanout import BatchEvent, raise_first_failure, read_map_run, record_map_run, run_pass
 from .models import CanaryAnalysis, CanaryVerdict, Preflight, RolloutState, StepState, TargetPlan
+from .notify import publish
 from .observability import logger, metrics
 from .registry import Registry
 from .settings import Settings
@@ -138,6 +139,7 @@ def check_health(state: RolloutState, settings: Settings) -> RolloutState:
     firing = firing_alarms(step_state)
     if firing:
         metrics.add_metric(name="RolloutHealthFailing", unit="Count", value=1)
+        _announce_step(settings, step_state, "failing", f"gating alarm(s) in ALARM: {firing}")
         raise RolloutUnhealthy(f"at {weight}% on the new version, {firing}")
     now = time.time()
     cohort = _cohort(state, settings)
@@ -152,6 +154,7 @@ def check_health(state: RolloutState, settings: Settings) -> RolloutState:
     )
     if cohort.verdict is CanaryVerdict.FAILING:
         metrics.add_metric(name="CanaryFailing", unit="Count", value=1)
+        _announce_step(settings, step_state, "failing", step_state.verdict_detail or "")
         raise RolloutUnhealthy(f"canary analysis at {weight}% on the new version: {step_state.verdict_detail}")
 
     elapsed = now - (step_state.started_at or now)
@@ -164,11 +167,37 @@ def check_health(state: RolloutState, settings: Settings) -> RolloutState:
     else:
         step_state.bake_complete = True
         step_state.wait_seconds = 0
+    if step_state.bake_complete:
+        _announce_step(settings, step_state, cohort.verdict.value, step_state.verdict_detail or "")
     logger.info(
         "step checked",
         extra={"weight_percent": weight, "elapsed_seconds": round(elapsed, 1), "verdict": cohort.verdict.value},
     )
     return state
+
+
+def _announce_step(settings: Settings, step_state: StepState, verdict: str, detail: str) -> None:
+    """The ``traffic_step`` notification: a step's final verdict, with its numbers."""
+    weight = step_state.step.weight
+    elapsed = time.time() - (step_state.started_at or time.time())
+    publish(
+        settings,
+        step_state.layer,
+        "traffic_step",
+        "warning" if verdict == "failing" else "info",
+        f"layershift: {step_state.layer} at {weight}% on the new version: {verdict}",
+        f"Step {step_state.step_index + 1} ({weight}% for {step_state.step.bake_seconds}s): {detail}",
+        {
+            "step": step_state.step_index + 1,
+            "weight_percent": weight,
+            "verdict": verdict,
+            "detail": detail,
+            "checks": step_state.checks,
+            "baked_seconds": round(elapsed, 1),
+            "extended_seconds": step_state.extended_seconds,
+        },
+        rollout_id=step_state.rollout_id,
+    )
 
 
 def _extend_or_decide(step_state: StepState) -> None:

@@ -10,10 +10,15 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from .aborts import ensure_rollout_not_aborted
+from .artifacts import read_json
 from .aws import client
 from .errors import BuildFailed
 from .models import LayerVersionRef, RolloutState, ValidatedRollout, platform_label
+from .notify import publish
+from .observability import logger
 from .registry import Registry
 from .settings import Settings
 from .staging import VARIANTS_JSON, BuildResult, VariantView, promote
@@ -126,4 +131,74 @@ def publish_layer(state: RolloutState, settings: Settings) -> RolloutState:
         status="published",
         layer_version_arns=",".join(v.arn for v in state.layer_versions),
     )
+    _announce_built(settings, rollout, index.variants, published)
     return state
+
+
+def package_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """``name old -> new``, ``+name version`` and ``-name version``, by name."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if old is None:
+            changes.append(f"+{name} {new}")
+        elif new is None:
+            changes.append(f"-{name} {old}")
+        elif old != new:
+            changes.append(f"{name} {old} -> {new}")
+    return changes
+
+
+def _promoted_packages(settings: Settings, layer: str) -> dict[str, dict[str, str]]:
+    """The packages of the layer's promoted version of each variant, from its manifest (none found: {})."""
+    found: dict[str, dict[str, str]] = {}
+    for record in Registry(settings.table).versions(layer):
+        if record.get("status") != "promoted" or not record.get("manifest_key"):
+            continue
+        try:
+            manifest = read_json(settings.bucket, str(record["manifest_key"]))
+        except (ClientError, ValueError):  # unreadable: the notification goes without the comparison
+            logger.warning("promoted manifest unreadable", extra={"key": record.get("manifest_key")})
+            continue
+        packages = {str(p["name"]): str(p["version"]) for p in manifest.get("packages", []) if "name" in p}
+        found[str(record.get("variant") or "")] = packages  # later versions come later: the newest wins
+    return found
+
+
+def _announce_built(
+    settings: Settings, rollout: ValidatedRollout, variants: list[VariantView], published: list[LayerVersionRef]
+) -> None:
+    """The ``built`` notification: each published layer version, its size and its packages."""
+    by_id = {variant.id: variant for variant in variants}
+    promoted = _promoted_packages(settings, rollout.layer)
+    versions: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for ref in published:
+        variant = by_id.get(ref.variant or "")
+        packages = sorted(f"{p.get('name')}=={p.get('version')}" for p in (variant.packages if variant else []))
+        size_mb = round(ref.unzipped_bytes / 1_000_000, 1)
+        entry: dict[str, Any] = {
+            "layer_version": ref.arn,
+            "variant": ref.variant,
+            "serves": ref.targets,
+            "unzipped_mb": size_mb,
+            "packages": packages,
+        }
+        line = f"- {ref.arn} ({', '.join(ref.targets)}): {size_mb} MB unzipped, {len(packages)} package(s)"
+        before = promoted.get(ref.variant)
+        if before is not None and variant is not None:
+            now = {str(p.get("name")): str(p.get("version")) for p in variant.packages}
+            entry["changed_since_promoted"] = changes = package_changes(before, now)
+            line += "; since the promoted version: " + (", ".join(changes) or "no package changed")
+        versions.append(entry)
+        lines.append(line)
+    publish(
+        settings,
+        rollout.layer,
+        "built",
+        "info",
+        f"layershift: {rollout.layer} built and published",
+        "\n".join(lines),
+        {"layer_versions": versions},
+        rollout_id=rollout.rollout_id,
+    )

@@ -29,7 +29,7 @@ from .aws import client
 from .fanout import items_key
 from .models import ExecutionStatusChange, Model, RestoreSummary, RolloutState
 from .notify import publish_ending, usage_of
-from .observability import logger
+from .observability import MetricUnit, emit, logger
 from .planner import load_plan, plan_key
 from .registry import Registry, is_missing
 from .settings import Settings
@@ -193,6 +193,8 @@ def reap(change: ExecutionStatusChange, settings: Settings) -> ReapResult:
     if described["status"] != "SUCCEEDED" and record and ending not in ENDINGS:
         if ending == ROLLING_BACK:
             return result  # the reaper's restore runs: its own ending finishes the rollout
+        # An execution that ended without reaching one of its own endings: UnfinishedExecutionAlarm.
+        emit("ExecutionsUnfinished", MetricUnit.Count, 1)
         if _planned(settings.bucket, layer, rollout_id):
             why = _why(described)
             _start_restore(settings, layer, rollout_id, why)

@@ -21,6 +21,7 @@ from .models import (
     ValidatedRollout,
     platform_label,
 )
+from .notify import publish
 from .planner import find_candidates
 from .registry import Registry
 from .requirements import RequirementSet, check_markers, parse_requirements
@@ -169,5 +170,23 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
         spec=spec,
         requirements_uri=f"s3://{request.bucket}/{prefix}requirements.txt",
         fanout=settings.fanout,
+    )
+    steps = [f"{step.weight}% for {step.bake_seconds}s" for step in spec.steps]
+    publish(
+        settings,
+        request.layer,
+        "accepted",
+        "info",
+        f"layershift: {request.layer} push accepted",
+        f"Rollout {rollout_id} of {request.layer}: {len(requirements.requirements)} requirement(s), "
+        f"steps {', '.join(steps) or 'none'} then 100%" + (", approval before 100%" if spec.approval else ""),
+        {
+            "requirements": len(requirements.requirements),
+            "steps": steps,
+            "source": request.source,
+            "commit_id": request.commit_id,
+            "requirements_version": request.requirements_version,
+        },
+        rollout_id=rollout_id,
     )
     return state
