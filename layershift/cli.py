@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     for name, help_text, reason, func in (
-        ("approve", "let a rollout waiting for approval go on to 100%", None, cmd_approve),
+        ("approve", "let a rollout waiting for approval go on to 100%%", None, cmd_approve),
         ("reject", "refuse a rollout waiting for approval: it rolls back", "rejected at the approval", cmd_reject),
         (
             "abort",
