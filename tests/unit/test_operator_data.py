@@ -1,0 +1,96 @@
+"""What the operator views read: the registry page by page, versions apart from rollouts, and
+rollout outcomes joined from the registry and the executions."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from moto import mock_aws
+
+from layershift.controlplane import ControlPlane
+from layershift.operator_data import layer_status, registry_items, rollout_row
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Paginator:
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+
+    def paginate(self, **_: Any) -> list[dict[str, Any]]:
+        return self.pages
+
+
+class _PagedTable:
+    """DynamoDB as it answers a big table: several pages, each with a LastEvaluatedKey but the last."""
+
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+        self.operations: list[str] = []
+
+    def get_paginator(self, operation: str) -> _Paginator:
+        self.operations.append(operation)
+        return _Paginator(self.pages)
+
+
+def _item(layer: str, sk: str, **fields: str) -> dict[str, Any]:
+    return {"pk": {"S": f"LAYER#{layer}"}, "sk": {"S": sk}, **{k: {"S": v} for k, v in fields.items()}}
+
+
+def test_the_registry_is_read_page_by_page() -> None:
+    table = _PagedTable(
+        [
+            {"Items": [_item("a", "VERSION#000001", status="promoted")], "LastEvaluatedKey": {"pk": {"S": "x"}}},
+            {"Items": [_item("b", "LOCK", owner="b-1"), _item("a", "ROLLOUT#a-1", status="promoted")]},
+        ]
+    )
+    cp = ControlPlane(bucket="b", table="t", state_machine_arn="arn:aws:states:us-east-1:1:stateMachine:m")
+    cp._clients["dynamodb"] = table
+    found = registry_items(cp)
+    assert table.operations == ["scan"]
+    assert {layer: sorted(i["sk"] for i in items) for layer, items in found.items()} == {
+        "a": ["ROLLOUT#a-1", "VERSION#000001"],
+        "b": ["LOCK"],
+    }
+    registry_items(cp, "a")
+    assert table.operations == ["scan", "query"]
+
+
+@mock_aws
+def test_status_lists_the_last_versions_and_the_last_rollouts_apart() -> None:
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    ddb.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"} for key in ("pk", "sk")],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for n in range(1, 8):  # versions updated after every rollout: a mixed "last 5" would show versions only
+        ddb.put_item(TableName="t", Item=_item("a", f"ROLLOUT#a-{n}", status="promoted", updated_at=f"2026-01-0{n}"))
+    for n in range(1, 8):
+        item = _item("a", f"VERSION#{n:06d}", status="promoted", build_key="k" * 20, updated_at=f"2026-02-0{n}")
+        ddb.put_item(TableName="t", Item=item | {"version": {"N": str(n)}})
+    cp = ControlPlane(
+        bucket="b", table="t", state_machine_arn="arn:aws:states:us-east-1:1:stateMachine:m", region="us-east-1"
+    )
+    status = layer_status(cp, "a", registry_items(cp, "a")["a"], recent=5)
+    assert [v["version"] for v in status["versions"]] == [7, 6, 5, 4, 3]
+    assert [r["rollout_id"] for r in status["rollouts"]] == ["a-7", "a-6", "a-5", "a-4", "a-3"]
+
+
+def test_a_rollout_row_joins_the_record_and_the_execution() -> None:
+    started, stopped = datetime(2026, 1, 1, 12, 0, tzinfo=UTC), datetime(2026, 1, 1, 12, 1, 30, tzinfo=UTC)
+    execution = {"status": "FAILED", "startDate": started, "stopDate": stopped}
+    record = {"status": "rolled_back", "reason": "RolloutUnhealthy: ...", "pushed_by": "arn:aws:iam::1:user/ops"}
+    row = rollout_row("a", "a-1", record | {"commit_id": "", "attempt": "2"}, execution)
+    assert (row["outcome"], row["duration_seconds"], row["attempt"], row["commit_id"]) == ("rolled_back", 90.0, 2, None)
+    running = rollout_row("a", "a-2", {"status": "shifting"}, {"status": "RUNNING", "startDate": started})
+    assert (running["outcome"], running["duration_seconds"]) == ("running (shifting)", None)
+    assert rollout_row("a", "a-3", None, execution)["outcome"] == "failed"
+
+
+def test_the_cli_dependencies_stay_out_of_the_control_planes_layer() -> None:
+    layer = (ROOT / "layers/core/requirements.txt").read_text().lower()
+    assert "rich" not in layer
+    assert '"rich>=' in (ROOT / "pyproject.toml").read_text()
