@@ -108,7 +108,9 @@ def cmd_get(args: argparse.Namespace, cp: ControlPlane) -> int:
         operator_views.print_json(tree)
     elif not args.watch:
         operator_views.show_tree(tree, operator_views.console())
-    return 0 if tree["status"] in ("RUNNING", "SUCCEEDED") else 1
+    if args.watch:  # like push --wait: the exit code says how the watched rollout ended
+        return 0 if tree["status"] == "SUCCEEDED" else 1
+    return 0
 
 
 def _watch(watch: _RolloutWatch, tree: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -190,7 +192,9 @@ def register(sub: Any, add_target: AddTarget, control_plane_of: ControlPlaneOf) 
     )
     get.add_argument("layer")
     get.add_argument("--rollout", help="another rollout of the layer (its id, the execution name)")
-    get.add_argument("--watch", "-w", action="store_true", help="refresh until the execution ends")
+    get.add_argument(
+        "--watch", "-w", action="store_true", help="refresh until the execution ends; exit 1 unless it was promoted"
+    )
     get.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --watch")
     get.add_argument("--timeout", type=float, default=3600, help="stop watching after this many seconds")
     _add_output(get)

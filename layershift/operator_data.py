@@ -7,6 +7,7 @@ rendering is in `operator_views`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from datetime import datetime
@@ -159,12 +160,13 @@ def layer_history(
 
 # -- a layer at a glance -------------------------------------------------------------------------
 def promoted_versions(items: list[dict[str, Any]]) -> dict[str, int]:
-    """The newest promoted version of each variant the registry knows: variant -> version."""
-    promoted: dict[str, int] = {}
-    for item in _kind(items, "VERSION#"):
-        if item.get("status") == "promoted":
-            promoted[item.get("variant") or ""] = int(item["version"])
-    return promoted
+    """The versions of the last promoted rollout, one per variant: variant -> version. (An older
+    promoted version of a variant that the last promotion no longer builds is not promoted any more.)"""
+    promoted = [i for i in _kind(items, "VERSION#") if i.get("status") == "promoted"]
+    if not promoted:
+        return {}
+    last = promoted[-1].get("rollout_id")
+    return {i.get("variant") or "": int(i["version"]) for i in promoted if i.get("rollout_id") == last}
 
 
 def layer_summary(
@@ -309,6 +311,8 @@ def rollout_tree(
                 ending["state"] = "running"
             elif running_state == "RestoreAliases":
                 ending = {**ending, "name": "roll back", "state": "running"}
+        if kind in ("TaskFailed", "LambdaFunctionFailed") and steps and steps[-1]["state"] == "running":
+            _step_failed(steps[-1], event)
         if not kind.endswith("StateExited"):
             if kind in ("ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"):
                 details = (
@@ -321,7 +325,11 @@ def rollout_tree(
             continue
         name = event["stateExitedEventDetails"]["name"]
         output = _output(event)
-        if "error" in output and output.get("error"):
+        if name == "RollBack":  # the state it rolls back from carries the error
+            summary = (output.get("restore") or {}).get("summary") or {}
+            ending = {**ending, "name": "roll back", "state": "done"}
+            ending["detail"] = f"{summary.get('restored', 0)} target(s) restored to their old version"
+        if output.get("error"):  # left through a Catch: the failure event said what happened
             continue
         if name == "ValidateRequest" and output.get("rollout"):
             spec = output["rollout"].get("spec", {})
@@ -378,10 +386,6 @@ def rollout_tree(
         elif name == "PromoteLayer":
             ending["state"] = "done"
             ending["detail"] = "every target alias is 100% on the new version"
-        elif name == "RollBack":
-            summary = (output.get("restore") or {}).get("summary") or {}
-            ending = {**ending, "name": "roll back", "state": "done"}
-            ending["detail"] = f"{summary.get('restored', 0)} target(s) restored"
 
     status = described["status"]
     failed_at = None
@@ -440,6 +444,18 @@ def rollout_tree(
         "cause": cause,
         "phases": [validate, build, plan_phase, traffic, ending],
     }
+
+
+def _step_failed(step: dict[str, Any], event: dict[str, Any]) -> None:
+    """A task of the step failed: a failing canary verdict (RolloutUnhealthy) or another error."""
+    details = event.get("taskFailedEventDetails") or event.get("lambdaFunctionFailedEventDetails") or {}
+    cause = details.get("cause", "")
+    with contextlib.suppress(ValueError, AttributeError):
+        cause = json.loads(cause).get("errorMessage", cause)
+    error = details.get("error")
+    step["checks"] += 1 if error == "RolloutUnhealthy" else 0  # the check that failed returned no output
+    step["verdict"] = "failing" if error == "RolloutUnhealthy" else error
+    step["verdict_detail"] = str(cause)
 
 
 def _outcome(status: str, ending: dict[str, Any], error: str | None) -> str:

@@ -90,19 +90,26 @@ def show_ls(rows: list[dict[str, Any]], out: Console) -> None:
 HISTORY_COLUMNS = ("ROLLOUT", "STARTED", "DURATION", "OUTCOME", "PUSHED BY", "SOURCE", "VERDICT / REASON")
 
 
-def _history_cells(row: dict[str, Any], width: int) -> list[str]:
-    source = f"commit {row['commit_id']}" if row["commit_id"] else f"s3 version {row['requirements_version'] or '-'}"
+def _identity(pusher: str | None) -> str:
+    """An IAM ARN without its partition, service and account (`assumed-role/ops/alice`)."""
+    if not pusher:
+        return "-"
+    return pusher.split(":", 5)[5] if pusher.startswith("arn:") and pusher.count(":") >= 5 else pusher
+
+
+def _history_cells(row: dict[str, Any]) -> list[str]:
+    source = f"commit {row['commit_id']}" if row["commit_id"] else f"s3 {row['requirements_version'] or '-'}"
     if row["attempt"]:
         source += f" (retry {row['attempt']})"
-    why = row["reason"] or (f"{row['verdict']}: {row['verdict_detail']}" if row["verdict"] else "-")
+    why = row["reason"] or row["verdict_detail"] or row["verdict"] or "-"
     return [
         row["rollout_id"],
         _when(row["started_at"]),
         _duration(row["duration_seconds"]),
         row["outcome"],
-        row["pushed_by"] or "-",
+        _identity(row["pushed_by"]),
         source,
-        why[:width],
+        why,
     ]
 
 
@@ -112,17 +119,23 @@ def show_history(layer: str, rows: list[dict[str, Any]], out: Console) -> None:
         return
     if not out.is_terminal:
         for row in rows:
-            cells = _history_cells(row, 300)
+            cells = _history_cells(row)
             print(f"{cells[0]}  {cells[1]}  {cells[2]:>6}  {cells[3]}")
-            print(f"    pushed by {cells[4]}; {cells[5]}")
-            print(f"    {cells[6]}")
+            print(f"    pushed by {row['pushed_by'] or '-'}; {cells[5]}")
+            print(f"    {cells[6][:300]}")
         return
-    table = Table(*HISTORY_COLUMNS, title=f"rollouts of {layer}, newest first", title_justify="left")
+    # The verdict or reason is prose: it goes under the table, one wrapped paragraph per rollout.
+    table = Table(*HISTORY_COLUMNS[:-1], title=f"rollouts of {layer}, newest first", title_justify="left")
     for row in rows:
-        cells = _history_cells(row, 160)
+        cells = _history_cells(row)
         cells[3] = _styled(cells[3])
-        table.add_row(*cells)
+        cells[5] = cells[5] if len(cells[5]) <= 24 else cells[5][:23] + "…"
+        table.add_row(*cells[:-1])
     out.print(table)
+    for row in rows:
+        why = _history_cells(row)[-1]
+        if why != "-":
+            out.print(f"[bold]{row['rollout_id']}[/bold]: {why[:400]}", highlight=False)
 
 
 # -- status -------------------------------------------------------------------------------------

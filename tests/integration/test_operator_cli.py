@@ -79,6 +79,23 @@ def test_ls_history_get_retry_on_one_layer(
 
     assert main(["reject", LAYER, "--local", "--reason", "not this week", "--wait"]) == 0
     _out(capsys)
+    tree = _json(["get", LAYER, "--rollout", rejected_id], capsys)
+    assert isinstance(tree, dict)
+    assert (tree["status"], tree["outcome"], tree["error"]) == ("FAILED", "rolled back", "ApprovalRejected")
+    rollback = tree["phases"][-1]
+    assert (rollback["name"], rollback["state"]) == ("roll back", "done")
+    assert rollback["detail"] == "2 target(s) restored to their old version"
+
+    # status: the last versions and the last rollouts, apart.
+    status = _json(["status", "--layer", LAYER], capsys)
+    assert isinstance(status, dict)
+    (layer_status,) = status["layers"]
+    assert [(v["version"], v["status"]) for v in layer_status["versions"]] == [(3, "rolled_back"), (2, "promoted")]
+    assert [(r["rollout_id"], r["status"]) for r in layer_status["rollouts"]] == [
+        (rejected_id, "rolled_back"),
+        (promoted_id, "promoted"),
+    ]
+    assert layer_status["promoted_arn"].endswith(f":{cp.published_name(LAYER)}:2")
 
     # 3. ls: the promoted version, no lock, the last rollout rolled back.
     rows = _json(["ls"], capsys)
