@@ -103,7 +103,8 @@ def _execution_arn(cp: ControlPlane, rollout_id: str) -> str:
 def _follow_if_asked(args: argparse.Namespace, cp: ControlPlane, rollout_id: str) -> int:
     if not args.wait:
         return 0
-    described = controlplane.follow(cp, _execution_arn(cp, rollout_id))
+    with operator_views.progress_lines(operator_views.console(), f"rollout {rollout_id}") as emit:
+        described = controlplane.follow(cp, _execution_arn(cp, rollout_id), emit=emit)
     return 0 if described["status"] == "SUCCEEDED" else 1
 
 

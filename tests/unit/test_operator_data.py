@@ -1,15 +1,19 @@
 """What the operator views read: the registry page by page, versions apart from rollouts, and
 rollout outcomes joined from the registry and the executions."""
 
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from moto import mock_aws
+from rich.console import Console
 
 from layershift.controlplane import ControlPlane
 from layershift.operator_data import layer_status, registry_items, rollout_row
+from layershift.operator_views import show_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +98,38 @@ def test_the_cli_dependencies_stay_out_of_the_control_planes_layer() -> None:
     layer = (ROOT / "layers/core/requirements.txt").read_text().lower()
     assert "rich" not in layer
     assert '"rich>=' in (ROOT / "pyproject.toml").read_text()
+
+
+def _tree() -> dict[str, Any]:
+    function = {"function": "orders", "alias": "live", "old_version": "4", "new_version": "5", "variant": None}
+    step = {"index": 0, "wave": "main", "weight": 25, "bake_seconds": 60, "state": "running", "checks": 2}
+    step |= {"verdict": "healthy", "verdict_detail": "healthy: 1 function", "functions": [function | {"weight": 25.0}]}
+    phases = [{"name": n, "state": "done", "detail": None} for n in ("validate", "build", "plan")]
+    phases += [{"name": "traffic", "state": "running", "detail": None, "steps": [step]}]
+    phases += [{"name": "promote", "state": "pending", "detail": None}]
+    return {
+        "layer": "deps",
+        "rollout_id": "deps-1",
+        "status": "RUNNING",
+        "outcome": "running",
+        "current_state": "BakeAndWatch",
+        "started_at": "2026-01-01T12:00:00+00:00",
+        "duration_seconds": None,
+        "error": None,
+        "cause": None,
+        "phases": phases,
+    }
+
+
+def test_the_tree_is_drawn_by_rich_on_a_terminal_and_as_plain_lines_elsewhere(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    show_tree(_tree(), terminal)
+    drawn = terminal.file.getvalue()  # type: ignore[attr-defined]
+    assert "├── ◌ traffic" in drawn and "orders:live  v4 → v5, 25% on v5" in drawn
+    show_tree(_tree(), Console(file=io.StringIO()))  # not a terminal: plain lines on stdout
+    plain = capsys.readouterr().out.splitlines()
+    assert plain[0].startswith("rollout deps-1 of layer deps: RUNNING (RUNNING)")
+    assert "    ◌ step 1: main wave at 25% for 60s: healthy after 2 check(s)  [running]" in plain
+    assert "      orders:live  v4 → v5, 25% on v5" in plain
