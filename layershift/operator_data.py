@@ -422,6 +422,10 @@ def rollout_tree(
             _function_at(target, step, live_weights) for target in targets if target.get("wave", "main") == step["wave"]
         ]
     traffic["steps"] = steps
+    if ending["name"] == "roll back" and ending["state"] == "done":
+        ending["functions"] = [
+            {"function": t["function_name"], "alias": t.get("alias"), "version": t.get("old_version")} for t in targets
+        ]
     build["layer_versions"] = layer_versions
     plan_phase["skipped"] = [
         {"function": t["function_name"], "reason": t.get("reason")}

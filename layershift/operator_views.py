@@ -204,6 +204,10 @@ def _function_label(function: dict[str, Any]) -> str:
     )
 
 
+# Functions drawn per step: a fleet's step lists the first ones; -o json has them all.
+FUNCTIONS_SHOWN = 20
+
+
 def tree_outline(tree: dict[str, Any]) -> Iterator[tuple[int, str, str | None]]:
     """The tree as (depth, text, state) rows: what both the plain and the rich rendering draw."""
     head = f"rollout {tree['rollout_id']} of layer {tree['layer']}: {tree['outcome'].upper()} ({tree['status']})"
@@ -225,8 +229,15 @@ def tree_outline(tree: dict[str, Any]) -> Iterator[tuple[int, str, str | None]]:
             yield 2, _step_label(step), step["state"]
             if step["verdict_detail"]:
                 yield 3, f"verdict: {step['verdict_detail'][:240]}", None
-            for function in step["functions"]:
+            for function in step["functions"][:FUNCTIONS_SHOWN]:
                 yield 3, _function_label(function), None
+            if len(step["functions"]) > FUNCTIONS_SHOWN:
+                yield 3, f"… and {len(step['functions']) - FUNCTIONS_SHOWN} more (-o json lists every one)", None
+        restored = phase.get("functions", [])
+        for function in restored[:FUNCTIONS_SHOWN]:
+            yield 2, f"{function['function']}:{function['alias']}  back on v{function['version']}", None
+        if len(restored) > FUNCTIONS_SHOWN:
+            yield 2, f"… and {len(restored) - FUNCTIONS_SHOWN} more (-o json lists every one)", None
     if tree["error"]:
         yield 1, f"{tree['error']}: {(tree['cause'] or '')[:400]}", "failed"
 

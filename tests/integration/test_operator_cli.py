@@ -85,6 +85,9 @@ def test_ls_history_get_retry_on_one_layer(
     rollback = tree["phases"][-1]
     assert (rollback["name"], rollback["state"]) == ("roll back", "done")
     assert rollback["detail"] == "2 target(s) restored to their old version"
+    assert {(f["function"], f["version"]) for f in rollback["functions"]} == {
+        (f["function"], f["old_version"]) for f in functions.values()
+    }
 
     # status: the last versions and the last rollouts, apart.
     status = _json(["status", "--layer", LAYER], capsys)

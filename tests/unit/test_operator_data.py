@@ -13,7 +13,7 @@ from rich.console import Console
 
 from layershift.controlplane import ControlPlane
 from layershift.operator_data import layer_status, registry_items, rollout_row
-from layershift.operator_views import show_tree
+from layershift.operator_views import FUNCTIONS_SHOWN, show_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,3 +133,13 @@ def test_the_tree_is_drawn_by_rich_on_a_terminal_and_as_plain_lines_elsewhere(
     assert plain[0].startswith("rollout deps-1 of layer deps: RUNNING (RUNNING)")
     assert "    ◌ step 1: main wave at 25% for 60s: healthy after 2 check(s)  [running]" in plain
     assert "      orders:live  v4 → v5, 25% on v5" in plain
+
+
+def test_a_fleets_step_draws_its_first_functions_and_counts_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    tree = _tree()
+    (step,) = tree["phases"][3]["steps"]
+    step["functions"] = [step["functions"][0] | {"function": f"fn-{n:03d}"} for n in range(FUNCTIONS_SHOWN + 5)]
+    show_tree(tree, Console(file=io.StringIO()))
+    plain = capsys.readouterr().out
+    assert "fn-019:live" in plain and "fn-020:live" not in plain
+    assert "… and 5 more (-o json lists every one)" in plain
