@@ -13,6 +13,7 @@ from layershift import controlplane
 from layershift.cli import main
 from layershift.controlplane import ControlPlane, wait_for_execution
 from layershift_core.errors import NothingWaiting
+from layershift_core.trigger import COMMIT_METADATA, SOURCE_METADATA, execution_name
 
 from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, wait_for_state
 
@@ -51,11 +52,20 @@ def test_ls_history_get_retry_on_one_layer(
     promoted_id = _out(capsys).split("execution: ")[1].split()[0].rsplit(":", 1)[-1]
 
     # 2. A rollout that stops at its approval, after its 50% step: the tree shows the live weights.
+    # It comes from a CodeCommit push: the files copied into the bucket with the commit id, as
+    # mirror_codecommit_push copies them.
     requirements.write_text("six==1.17.0\n")
     config.write_text(spec(extra="approval = true"))
-    assert main(["push", str(requirements), "--layer", LAYER, "--config", str(config), "--local"]) == 0
-    rejected_arn = _out(capsys).split("execution: ")[1].split()[0]
-    rejected_id = rejected_arn.rsplit(":", 1)[-1]
+    s3 = cp.client("s3")
+    s3.put_object(Bucket=cp.bucket, Key=f"layers/{LAYER}/layer.toml", Body=config.read_bytes())
+    s3.put_object(
+        Bucket=cp.bucket,
+        Key=f"layers/{LAYER}/requirements.txt",
+        Body=requirements.read_bytes(),
+        Metadata={SOURCE_METADATA: "codecommit", COMMIT_METADATA: "c0ffee42"},
+    )
+    rejected_id = execution_name(LAYER, requirements.read_bytes(), config.read_bytes())
+    rejected_arn = controlplane.execution_arn(cp, rejected_id)
     wait_for_execution(cp, rejected_arn)
     wait_for_state(cp, rejected_arn, "AwaitApproval")
     tree = _json(["get", LAYER], capsys)
@@ -120,10 +130,12 @@ def test_ls_history_get_retry_on_one_layer(
         (rejected_id, "rolled_back"),
         (promoted_id, "promoted"),
     ]
-    newest = history[0]
-    assert "not this week" in newest["reason"]
-    assert newest["pushed_by"] == controlplane.caller_identity(cp)
-    assert newest["requirements_version"] and newest["source"] == "s3" and newest["duration_seconds"] > 0
+    newest, oldest = history
+    assert "not this week" in newest["reason"] and newest["duration_seconds"] > 0
+    assert (newest["source"], newest["commit_id"]) == ("codecommit", "c0ffee42")
+    assert newest["pushed_by"] == "123456789012"  # no pusher metadata: the account S3's event names
+    assert oldest["pushed_by"] == controlplane.caller_identity(cp) and oldest["source"] == "s3"
+    assert oldest["requirements_version"] and oldest["commit_id"] is None
 
     # 5. The rejected bytes pushed again: nothing new starts, and --wait does not report the old execution.
     assert main(["push", str(requirements), "--layer", LAYER, "--local", "--wait"]) == 1
