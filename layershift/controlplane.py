@@ -301,7 +301,9 @@ class HistoryTail:
                     kwargs["nextToken"] = page["nextToken"]
                     continue
             break
-        fresh.reverse()
+        # A page token that counts from the newest event (as the local emulation's does) shifts when
+        # events arrive between two pages of one call, and shows some events twice: keep each once.
+        fresh = sorted({event["id"]: event for event in fresh}.values(), key=lambda event: event["id"])
         if fresh:
             self.last_id = fresh[-1]["id"]
         return fresh
