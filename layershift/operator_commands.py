@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import controlplane, operator_data, operator_views
+from . import controlplane, operator_data, operator_tree, operator_views
 from .controlplane import ControlPlane, HistoryTail
 
 AddTarget = Callable[[argparse.ArgumentParser], None]
@@ -84,9 +84,7 @@ class _RolloutWatch:
         live = None
         if described["status"] == "RUNNING" and self.plan is not None:
             live = operator_data.live_alias_weights(self.cp, self.plan)
-        return operator_data.rollout_tree(
-            self.cp, self.layer, self.rollout_id, described, self.events, self.plan, live
-        )
+        return operator_tree.rollout_tree(self.layer, self.rollout_id, described, self.events, self.plan, live)
 
 
 def cmd_get(args: argparse.Namespace, cp: ControlPlane) -> int:

@@ -1,5 +1,5 @@
-"""What the operator views read: the registry (paged), the executions, the plan in S3, and a
-rollout's execution history folded into phases, steps and functions.
+"""What the operator views read: the registry (paged), the executions, the plan in S3 and the
+aliases' live routing (`operator_tree` folds a rollout's history into its tree).
 
 Everything here returns plain data (dicts and lists that `--output json` prints as they are); the
 rendering is in `operator_views`.
@@ -7,7 +7,6 @@ rendering is in `operator_views`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterable
 from datetime import datetime
@@ -78,7 +77,7 @@ def _is_layers_execution(name: str, layer: str) -> bool:
     return name.startswith(prefix) and "-" not in name[len(prefix) :]
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") if moment else None
 
 
@@ -118,8 +117,8 @@ def rollout_row(
         "outcome": outcome,
         "registry_status": status,
         "execution_status": execution_status,
-        "started_at": _iso(started),
-        "stopped_at": _iso(stopped),
+        "started_at": iso(started),
+        "stopped_at": iso(stopped),
         "duration_seconds": round((stopped - started).total_seconds(), 1) if started and stopped else None,
         "pushed_by": record.get("pushed_by") or None,
         "source": record.get("source"),
@@ -243,15 +242,6 @@ def current_rollout(cp: ControlPlane, layer: str) -> str | None:
     return rows[0]["rollout_id"] if rows else None
 
 
-def _output(event: dict[str, Any]) -> dict[str, Any]:
-    details = event.get("stateExitedEventDetails") or {}
-    try:
-        value = json.loads(details.get("output") or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def load_plan(cp: ControlPlane, layer: str, rollout_id: str) -> dict[str, Any] | None:
     s3 = cp.client("s3")
     try:
@@ -260,235 +250,6 @@ def load_plan(cp: ControlPlane, layer: str, rollout_id: str) -> dict[str, Any] |
         return None
     plan: dict[str, Any] = json.loads(body)
     return plan
-
-
-# States entered once a traffic step's bake has ended healthy (rollout.asl.json).
-_AFTER_A_STEP = {"StepHealthy", "NextTrafficStep", "AwaitApproval", "PromoteAliases"}
-
-
-def _phase(name: str) -> dict[str, Any]:
-    return {"name": name, "state": "pending", "detail": None}
-
-
-def rollout_tree(
-    cp: ControlPlane,
-    layer: str,
-    rollout_id: str,
-    described: dict[str, Any],
-    events: list[dict[str, Any]],
-    plan: dict[str, Any] | None,
-    live_weights: dict[str, dict[str, float]] | None = None,
-) -> dict[str, Any]:
-    """The rollout as phases -> traffic steps -> functions, from its history and its plan."""
-    validate, build, plan_phase, traffic, ending = (
-        _phase("validate"),
-        _phase("build"),
-        _phase("plan"),
-        _phase("traffic"),
-        _phase("promote"),
-    )
-    steps: list[dict[str, Any]] = []
-    planned_steps: list[dict[str, Any]] = []
-    layer_versions: list[dict[str, Any]] = []
-    error = cause = None
-    running_state = None
-    approved = False  # AwaitApproval ended: the next step is the approved one
-    for event in events:
-        kind = event["type"]
-        if kind.endswith("StateEntered"):
-            running_state = event["stateEnteredEventDetails"]["name"]
-            if running_state in _AFTER_A_STEP and steps and steps[-1]["state"] == "running":
-                steps[-1]["state"] = "done"  # its bake ended healthy
-            if running_state == "ValidateRequest":
-                validate["state"] = "running"
-            elif running_state in ("FindReusableBuild", "BuildLayer", "PublishLayerVersion"):
-                build["state"] = "running"
-            elif running_state in ("FindCandidates", "AssessCandidates", "PlanRollout", "PrepareFunctionVersions"):
-                build["state"] = "done" if build["state"] == "running" else build["state"]
-                plan_phase["state"] = "running" if plan_phase["state"] == "pending" else plan_phase["state"]
-            elif running_state in ("PromoteAliases", "PromoteLayer"):
-                traffic["state"] = "done"
-                ending["state"] = "running"
-            elif running_state == "RestoreAliases":
-                ending = {**ending, "name": "roll back", "state": "running"}
-        if kind in ("TaskFailed", "LambdaFunctionFailed") and steps and steps[-1]["state"] == "running":
-            _step_failed(steps[-1], event)
-        if not kind.endswith("StateExited"):
-            if kind in ("ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"):
-                details = (
-                    event.get("executionFailedEventDetails")
-                    or event.get("executionAbortedEventDetails")
-                    or event.get("executionTimedOutEventDetails")
-                    or {}
-                )
-                error, cause = details.get("error"), details.get("cause")
-            continue
-        name = event["stateExitedEventDetails"]["name"]
-        output = _output(event)
-        if name == "RollBack":  # the state it rolls back from carries the error
-            summary = (output.get("restore") or {}).get("summary") or {}
-            ending = {**ending, "name": "roll back", "state": "done"}
-            ending["detail"] = f"{summary.get('restored', 0)} target(s) restored to their old version"
-        if output.get("error"):  # left through a Catch: the failure event said what happened
-            continue
-        if name == "ValidateRequest" and output.get("rollout"):
-            spec = output["rollout"].get("spec", {})
-            validate["state"] = "done"
-            validate["detail"] = "steps " + ", ".join(
-                [*(f"{s['weight']}% for {s['bake_seconds']}s" for s in spec.get("steps", [])), "100%"]
-            )
-        elif name == "PublishLayerVersion" or (name == "FindReusableBuild" and output.get("layer_versions")):
-            layer_versions = [
-                {
-                    "version": v["version"],
-                    "variant": v.get("variant"),
-                    "arn": v["arn"],
-                    "reused": bool(v.get("reused")),
-                }
-                for v in output.get("layer_versions", [])
-            ]
-            if name == "PublishLayerVersion":
-                build["state"] = "done"
-        elif name == "PlanRollout" and output.get("plan"):
-            summary = output["plan"]
-            plan_phase["state"] = "done"
-            counts = summary.get("target_count", 0), summary.get("skipped_count", 0)
-            plan_phase["detail"] = "{} target(s), {} skipped".format(*counts)
-            planned_steps = summary.get("shift_steps") or []
-        elif name == "StartBake" and output.get("bake"):
-            bake = output["bake"]
-            if steps and steps[-1]["state"] == "running":
-                steps[-1]["state"] = "done"
-            steps.append(
-                {
-                    "index": bake.get("step_index", len(steps)),
-                    "wave": bake["step"]["wave"],
-                    "weight": bake["step"]["weight"],
-                    "bake_seconds": bake["step"]["bake_seconds"],
-                    "state": "running",
-                    "checks": 0,
-                    "verdict": None,
-                    "verdict_detail": None,
-                    "approval": "approved" if approved else None,
-                }
-            )
-            approved = False
-            traffic["state"] = "running"
-        elif name == "CheckHealth" and steps:
-            bake = output.get("bake") or {}
-            steps[-1].update(
-                checks=bake.get("checks", steps[-1]["checks"]),
-                verdict=bake.get("verdict") or "healthy",
-                verdict_detail=bake.get("verdict_detail") or "no gating alarm fired",
-            )
-        elif name == "AwaitApproval":
-            approved = True
-        elif name == "PromoteLayer":
-            ending["state"] = "done"
-            ending["detail"] = "every target alias is 100% on the new version"
-
-    status = described["status"]
-    failed_at = None
-    if status != "RUNNING":
-        for phase in (validate, build, plan_phase, traffic):
-            if phase["state"] == "running":
-                phase["state"] = "failed" if status != "SUCCEEDED" else "done"
-                failed_at = failed_at or phase["name"]
-        if steps and steps[-1]["state"] == "running":
-            steps[-1]["state"] = "failed" if ending["name"] == "roll back" or status != "SUCCEEDED" else "done"
-        if ending["state"] == "running":
-            ending["state"] = "failed"
-    reached = {s["index"] for s in steps}
-    for index, step in enumerate(planned_steps):
-        if index not in reached and status == "RUNNING":
-            steps.append(
-                {
-                    "index": index,
-                    "wave": step["wave"],
-                    "weight": step["weight"],
-                    "bake_seconds": step["bake_seconds"],
-                    "state": "pending",
-                    "checks": 0,
-                    "verdict": None,
-                    "verdict_detail": None,
-                    "approval": None,
-                }
-            )
-            if step.get("approval"):
-                steps[-1]["approval"] = "waiting" if running_state == "AwaitApproval" else "required"
-    targets = [t for t in (plan or {}).get("targets", []) if t.get("verdict") == "target"]
-    for step in steps:
-        step["functions"] = [
-            _function_at(target, step, live_weights) for target in targets if target.get("wave", "main") == step["wave"]
-        ]
-    traffic["steps"] = steps
-    if ending["name"] == "roll back" and ending["state"] == "done":
-        ending["functions"] = [
-            {"function": t["function_name"], "alias": t.get("alias"), "version": t.get("old_version")} for t in targets
-        ]
-    build["layer_versions"] = layer_versions
-    plan_phase["skipped"] = [
-        {"function": t["function_name"], "reason": t.get("reason")}
-        for t in (plan or {}).get("targets", [])
-        if t.get("verdict") != "target"
-    ]
-    started, stopped = described.get("startDate"), described.get("stopDate")
-    outcome = _outcome(status, ending, error)
-    return {
-        "layer": layer,
-        "rollout_id": rollout_id,
-        "execution_arn": described["executionArn"],
-        "status": status,
-        "outcome": outcome,
-        "current_state": running_state if status == "RUNNING" else None,
-        "started_at": _iso(started),
-        "stopped_at": _iso(stopped),
-        "duration_seconds": round((stopped - started).total_seconds(), 1) if started and stopped else None,
-        "error": error,
-        "cause": cause,
-        "phases": [validate, build, plan_phase, traffic, ending],
-    }
-
-
-def _step_failed(step: dict[str, Any], event: dict[str, Any]) -> None:
-    """A task of the step failed: a failing canary verdict (RolloutUnhealthy) or another error."""
-    details = event.get("taskFailedEventDetails") or event.get("lambdaFunctionFailedEventDetails") or {}
-    cause = details.get("cause", "")
-    with contextlib.suppress(ValueError, AttributeError):
-        cause = json.loads(cause).get("errorMessage", cause)
-    error = details.get("error")
-    step["checks"] += 1 if error == "RolloutUnhealthy" else 0  # the check that failed returned no output
-    step["verdict"] = "failing" if error == "RolloutUnhealthy" else error
-    step["verdict_detail"] = str(cause)
-
-
-def _outcome(status: str, ending: dict[str, Any], error: str | None) -> str:
-    if status == "RUNNING":
-        return "rolling back" if ending["name"] == "roll back" else "running"
-    if status == "SUCCEEDED":
-        return "promoted"
-    if ending["name"] == "roll back":
-        return "rolled back"
-    return "rejected" if error else status.lower()
-
-
-def _function_at(
-    target: dict[str, Any], step: dict[str, Any], live_weights: dict[str, dict[str, float]] | None
-) -> dict[str, Any]:
-    weight: float | None = None
-    if step["state"] in ("done", "failed"):
-        weight = step["weight"]
-    elif step["state"] == "running":
-        live = (live_weights or {}).get(target["function_name"])
-        weight = live.get(str(target.get("new_version")), 0.0) * 100 if live is not None else step["weight"]
-    return {
-        "function": target["function_name"],
-        "alias": target.get("alias"),
-        "old_version": target.get("old_version"),
-        "new_version": target.get("new_version"),
-        "variant": target.get("variant"),
-        "weight": weight,
-    }
 
 
 def live_alias_weights(cp: ControlPlane, plan: dict[str, Any] | None, limit: int = 50) -> dict[str, dict[str, float]]:
