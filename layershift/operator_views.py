@@ -174,7 +174,10 @@ def show_status(statuses: list[dict[str, Any]], executions: list[dict[str, Any]]
         print("no layers yet: push one with `layershift push requirements.txt --layer NAME`")
     for status in statuses:
         for line in status_lines(status):
-            out.print(line, markup=False, highlight=False, soft_wrap=True) if out.is_terminal else print(line)
+            if out.is_terminal:
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+            else:
+                print(line)
     print("recent executions:")
     for execution in executions:
         print(f"  {execution['startDate']:%Y-%m-%d %H:%M:%S}  {execution['status']:<9}  {execution['name']}")

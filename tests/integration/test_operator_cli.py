@@ -39,6 +39,8 @@ def test_ls_history_get_retry_on_one_layer(
     state = tmp_path / "control-plane.json"
     cp.save_local(state)
     monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    assert main(["retry", "ops-never-pushed", "--local"]) == 1
+    assert "layer 'ops-never-pushed' has never been pushed" in capsys.readouterr().err
     bootstrap = publish_bootstrap_layer(cp, LAYER)
     for name in FUNCTIONS:
         create_consumer(cp, name, [bootstrap])
