@@ -1,6 +1,7 @@
 """The operator's commands against the local control plane: ls, history, get [--watch], retry, and a
 push of bytes whose execution already ended. One layer's rollouts serve every assertion: a
-promotion, a rollout rejected at its approval (rolled back), and a retry of the rejected bytes."""
+promotion, a rollout rejected at its approval (rolled back), a retry of the rejected bytes, and a
+push refused at validation."""
 
 import json
 import threading
@@ -171,10 +172,15 @@ def test_ls_history_get_retry_on_one_layer(
     assert "(RUNNING)" in frames[0]
     assert "PROMOTED (SUCCEEDED)" in frames[-1]
     assert finish_rollout(cp, retry_arn).status == "SUCCEEDED"
-    history = _json(["history", LAYER, "--limit", "1"], capsys)
+
+    # 7. A push refused at validation has no rollout record: history shows its execution, rejected.
+    requirements.write_text("six>=1\n")
+    assert main(["push", str(requirements), "--layer", LAYER, "--local", "--wait"]) == 1
+    invalid_id = _out(capsys).split("execution: ")[1].split()[0].rsplit(":", 1)[-1]
+    history = _json(["history", LAYER, "--limit", "2"], capsys)
     assert isinstance(history, list)
-    assert (history[0]["rollout_id"], history[0]["outcome"], history[0]["attempt"]) == (
-        retry_arn.rsplit(":", 1)[-1],
-        "promoted",
-        1,
-    )
+    assert [(h["rollout_id"], h["outcome"], h["attempt"]) for h in history] == [
+        (invalid_id, "rejected", 0),
+        (retry_arn.rsplit(":", 1)[-1], "promoted", 1),
+    ]
+    assert history[0]["reason"].startswith("InvalidRequirements: ")
