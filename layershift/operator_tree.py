@@ -227,9 +227,16 @@ def rollout_tree(
             _function_at(target, step, live_weights) for target in targets if target.get("wave", "main") == step["wave"]
         ]
     fold.traffic["steps"] = fold.steps
-    if fold.ending["name"] == "roll back" and fold.ending["state"] == "done":
+    if fold.ending["state"] == "done":  # every alias on its old version (rolled back) or its new one at 100%
+        promoted = fold.ending["name"] == "promote"
         fold.ending["functions"] = [
-            {"function": t["function_name"], "alias": t.get("alias"), "version": t.get("old_version")} for t in targets
+            {
+                "function": t["function_name"],
+                "alias": t.get("alias"),
+                "version": t.get("new_version" if promoted else "old_version"),
+                "weight": 100 if promoted else None,
+            }
+            for t in targets
         ]
     fold.build["layer_versions"] = fold.layer_versions
     fold.plan["skipped"] = [

@@ -236,11 +236,12 @@ def tree_outline(tree: dict[str, Any]) -> Iterator[tuple[int, str, str | None]]:
                 yield 3, _function_label(function), None
             if len(step["functions"]) > FUNCTIONS_SHOWN:
                 yield 3, f"… and {len(step['functions']) - FUNCTIONS_SHOWN} more (-o json lists every one)", None
-        restored = phase.get("functions", [])
-        for function in restored[:FUNCTIONS_SHOWN]:
-            yield 2, f"{function['function']}:{function['alias']}  back on v{function['version']}", None
-        if len(restored) > FUNCTIONS_SHOWN:
-            yield 2, f"… and {len(restored) - FUNCTIONS_SHOWN} more (-o json lists every one)", None
+        ended = phase.get("functions", [])  # where promotion or rollback left each alias
+        for function in ended[:FUNCTIONS_SHOWN]:
+            where = "100% on" if function.get("weight") == 100 else "back on"
+            yield 2, f"{function['function']}:{function['alias']}  {where} v{function['version']}", None
+        if len(ended) > FUNCTIONS_SHOWN:
+            yield 2, f"… and {len(ended) - FUNCTIONS_SHOWN} more (-o json lists every one)", None
     if tree["error"]:
         yield 1, f"{tree['error']}: {(tree['cause'] or '')[:400]}", "failed"
 

@@ -171,6 +171,7 @@ def test_ls_history_get_retry_on_one_layer(
     assert len(frames) >= 2, watched
     assert "(RUNNING)" in frames[0]
     assert "PROMOTED (SUCCEEDED)" in frames[-1]
+    assert all(f"{name}:live  100% on v" in frames[-1] for name in FUNCTIONS)
     assert finish_rollout(cp, retry_arn).status == "SUCCEEDED"
 
     # 7. A push refused at validation has no rollout record: history shows its execution, rejected.

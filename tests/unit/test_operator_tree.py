@@ -63,4 +63,4 @@ def test_a_failing_check_rolls_back_and_the_tree_says_where() -> None:
     assert [(f["function"], f["old_version"], f["new_version"], f["weight"]) for f in step["functions"]] == [
         ("orders", "4", "5", 10)
     ]
-    assert rollback["functions"] == [{"function": "orders", "alias": "live", "version": "4"}]
+    assert rollback["functions"] == [{"function": "orders", "alias": "live", "version": "4", "weight": None}]
