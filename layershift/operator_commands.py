@@ -15,6 +15,9 @@ from typing import Any
 from . import controlplane, operator_data, operator_tree, operator_views
 from .controlplane import ControlPlane, HistoryTail
 
+# How often `get --watch` reads the aliases' live routing (GetAlias per target).
+LIVE_REFRESH_SECONDS = 15.0
+
 AddTarget = Callable[[argparse.ArgumentParser], None]
 ControlPlaneOf = Callable[[argparse.Namespace], ControlPlane]
 
@@ -75,6 +78,8 @@ class _RolloutWatch:
         self.tail = HistoryTail(cp, self.arn)
         self.events: list[dict[str, Any]] = []
         self.plan: dict[str, Any] | None = None
+        self.live: dict[str, dict[str, float]] = {}
+        self.live_read_at = -LIVE_REFRESH_SECONDS
 
     def snapshot(self) -> dict[str, Any]:
         described = self.cp.client("stepfunctions").describe_execution(executionArn=self.arn)
@@ -83,7 +88,12 @@ class _RolloutWatch:
             self.plan = operator_data.load_plan(self.cp, self.layer, self.rollout_id)
         live = None
         if described["status"] == "RUNNING" and self.plan is not None:
-            live = operator_data.live_alias_weights(self.cp, self.plan)
+            # GetAlias draws on the account's Lambda control-plane rate, which the rollout itself needs:
+            # the live weights are read again at most every LIVE_REFRESH_SECONDS.
+            if time.monotonic() - self.live_read_at >= LIVE_REFRESH_SECONDS:
+                self.live = operator_data.live_alias_weights(self.cp, self.plan)
+                self.live_read_at = time.monotonic()
+            live = self.live
         return operator_tree.rollout_tree(self.layer, self.rollout_id, described, self.events, self.plan, live)
 
 

@@ -252,7 +252,7 @@ def load_plan(cp: ControlPlane, layer: str, rollout_id: str) -> dict[str, Any] |
     return plan
 
 
-def live_alias_weights(cp: ControlPlane, plan: dict[str, Any] | None, limit: int = 50) -> dict[str, dict[str, float]]:
+def live_alias_weights(cp: ControlPlane, plan: dict[str, Any] | None, limit: int = 20) -> dict[str, dict[str, float]]:
     """The routing of each target's alias, read from Lambda (for the step in progress; the first ``limit``)."""
     lam = cp.client("lambda")
     weights: dict[str, dict[str, float]] = {}
