@@ -241,7 +241,10 @@ def retry(cp: ControlPlane, layer: str) -> PushResult:
             )
         attempt += 1
     name = execution_name(layer, requirements, config, attempt)
-    metadata = {ATTEMPT_METADATA: str(attempt)}
+    # The upload keeps where the bytes came from (a CodeCommit copy's source and commit id); who
+    # pushed is now who retries.
+    metadata = {**current.get("Metadata", {}), ATTEMPT_METADATA: str(attempt)}
+    metadata.pop(PUSHED_BY_METADATA, None)
     if pusher := caller_identity(cp):
         metadata[PUSHED_BY_METADATA] = pusher
     version = _upload(cp, layer, requirements, metadata)

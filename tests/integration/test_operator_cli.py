@@ -184,4 +184,6 @@ def test_ls_history_get_retry_on_one_layer(
         (invalid_id, "rejected", 0),
         (retry_arn.rsplit(":", 1)[-1], "promoted", 1),
     ]
+    retried = history[1]  # the retry re-uploaded step 5's push: who pushed is who retried
+    assert (retried["source"], retried["pushed_by"]) == ("s3", controlplane.caller_identity(cp))
     assert history[0]["reason"].startswith("InvalidRequirements: ")
