@@ -1,5 +1,5 @@
-"""`layershift`: build, validate and push layers; watch, approve, reject or abort rollouts; free a dead
-rollout's lock; run the demo."""
+"""`layershift`: build, validate and push layers; see rollouts (status, ls, history, get --watch);
+approve, reject, abort or retry them; free a dead rollout's lock; run the demo."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from layershift_core.builder import command as build_command
 from layershift_core.errors import NothingWaiting, UnlockRefused
 
-from . import controlplane
-from .controlplane import ControlPlane, ControlPlaneNotFound
+from . import controlplane, operator_commands, operator_views
+from .controlplane import ControlPlane, ControlPlaneNotFound, NothingToRetry
 
 
 def _project_root() -> Path:
@@ -47,11 +47,22 @@ def cmd_push(args: argparse.Namespace) -> int:
     config = Path(args.config).read_bytes() if args.config else None
     result = controlplane.push(cp, args.layer, requirements, config)
     print(f"pushed layers/{args.layer}/requirements.txt (version {result.requirements_version})")
-    print(f"execution: {result.execution_arn}")
+    if result.existing_status not in (None, "RUNNING"):
+        # The trigger starts nothing for bytes that already have an execution: that one is not this push's.
+        print(
+            f"nothing new started: these bytes already rolled out as {result.execution_name} "
+            f"({result.existing_status}), before this push. To roll them out again: layershift retry {args.layer}"
+        )
+        return 1 if args.wait else 0
+    if result.existing_status == "RUNNING":
+        print(f"these bytes are already rolling out: execution {result.execution_arn} (started before this push)")
+    else:
+        print(f"execution: {result.execution_arn}")
     if not args.wait:
         return 0
     controlplane.wait_for_execution(cp, result.execution_arn)
-    described = controlplane.follow(cp, result.execution_arn)
+    with operator_views.progress_lines(operator_views.console(), f"rollout {result.execution_name}") as emit:
+        described = controlplane.follow(cp, result.execution_arn, emit=emit)
     return 0 if described["status"] == "SUCCEEDED" else 1
 
 
@@ -85,65 +96,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from layershift_core.notify import usage_line, usage_of
-
-    cp = _control_plane(args)
-    ddb = cp.client("dynamodb")
-    rows = ddb.scan(TableName=cp.table).get("Items", [])
-    layers = sorted({r["pk"]["S"].removeprefix("LAYER#") for r in rows if r["pk"]["S"].startswith("LAYER#")})
-    if args.layer:
-        layers = [name for name in layers if name == args.layer]
-    if not layers:
-        print("no layers yet: push one with `layershift push requirements.txt --layer NAME`")
-    for layer in layers:
-        items = [r for r in rows if r["pk"]["S"] == f"LAYER#{layer}"]
-        print(f"layer {layer}")
-        for item in items:
-            if item["sk"]["S"] == "LOCK":
-                print(f"  LOCKED by {item['owner']['S']} since {item['acquired_at']['S']}")
-            if item["sk"]["S"] == "WAIT" and item["kind"]["S"] == "approval":
-                rollout = item["rollout_id"]["S"]
-                print(f"  rollout {rollout} may be waiting for approval: layershift approve|reject {layer}")
-        promoted = controlplane.promoted_parameters(cp, layer)
-        print(f"  promoted: {promoted.pop(f'/layershift/{layer}/arn', '(none yet)')}")
-        for name, arn in promoted.items():
-            print(f"    {name.removeprefix(f'/layershift/{layer}/').removesuffix('/arn')}: {arn}")
-        for item in sorted(items, key=lambda r: r["sk"]["S"]):
-            sk = item["sk"]["S"]
-            if sk.startswith("VERSION#"):
-                variant = item.get("variant", {}).get("S", "")
-                print(
-                    f"  version {int(sk[8:])}: {item['status']['S']}  {variant + '  ' if variant else ''}"
-                    f"build {item['build_key']['S'][:12]}"
-                )
-        for item in sorted(items, key=lambda r: r.get("updated_at", {}).get("S", ""))[-5:]:
-            sk = item["sk"]["S"]
-            if sk.startswith("ROLLOUT#"):
-                reason = item.get("reason", {}).get("S", "")
-                print(f"  rollout {sk[8:]}: {item['status']['S']}{'  ' + reason[:160] if reason else ''}")
-                if item["status"]["S"] == "waiting_for_lock" and "waiting_for" in item:
-                    print(f"    waits for the lock that rollout {item['waiting_for']['S']} holds")
-                if "verdict" in item:
-                    detail = item.get("verdict_detail", {}).get("S", "")
-                    print(f"    last canary verdict at {item.get('weight', {}).get('S', '?')}%: {detail[:200]}")
-                record = {name: float(value["N"]) for name, value in item.items() if "N" in value}
-                if any(name.startswith("usage:") for name in record):
-                    print(f"    spent: {usage_line(usage_of(record))}")
-    print("recent executions:")
-    for execution in controlplane.executions(cp, limit=args.limit):
-        print(f"  {execution['startDate']:%Y-%m-%d %H:%M:%S}  {execution['status']:<9}  {execution['name']}")
-    return 0
-
-
 def _execution_arn(cp: ControlPlane, rollout_id: str) -> str:
-    return cp.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{rollout_id}"
+    return controlplane.execution_arn(cp, rollout_id)
 
 
 def _follow_if_asked(args: argparse.Namespace, cp: ControlPlane, rollout_id: str) -> int:
     if not args.wait:
         return 0
-    described = controlplane.follow(cp, _execution_arn(cp, rollout_id))
+    with operator_views.progress_lines(operator_views.console(), f"rollout {rollout_id}") as emit:
+        described = controlplane.follow(cp, _execution_arn(cp, rollout_id), emit=emit)
     return 0 if described["status"] == "SUCCEEDED" else 1
 
 
@@ -261,14 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--layer", help="the layer name to check too")
     validate.set_defaults(func=cmd_validate)
 
-    status = sub.add_parser("status", help="layers, versions, locks and recent rollouts")
-    status.add_argument("--layer")
-    status.add_argument("--limit", type=int, default=10)
-    _add_target(status)
-    status.set_defaults(func=cmd_status)
+    operator_commands.register(sub, _add_target, _control_plane)
 
     for name, help_text, reason, func in (
-        ("approve", "let a rollout waiting for approval go on to 100%", None, cmd_approve),
+        ("approve", "let a rollout waiting for approval go on to 100%%", None, cmd_approve),
         ("reject", "refuse a rollout waiting for approval: it rolls back", "rejected at the approval", cmd_reject),
         (
             "abort",
@@ -324,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except ControlPlaneNotFound as exc:
         print(f"layershift: {exc}", file=sys.stderr)
         return 2
-    except (NothingWaiting, UnlockRefused) as exc:
+    except (NothingWaiting, UnlockRefused, NothingToRetry) as exc:
         print(f"layershift: {exc}", file=sys.stderr)
         return 1
 

@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
-from layershift_core.trigger import execution_name
+from layershift_core.trigger import (
+    ATTEMPT_METADATA,
+    CONFIG_VERSION_METADATA,
+    NO_CONFIG,
+    PUSHED_BY_METADATA,
+    attempt_of,
+    execution_name,
+)
 from layershift_core.usage import from_record
 
 LOCAL_STATE_FILE = Path(".layershift/local/control-plane.json")
@@ -158,25 +166,103 @@ class PushResult:
     requirements_version: str | None
     execution_name: str
     execution_arn: str
+    # The status of an execution of that name that existed before the upload (None: the push starts one).
+    # The trigger starts nothing for bytes that already have an execution, so --wait must not report it.
+    existing_status: str | None = None
+
+
+def caller_identity(cp: ControlPlane) -> str | None:
+    """The pusher's IAM identity, recorded on the upload (`layershift-pushed-by`)."""
+    try:
+        return str(cp.client("sts").get_caller_identity()["Arn"])
+    except (BotoCoreError, ClientError):  # no STS permission or no credentials: the event's requester is recorded
+        return None
+
+
+def execution_arn(cp: ControlPlane, name: str) -> str:
+    return cp.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+
+
+def execution_status(cp: ControlPlane, name: str) -> str | None:
+    """The status of the execution called ``name``, or None when there is none."""
+    sfn = cp.client("stepfunctions")
+    try:
+        return str(sfn.describe_execution(executionArn=execution_arn(cp, name))["status"])
+    except sfn.exceptions.ExecutionDoesNotExist:
+        return None
+
+
+def _current_config(cp: ControlPlane, layer: str, pinned: str | None = None) -> bytes | None:
+    """The layer.toml a push of the layer's requirements rolls out with: the version its upload pins
+    (a CodeCommit copy's own commit's, or none), else the current one, as the trigger reads it."""
+    if pinned == NO_CONFIG:
+        return None
+    s3 = cp.client("s3")
+    version = {"VersionId": pinned} if pinned else {}
+    try:
+        return bytes(s3.get_object(Bucket=cp.bucket, Key=f"layers/{layer}/layer.toml", **version)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def _upload(cp: ControlPlane, layer: str, requirements: bytes, metadata: dict[str, str]) -> str | None:
+    response = cp.client("s3").put_object(
+        Bucket=cp.bucket,
+        Key=f"layers/{layer}/requirements.txt",
+        Body=requirements,
+        ContentType="text/plain",
+        Metadata=metadata,
+    )
+    return response.get("VersionId")
 
 
 def push(cp: ControlPlane, layer: str, requirements: bytes, config: bytes | None = None) -> PushResult:
     """Upload layer.toml (when given) then requirements.txt; the upload of the latter starts the rollout."""
-    s3 = cp.client("s3")
     if config is not None:
-        s3.put_object(Bucket=cp.bucket, Key=f"layers/{layer}/layer.toml", Body=config, ContentType="application/toml")
-    response = s3.put_object(
-        Bucket=cp.bucket, Key=f"layers/{layer}/requirements.txt", Body=requirements, ContentType="text/plain"
-    )
-    if config is None:
-        try:
-            body = s3.get_object(Bucket=cp.bucket, Key=f"layers/{layer}/layer.toml")["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            body = None
-        config = body
+        cp.client("s3").put_object(
+            Bucket=cp.bucket, Key=f"layers/{layer}/layer.toml", Body=config, ContentType="application/toml"
+        )
+    else:
+        config = _current_config(cp, layer)
     name = execution_name(layer, requirements, config)
-    arn = cp.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
-    return PushResult(layer, response.get("VersionId"), name, arn)
+    existing = execution_status(cp, name)  # read before the upload: what was there is not this push's
+    pusher = caller_identity(cp)
+    version = _upload(cp, layer, requirements, {PUSHED_BY_METADATA: pusher} if pusher else {})
+    return PushResult(layer, version, name, execution_arn(cp, name), existing)
+
+
+class NothingToRetry(RuntimeError):
+    pass
+
+
+def retry(cp: ControlPlane, layer: str) -> PushResult:
+    """Start a new rollout of the layer's current bytes: upload them again with the next attempt
+    number that has no execution yet (it goes into the execution name's hash)."""
+    s3 = cp.client("s3")
+    key = f"layers/{layer}/requirements.txt"
+    try:
+        current = s3.get_object(Bucket=cp.bucket, Key=key)
+    except s3.exceptions.NoSuchKey:
+        raise NothingToRetry(f"layer {layer!r} has never been pushed: push it with `layershift push`") from None
+    requirements = current["Body"].read()
+    config = _current_config(cp, layer, current.get("Metadata", {}).get(CONFIG_VERSION_METADATA))
+    attempt = attempt_of(current.get("Metadata", {}))
+    while (status := execution_status(cp, execution_name(layer, requirements, config, attempt))) is not None:
+        if status == "RUNNING":
+            raise NothingToRetry(
+                f"rollout {execution_name(layer, requirements, config, attempt)} of these bytes is still running: "
+                f"follow it with `layershift get {layer} --watch`, or stop it with `layershift abort {layer}`"
+            )
+        attempt += 1
+    name = execution_name(layer, requirements, config, attempt)
+    # The upload keeps where the bytes came from (a CodeCommit copy's source and commit id); who
+    # pushed is now who retries.
+    metadata = {**current.get("Metadata", {}), ATTEMPT_METADATA: str(attempt)}
+    metadata.pop(PUSHED_BY_METADATA, None)
+    if pusher := caller_identity(cp):
+        metadata[PUSHED_BY_METADATA] = pusher
+    version = _upload(cp, layer, requirements, metadata)
+    return PushResult(layer, version, name, execution_arn(cp, name))
 
 
 def wait_for_execution(cp: ControlPlane, execution_arn: str, appear_timeout: float = 60) -> None:
@@ -232,7 +318,9 @@ class HistoryTail:
                     kwargs["nextToken"] = page["nextToken"]
                     continue
             break
-        fresh.reverse()
+        # A page token that counts from the newest event (as the local emulation's does) shifts when
+        # events arrive between two pages of one call, and shows some events twice: keep each once.
+        fresh = sorted({event["id"]: event for event in fresh}.values(), key=lambda event: event["id"])
         if fresh:
             self.last_id = fresh[-1]["id"]
         return fresh

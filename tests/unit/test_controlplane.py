@@ -96,6 +96,35 @@ def test_a_history_tail_returns_each_event_once_in_order() -> None:
     assert set(history.calls[first_polls:]) == {HistoryTail.NEXT_PAGE}, "once caught up, polls ask for small pages"
 
 
+class _HistoryGrowingBetweenPages(_GrowingHistory):
+    """Offset page tokens counted from the newest event, with events arriving between two pages."""
+
+    grow_between_pages = False
+
+    def get_execution_history(self, executionArn: str, reverseOrder: bool, maxResults: int, nextToken: str = "0"):
+        page = super().get_execution_history(executionArn, reverseOrder, maxResults, nextToken)
+        if page.get("nextToken") and self.grow_between_pages:
+            self.grow_between_pages = False
+            self.add(3)  # the next page's offset now starts 3 events newer: 3 events come twice
+        return page
+
+
+def test_a_history_tail_keeps_each_event_once_when_the_history_grows_between_pages() -> None:
+    from layershift.controlplane import ControlPlane, HistoryTail
+
+    history = _HistoryGrowingBetweenPages()
+    cp = ControlPlane(bucket="b", table="t", state_machine_arn="arn", topic_arn="topic", region="us-east-1")
+    cp._clients["stepfunctions"] = history
+    tail = HistoryTail(cp, "arn:execution")
+    history.add(5)
+    seen = [event["id"] for event in tail.new_events()]
+    history.add(25)  # more than a small page: the next call pages, and the history grows meanwhile
+    history.grow_between_pages = True
+    seen += [event["id"] for event in tail.new_events()]
+    seen += [event["id"] for event in tail.new_events()]
+    assert seen == list(range(1, len(history.events) + 1))
+
+
 def test_a_check_that_fails_is_told_once_and_not_again_as_its_caught_exit() -> None:
     from layershift.controlplane import describe_event
 

@@ -59,6 +59,37 @@ def test_a_push_starts_one_execution_and_a_duplicate_event_none(machine: str) ->
     assert state["request"]["config_key"] == "layers/api/layer.toml"
 
 
+def test_execution_name_of_a_retry_differs_and_attempt_0_is_a_plain_push() -> None:
+    plain = execution_name("api", b"six==1.16.0\n", None)
+    assert execution_name("api", b"six==1.16.0\n", None, attempt=0) == plain
+    retried = {execution_name("api", b"six==1.16.0\n", None, attempt=n) for n in (1, 2)}
+    assert len(retried) == 2 and plain not in retried
+
+
+def test_a_retry_upload_starts_a_new_execution_once_and_records_the_pusher(machine: str) -> None:
+    s3 = boto3.client("s3")
+    key = "layers/api/requirements.txt"
+    first = s3.put_object(Bucket=BUCKET, Key=key, Body=b"six==1.16.0\n")["VersionId"]
+    event = _event(key, first)
+    event["detail"]["requester"] = "123456789012"  # the account S3 names as the requester
+    assert start_rollout(event, machine).started
+    again = s3.put_object(Bucket=BUCKET, Key=key, Body=b"six==1.16.0\n")["VersionId"]
+    assert not start_rollout(_event(key, again), machine).started  # the same bytes: nothing new
+    metadata = {"layershift-attempt": "1", "layershift-pushed-by": "arn:aws:iam::123456789012:user/ops"}
+    retry = s3.put_object(Bucket=BUCKET, Key=key, Body=b"six==1.16.0\n", Metadata=metadata)["VersionId"]
+    started = start_rollout(_event(key, retry), machine)
+    assert started.started
+    assert not start_rollout(_event(key, retry), machine).started  # the retry's event delivered twice
+    sfn = boto3.client("stepfunctions")
+    assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 2
+    request = json.loads(sfn.describe_execution(executionArn=started.execution_arn)["input"])["request"]
+    assert (request["attempt"], request["pushed_by"]) == (1, "arn:aws:iam::123456789012:user/ops")
+    executions = sfn.list_executions(stateMachineArn=machine)["executions"]
+    first_arn = next(e["executionArn"] for e in executions if e["executionArn"] != started.execution_arn)
+    first_request = json.loads(sfn.describe_execution(executionArn=first_arn)["input"])["request"]
+    assert first_request["pushed_by"] == "123456789012"  # no metadata: the event's requester
+
+
 def test_other_keys_start_nothing(machine: str) -> None:
     result = start_rollout(_event("layers/api/notes.txt", None), machine)
     assert not result.started and "not a layers/<layer>/requirements.txt" in (result.reason or "")

@@ -132,6 +132,8 @@ class RolloutRequest(Model):
     config_version: str | None = None
     source: Literal["s3", "codecommit", "cli"] = "s3"
     commit_id: str | None = None
+    pushed_by: str | None = Field(default=None, description="the pusher's identity, as the upload recorded it")
+    attempt: int = Field(default=0, ge=0, description="a deliberate retry of the same bytes (layershift retry)")
 
 
 class BuildEnvironmentVariable(BaseModel):

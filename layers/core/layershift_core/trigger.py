@@ -1,7 +1,14 @@
 """From a pushed requirements file to one execution of the rollout workflow.
 
 The execution name is the layer name plus a hash of the pushed bytes, so a duplicated S3 event,
-or the same content pushed again, starts nothing new.
+or the same content pushed again, starts nothing new. A deliberate retry of the same bytes
+(`layershift retry`) uploads them again with an attempt number in the object's metadata, which goes
+into the hash: the retry gets a name of its own, and a duplicated event of that upload still carries
+the same attempt, so it still starts nothing new.
+
+Who pushed is recorded from the object's metadata (`layershift-pushed-by`, which `layershift push`
+sets to the caller's IAM identity), else from the event's `requester` (the account or AWS service
+that made the request, as S3 reports it).
 
 A CodeCommit push takes the same road: each changed `layers/<name>/` folder's requirements.txt
 (and layer.toml) is copied from the pushed commit into the artifact bucket, tagged with the commit
@@ -30,6 +37,8 @@ COMMIT_METADATA = "layershift-commit"
 # the one its own commit mirrored, or NO_CONFIG), so a newer push cannot swap it before it is read.
 CONFIG_VERSION_METADATA = "layershift-config-version"
 NO_CONFIG = "none"
+PUSHED_BY_METADATA = "layershift-pushed-by"
+ATTEMPT_METADATA = "layershift-attempt"
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -47,6 +56,7 @@ class S3Bucket(BaseModel):
 class ObjectCreatedDetail(BaseModel):
     bucket: S3Bucket
     object: S3Object
+    requester: str | None = None
 
 
 class ObjectCreatedEvent(BaseModel):
@@ -63,13 +73,24 @@ class StartResult(BaseModel):
     reason: str | None = None
 
 
-def execution_name(layer: str, requirements: bytes, config: bytes | None) -> str:
-    digest = hashlib.sha256(requirements + b"\0" + (config or b"")).hexdigest()
+def execution_name(layer: str, requirements: bytes, config: bytes | None, attempt: int = 0) -> str:
+    """The layer plus a hash of the pushed bytes and, for a retry, its attempt number (attempt 0,
+    a plain push, hashes as it always did)."""
+    marker = f"\0attempt={attempt}".encode() if attempt else b""
+    digest = hashlib.sha256(requirements + b"\0" + (config or b"") + marker).hexdigest()
     safe = _NAME_UNSAFE.sub("_", layer)[:64]
     return f"{safe}-{digest[: 79 - len(safe)][:15]}"
 
 
-def request_for_push(bucket: str, key: str, version_id: str | None) -> tuple[RolloutRequest, bytes, bytes | None]:
+def attempt_of(metadata: dict[str, str]) -> int:
+    """The retry attempt an upload's metadata names (0: a plain push)."""
+    value = metadata.get(ATTEMPT_METADATA, "")
+    return int(value) if value.isdigit() else 0
+
+
+def request_for_push(
+    bucket: str, key: str, version_id: str | None, requester: str | None = None
+) -> tuple[RolloutRequest, bytes, bytes | None]:
     match = _KEY.match(key)
     if not match:
         raise ValueError(f"{key!r} is not a layers/<layer>/requirements.txt key")
@@ -88,6 +109,8 @@ def request_for_push(bucket: str, key: str, version_id: str | None) -> tuple[Rol
         config_version=config_version,
         source="codecommit" if metadata.get(SOURCE_METADATA) == "codecommit" else "s3",
         commit_id=metadata.get(COMMIT_METADATA),
+        pushed_by=metadata.get(PUSHED_BY_METADATA) or requester,
+        attempt=attempt_of(metadata),
     )
     return request, requirements, config
 
@@ -110,8 +133,10 @@ def start_rollout(event: dict[str, Any], state_machine_arn: str) -> StartResult:
     key = parsed.detail.object.key
     if not _KEY.match(key):
         return StartResult(started=False, reason=f"{key!r} is not a layers/<layer>/requirements.txt push")
-    request, requirements, config = request_for_push(parsed.detail.bucket.name, key, parsed.detail.object.version_id)
-    name = execution_name(request.layer, requirements, config)
+    detail = parsed.detail
+    bucket, version_id = detail.bucket.name, detail.object.version_id
+    request, requirements, config = request_for_push(bucket, key, version_id, detail.requester)
+    name = execution_name(request.layer, requirements, config, request.attempt)
     payload = RolloutState(request=request).model_dump(mode="json", exclude_none=True)
     sfn = client("stepfunctions")
     arn = state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"

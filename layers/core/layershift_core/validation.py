@@ -163,6 +163,9 @@ def validate_request(state: RolloutState, rollout_id: str, settings: Settings) -
         status="validated",
         requirements_version=request.requirements_version or "",
         source=request.source,
+        commit_id=request.commit_id or "",
+        pushed_by=request.pushed_by or "",
+        attempt=str(request.attempt),
     )
     state.rollout = ValidatedRollout(
         rollout_id=rollout_id,
