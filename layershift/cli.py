@@ -58,12 +58,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         print(f"these bytes are already rolling out: execution {result.execution_arn} (started before this push)")
     else:
         print(f"execution: {result.execution_arn}")
-    if not args.wait:
-        return 0
-    controlplane.wait_for_execution(cp, result.execution_arn)
-    with operator_views.progress_lines(operator_views.console(), f"rollout {result.execution_name}") as emit:
-        described = controlplane.follow(cp, result.execution_arn, emit=emit)
-    return 0 if described["status"] == "SUCCEEDED" else 1
+    return operator_commands.follow_to_the_end(cp, result) if args.wait else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

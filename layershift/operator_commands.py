@@ -159,8 +159,11 @@ def cmd_retry(args: argparse.Namespace, cp: ControlPlane) -> int:
         f"a new rollout of the same bytes"
     )
     print(f"execution: {result.execution_arn}")
-    if not args.wait:
-        return 0
+    return follow_to_the_end(cp, result) if args.wait else 0
+
+
+def follow_to_the_end(cp: ControlPlane, result: controlplane.PushResult) -> int:
+    """Follow the execution a push started, with a progress display; 0 when it was promoted."""
     controlplane.wait_for_execution(cp, result.execution_arn)
     with operator_views.progress_lines(operator_views.console(), f"rollout {result.execution_name}") as emit:
         described = controlplane.follow(cp, result.execution_arn, emit=emit)
