@@ -34,10 +34,15 @@ class Inbox:
 
     def __init__(self, cp: ControlPlane, url: str) -> None:
         self.cp, self.url, self.messages = cp, url, []
+        self.attributes: dict[str, dict[str, str]] = {}  # a message's body -> its SNS message attributes
 
     def drain(self) -> list[str]:
-        found = self.cp.client("sqs").receive_message(QueueUrl=self.url, MaxNumberOfMessages=10).get("Messages", [])
-        self.messages.extend(message["Body"] for message in found)
+        sqs = self.cp.client("sqs")
+        found = sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+        for message in found.get("Messages", []):
+            self.messages.append(message["Body"])
+            attributes = message.get("MessageAttributes", {})
+            self.attributes[message["Body"]] = {name: value["StringValue"] for name, value in attributes.items()}
         return self.messages
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
@@ -115,6 +120,8 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
     new = next(iter(alias["RoutingConfig"]["AdditionalVersionWeights"]))
     page = inbox.wait_for("ACTION NEEDED")
     assert page.startswith("ACTION NEEDED")
+    # the page is the one message a pager's filter policy (severity critical) picks
+    assert inbox.attributes[page] == {"layer": layer, "phase": "rollback_incomplete", "severity": "critical"}
     assert f"- {layer}-fn alias live (now version {old} with routing {{'{new}': 0.5}}):" in page
     assert (
         f"aws lambda update-alias --function-name {layer}-fn --name live --function-version {old} "
