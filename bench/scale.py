@@ -72,15 +72,16 @@ def _zip(text: str) -> bytes:
     return buffer.getvalue()
 
 
-def make_fleet(aws: LocalAws, layer: str, size: int) -> None:
-    """``size`` consumers of a first version of ``layer``, each tagged and behind ``live`` (no limits yet)."""
+def make_fleet(aws: LocalAws, layer: str, size: int, layer_name: str) -> None:
+    """``size`` consumers of a first version of ``layer`` (published as ``layer_name``, the stack's
+    prefixed name), each opted in for it by its ``layershift:layer`` tag and behind ``live`` (no limits yet)."""
     lam, iam = aws.client("lambda"), aws.client("iam")
     try:
         role = iam.get_role(RoleName="scale-consumer")["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
         role = iam.create_role(RoleName="scale-consumer", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     bootstrap = lam.publish_layer_version(
-        LayerName=layer,
+        LayerName=layer_name,
         Content={"ZipFile": _zip("# bootstrap")},
         CompatibleRuntimes=["python3.13"],
         CompatibleArchitectures=["x86_64"],
@@ -95,7 +96,7 @@ def make_fleet(aws: LocalAws, layer: str, size: int) -> None:
             Handler="app.handler",
             Code={"ZipFile": code},
             Layers=[bootstrap],
-            Tags={"layershift:managed": "true"},
+            Tags={"layershift:layer": layer},
         )
         version = lam.publish_version(FunctionName=name)["Version"]
         lam.create_alias(FunctionName=name, Name="live", FunctionVersion=version)
@@ -322,7 +323,7 @@ def run_size(
     layer = f"scale{size}"
     say(f"== N = {size}: creating the fleet (limits off)")
     started = time.monotonic()
-    make_fleet(aws, layer, size)
+    make_fleet(aws, layer, size, cp.layer_name_prefix + layer)
     say(f"   {size} consumers in {time.monotonic() - started:.0f} s")
     alarm = f"{layer}-broken"
     aws.set_aws_limits(limits)
