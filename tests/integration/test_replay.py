@@ -17,6 +17,7 @@ import pytest
 
 from layershift.cli import main
 from layershift.controlplane import ControlPlane, push, wait_for_end
+from layershift.local.deploy import DeployedStack
 from layershift.replay import replay
 
 from .support import wait_until
@@ -28,17 +29,6 @@ LAYER = "replayed"
 REQUIREMENTS = b"six>=1.0\n"
 
 
-def _start_rollout_function(cp: ControlPlane) -> str:
-    names = [
-        f["FunctionName"]
-        for page in cp.client("lambda").get_paginator("list_functions").paginate()
-        for f in page["Functions"]
-        if "StartRollout" in f["FunctionName"]
-    ]
-    assert len(names) == 1, names
-    return names[0]
-
-
 def _waiting(cp: ControlPlane) -> int:
     """Messages in the queue, visible or not."""
     counts = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
@@ -47,11 +37,12 @@ def _waiting(cp: ControlPlane) -> int:
 
 
 @pytest.fixture
-def broken_start_rollout(control_plane: ControlPlane) -> Iterator[str]:
-    """StartRollout pointed at a state machine that is not there (as in a half-done deployment)."""
+def broken_start_rollout(control_plane: ControlPlane, deployed_stack: DeployedStack) -> Iterator[str]:
+    """StartRollout pointed at a state machine that is not there (as in a half-done deployment). The
+    session's own StartRollout: other tests deploy control planes of their own beside it."""
     cp = control_plane
     lam = cp.client("lambda")
-    name = _start_rollout_function(cp)
+    name = deployed_stack.names["StartRolloutFunction"]
     environment = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
     broken = dict(environment, LAYERSHIFT_STATE_MACHINE_ARN=cp.state_machine_arn + "-gone")
     lam.update_function_configuration(FunctionName=name, Environment={"Variables": broken})
