@@ -207,3 +207,12 @@ def set_fault(plan: Path, layer: str, faults: dict[str, str] | list[dict[str, st
         staging = plan.with_suffix(f".{threading.get_ident()}.staging")
         staging.write_text(json.dumps(data))
         staging.replace(plan)
+
+
+def session_function(cp: ControlPlane, logical_id: str) -> str:
+    """The name of a function of the session's own control plane (stack ``layershift``), as
+    ``<stack>-<LogicalId>-<suffix>``: some tests deploy control planes of their own beside it."""
+    pages = cp.client("lambda").get_paginator("list_functions").paginate()
+    names = [f["FunctionName"] for page in pages for f in page["Functions"]]
+    (name,) = [name for name in names if name.startswith(f"layershift-{logical_id}-")]
+    return str(name)

@@ -19,6 +19,7 @@ from layershift.invariants import check_invariants
 from .support import (
     create_consumer,
     publish_bootstrap_layer,
+    session_function,
     set_fault,
     spec,
     start_rollout,
@@ -93,11 +94,7 @@ def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(
     cp = control_plane
     layer = "pager"
     old = create_consumer(cp, f"{layer}-fn", [publish_bootstrap_layer(cp, layer)])
-    restore = next(
-        f["FunctionName"]
-        for f in cp.client("lambda").list_functions()["Functions"]
-        if "RestoreTargets" in f["FunctionName"]
-    )
+    restore = session_function(cp, "RestoreTargetsFunction")
     set_fault(
         fault_plan, layer, {"function": restore, "service": "lambda", "operation": "UpdateAlias", "fault": "denied"}
     )
@@ -191,7 +188,7 @@ def test_redriving_an_ended_rollout_changes_nothing_of_the_next_one(control_plan
     }
     restore = sfn.start_execution(stateMachineArn=restore_machine, input=json.dumps(request))["executionArn"]
     assert wait_for_end(cp, restore, poll=0.3, timeout=120)["status"] == "SUCCEEDED"
-    roll_back = next(f["FunctionName"] for f in lam.list_functions()["Functions"] if "RollBack" in f["FunctionName"])
+    roll_back = session_function(cp, "RollBackFunction")
     answer = lam.invoke(FunctionName=roll_back, Payload=json.dumps(state).encode())
     assert not answer.get("FunctionError"), answer["Payload"].read()
     after = _alias(cp, "redrive-fn")

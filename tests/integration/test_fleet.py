@@ -26,6 +26,7 @@ from .support import (
     finish_rollout,
     publish_bootstrap_layer,
     run_rollout,
+    session_function,
     set_fault,
     spec,
     start_rollout,
@@ -48,9 +49,7 @@ def _fleet(cp: ControlPlane, layer: str, count: int, source: str | None = None) 
 
 
 def _control_function(cp: ControlPlane, part: str) -> str:
-    return next(
-        f["FunctionName"] for f in cp.client("lambda").list_functions()["Functions"] if part in f["FunctionName"]
-    )
+    return session_function(cp, f"{part}Function")
 
 
 def _updates_refused(cp: ControlPlane, names: list[str]) -> list[dict[str, str]]:

@@ -24,6 +24,7 @@ from .support import (
     finish_rollout,
     publish_bootstrap_layer,
     run_rollout,
+    session_function,
     spec,
     start_rollout,
     wait_until,
@@ -75,9 +76,7 @@ def test_a_duplicated_push_event_starts_nothing_new(control_plane: ControlPlane)
     first = run_rollout(cp, "dedupe", "six==1.16.0\n", spec())
     assert first.status == "SUCCEEDED"
     lam = cp.client("lambda")
-    start_rollout = next(
-        f["FunctionName"] for f in lam.list_functions()["Functions"] if "StartRollout" in f["FunctionName"]
-    )
+    start_rollout = session_function(cp, "StartRolloutFunction")
     head = cp.client("s3").head_object(Bucket=cp.bucket, Key="layers/dedupe/requirements.txt")
     event = {
         "version": "0",
