@@ -138,6 +138,24 @@ class Registry:
     def forget_build(self, layer: str, build_key: str) -> None:
         self.ddb.delete_item(TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"BUILD#{build_key}"}})
 
+    def forget_build_of(self, layer: str, build_key: str, arn: str) -> bool:
+        """Delete the BUILD# item of ``build_key`` while it still names ``arn`` (a later publication of
+        the same key names another version, and stays). Returns whether it was deleted."""
+        try:
+            self.ddb.delete_item(
+                TableName=self.table,
+                Key={"pk": _layer_pk(layer), "sk": {"S": f"BUILD#{build_key}"}},
+                ConditionExpression="arn = :arn",
+                ExpressionAttributeValues={":arn": {"S": arn}},
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def forget_version(self, layer: str, version: int) -> None:
+        """Delete a layer version's VERSION# item: Lambda no longer has the version."""
+        self.ddb.delete_item(TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"VERSION#{version:06d}"}})
+
     def record_version(
         self,
         layer: str,
@@ -187,6 +205,9 @@ class Registry:
 
     def versions(self, layer: str) -> list[dict[str, Any]]:
         return self._query(layer, "VERSION#")
+
+    def builds(self, layer: str) -> list[dict[str, Any]]:
+        return self._query(layer, "BUILD#")
 
     # -- rollouts ---------------------------------------------------------------------------
     def put_rollout(self, layer: str, rollout_id: str, **fields: str) -> None:
