@@ -42,12 +42,14 @@ FUNCTIONS = {
     "ReapRolloutFunction": "reap_rollout",
     "RestoreTargetsFunction": "restore_targets",
     "SummariseRestoreFunction": "summarise_restore",
+    "CleanUpVersionsFunction": "clean_up_versions",
 }
 RESTORE_FUNCTIONS = ["RestoreTargetsFunction", "SummariseRestoreFunction"]
 # Functions the rollout state machine invokes (EventBridge invokes StartRollout, OnAlarm and
 # ReapRollout; the restore state machine its own two).
 WORKFLOW_FUNCTIONS = sorted(
-    set(FUNCTIONS) - {"StartRolloutFunction", "OnAlarmFunction", "ReapRolloutFunction", *RESTORE_FUNCTIONS}
+    set(FUNCTIONS)
+    - {"StartRolloutFunction", "OnAlarmFunction", "ReapRolloutFunction", "CleanUpVersionsFunction", *RESTORE_FUNCTIONS}
 )
 CONTRACT_ENVIRONMENT = {
     "LAYERSHIFT_BUCKET",

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
@@ -37,7 +37,7 @@ from .artifacts import write_json
 from .aws import client, error_code
 from .inventory import LATEST, Inventory, layer_arn_parts, scan
 from .observability import logger
-from .pacing import OutOfTime
+from .pacing import OutOfTime, set_deadline
 from .planner import own_lambda_arn
 from .registry import Registry
 from .settings import Settings
@@ -47,8 +47,8 @@ from .traffic import NONE_PROMOTED
 PUBLISHED_BY_LAYERSHIFT = re.compile(r"^layershift (?P<layer>\S+) rollout (?P<rollout>\S+)$")
 RECORD_PREFIX = "gc/"
 
-LAYER_VERSION = "layer_version"
-FUNCTION_VERSION = "function_version"
+LAYER_VERSION: Final = "layer_version"
+FUNCTION_VERSION: Final = "function_version"
 Kind = Literal["layer_version", "function_version"]
 
 
@@ -611,3 +611,45 @@ def summarise(outcomes: Iterable[Outcome]) -> dict[str, int]:
     for outcome in outcomes:
         counts[outcome.status] += 1
     return dict(counts)
+
+
+class CleanupSummary(BaseModel):
+    """What CleanUpVersions did: the full plan and outcome are in the S3 record."""
+
+    record_key: str | None
+    refused: str | None
+    planned: int
+    kept: int
+    outcomes: dict[str, int]
+    planned_bytes: int
+    bytes_freed: int
+
+
+# CleanUpVersions stops listing aliases at this share of its time, and deleting this long before its
+# timeout, so the record of what it did and what is left is always written.
+_SCAN_SHARE = 0.5
+_RECORD_SECONDS = 60
+
+
+def scheduled_clean_up(policy: CleanupPolicy, settings: Settings, seconds_left: float) -> CleanupSummary:
+    """CleanUpVersions: one paced cleanup run within the function's time."""
+    started = time.time()
+    set_deadline(started + seconds_left - _RECORD_SECONDS / 2)
+    try:
+        result = clean_up(
+            settings,
+            policy,
+            scan_deadline=started + seconds_left * _SCAN_SHARE,
+            deadline=started + seconds_left - _RECORD_SECONDS,
+        )
+    finally:
+        set_deadline(None)
+    return CleanupSummary(
+        record_key=result.record_key,
+        refused=result.plan.refused,
+        planned=len(result.plan.deletions),
+        kept=len(result.plan.kept),
+        outcomes=summarise(result.outcomes),
+        planned_bytes=result.plan.bytes_freed,
+        bytes_freed=result.bytes_freed,
+    )
