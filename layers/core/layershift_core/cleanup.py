@@ -28,6 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final, Literal
 
 from botocore.exceptions import ClientError
@@ -440,25 +441,43 @@ def gather(settings: Settings, policy: CleanupPolicy, scan_deadline: float | Non
 # -- applying a plan -------------------------------------------------------------------------------
 
 
-def _still_blocked(deletion: Deletion, rollout: RunningRollout | None, promoted: dict[str, str]) -> str | None:
+def _rollout_blocks(deletion: Deletion, planned: RunningRollout | None, now: RunningRollout | None) -> str | None:
+    """Why the rollout running now forbids deleting a planned layer version (None: it does not).
+
+    A rollout the plan knew, which had chosen its layer versions then, attaches or restores no other
+    existing version. Any other rollout of the layer may reuse any of them (FindReusableBuild)."""
+    if now is None:
+        return None
+    if planned is None or planned.rollout_id != now.rollout_id:
+        return f"rollout {now.rollout_id} of {deletion.owner} started since the plan (it may reuse any version)"
+    if not now.layer_version_arns:
+        return f"rollout {now.rollout_id} of {deletion.owner} has not chosen its layer versions yet"
+    if deletion.arn in now.layer_version_arns or deletion.arn in now.previous_promoted:
+        return f"in running rollout {now.rollout_id}"
+    return None
+
+
+def _still_blocked(
+    deletion: Deletion, planned: RunningRollout | None, now: RunningRollout | None, promoted: dict[str, str]
+) -> str | None:
     """Why a planned layer version deletion must not happen after all, by what is true now."""
     names = [name for name, arn in promoted.items() if arn == deletion.arn]
     if names:
         return f"promoted since the plan ({', '.join(names)})"
-    if rollout is not None:
-        return f"rollout {rollout.rollout_id} of {deletion.owner} runs now (it may attach or restore any version)"
-    return None
+    return _rollout_blocks(deletion, planned, now)
 
 
-def _delete_layer_version(registry: Registry, deletion: Deletion, fact: LayerVersionFact | None) -> str:
-    """Forget the registry's builds of it first (no rollout may pick it up), check the lock again, delete."""
+def _delete_layer_version(
+    registry: Registry, deletion: Deletion, *, fact: LayerVersionFact | None, planned: RunningRollout | None
+) -> str:
+    """Forget the registry's builds of it first, so no rollout starting from now can pick it up; then
+    check the lock again (a rollout may have read a build record just before) and delete."""
     for key in fact.build_keys if fact else []:
         registry.forget_build_of(deletion.owner, key, deletion.arn)
-    rollout = running_rollout(registry, deletion.owner, time.time())
-    if rollout is not None:
-        # It may have read a build record before it was forgotten: the version stays (its builds are
-        # rebuilt or found again on the next publication of the same key).
-        return f"skipped: rollout {rollout.rollout_id} took the lock of {deletion.owner} meanwhile"
+    blocked = _rollout_blocks(deletion, planned, running_rollout(registry, deletion.owner, time.time()))
+    if blocked:
+        # The version stays; a later publication of its build key builds again instead of reusing it.
+        return blocked
     parts = layer_arn_parts(deletion.arn)
     if parts is None:
         raise ValueError(f"{deletion.arn} is not a layer version ARN")
@@ -491,12 +510,18 @@ def _apply_layer_versions(
         if _past(deadline):
             outcomes += [_not_reached(deletion) for deletion in deletions]
             continue
-        rollout = running_rollout(registry, layer, time.time())
+        planned = next((rollout for rollout in facts.running if rollout.layer == layer), None)
+        now = running_rollout(registry, layer, time.time())
         promoted = promoted_arns(layer)
         for deletion in deletions:
-            why = _still_blocked(deletion, rollout, promoted)
+            why = _still_blocked(deletion, planned, now, promoted)
             outcomes.append(
-                _apply_one(deletion, deadline, why, lambda d: _delete_layer_version(registry, d, by_arn.get(d.arn)))
+                _apply_one(
+                    deletion,
+                    deadline,
+                    why,
+                    partial(_delete_layer_version, registry, fact=by_arn.get(deletion.arn), planned=planned),
+                )
             )
 
 
