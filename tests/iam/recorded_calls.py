@@ -50,6 +50,8 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "ListLayerVersions": None,
         "AddLayerVersionPermission": None,
         "GetLayerVersionPolicy": None,
+        "DeleteLayerVersion": None,
+        "DeleteFunction": None,
     },
     "s3": {
         "GetObject": None,
@@ -66,6 +68,7 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "UpdateItem": None,
         "DeleteItem": None,
         "Query": None,
+        "Scan": None,
         "TransactWriteItems": None,
     },
     "stepfunctions": {
@@ -86,6 +89,7 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "PutParameter": None,
         "DeleteParameter": None,
         "DescribeParameters": None,
+        "GetParametersByPath": None,
         "AddTagsToResource": None,
     },
     "resourcegroupstaggingapi": {"GetResources": None},
@@ -238,7 +242,7 @@ def _resource(service: str, operation: str, params: dict[str, Any], account: Dep
     if service == "sns":
         return str(params.get("TopicArn") or params.get("TargetArn") or "*")
     if service == "ssm":
-        name = params.get("Name") or params.get("ResourceId")
+        name = params.get("Name") or params.get("ResourceId") or params.get("Path")
         if not name:
             return "*"
         return account.arn("ssm", "parameter" + (name if str(name).startswith("/") else f"/{name}"))

@@ -7,19 +7,26 @@ read Lambda afterwards and find every version in use still there.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from layershift.cli import main
 from layershift.controlplane import ControlPlane
+from layershift.local.deploy import DeployedStack
+from layershift.local.server import LocalAws
 from layershift_core.cleanup import CleanupPolicy, apply, gather, plan_cleanup
 from layershift_core.registry import Registry
+from tests.iam.deployed import DeployedAccount
+from tests.iam.recorded_calls import iam_requests, load_calls
+from tests.iam.simulator import evaluate, require_evaluator
 
 from .support import create_consumer, session_function
 
@@ -304,7 +311,15 @@ def test_apply_checks_again_what_changed_since_the_plan(control_plane: ControlPl
         assert _layer_versions(cp, layer) == {1, 4, 5, 6}
 
 
-def test_the_scheduled_function_applies_the_same_rules(control_plane: ControlPlane) -> None:
+def test_the_scheduled_function_applies_the_same_rules_with_only_the_permissions_it_has(
+    control_plane: ControlPlane,
+    deployed_stack: DeployedStack,
+    local_aws: LocalAws,
+    call_log: Path,
+) -> None:
+    """CleanUpVersionsFunction as its schedule rule invokes it (the rule's Input: keep and grace, here
+    for one layer), and every AWS call it made allowed by its deployed IAM policies (tests/iam)."""
+    require_evaluator()
     cp = control_plane
     lam = cp.client("lambda")
     arns = _publish(cp, SCHEDULED_LAYER, 4)
@@ -320,11 +335,12 @@ def test_the_scheduled_function_applies_the_same_rules(control_plane: ControlPla
         FunctionVersion="3",
         RoutingConfig={"AdditionalVersionWeights": {"1": 0.2}},
     )
-
     # The session's stack has the default CleanupSchedule (""): the function is there, no schedule rule.
     rules = cp.client("events").list_rules()["Rules"]
     assert not [rule for rule in rules if "CleanupSchedule" in rule["Name"] or rule.get("ScheduleExpression")]
     function = session_function(cp, "CleanUpVersionsFunction")
+
+    started = time.time()
     payload = {"keep": 1, "grace_hours": 0, "layer": SCHEDULED_LAYER}
     answer = lam.invoke(FunctionName=function, Payload=json.dumps(payload).encode())
     assert "FunctionError" not in answer, answer["Payload"].read()
@@ -336,3 +352,32 @@ def test_the_scheduled_function_applies_the_same_rules(control_plane: ControlPla
     assert _function_versions(cp, "gc-scheduled") == {"$LATEST", "1", "3"}
     record = json.loads(cp.client("s3").get_object(Bucket=cp.bucket, Key=summary["record_key"])["Body"].read())
     assert summary["bytes_freed"] == record["bytes_freed"] > 0
+
+    account = DeployedAccount(cp.client, local_aws.account_id, local_aws.region, deployed_stack.bucket_policies)
+    calls = [call for call in load_calls(call_log, since=started) if "CleanUpVersionsFunction" in call["function"]]
+    translated = [item for call in calls for item in iam_requests(call, account)]
+    made = {item.request.action for item in translated}
+    assert made >= {
+        "lambda:ListFunctions",
+        "lambda:ListAliases",
+        "lambda:ListLayerVersions",
+        "lambda:GetLayerVersion",
+        "lambda:GetLayerVersionPolicy",
+        "lambda:DeleteLayerVersion",
+        "lambda:DeleteFunction",
+        "ssm:GetParametersByPath",
+        "dynamodb:DeleteItem",
+        "s3:PutObject",
+    }, made
+    distinct = list(dict.fromkeys(item.request for item in translated))
+    denied = [
+        request.describe() + "\n    " + decision.explain()
+        for request, decision in zip(distinct, evaluate(distinct), strict=True)
+        if not decision.allowed
+    ]
+    assert not denied, "calls of CleanUpVersions its deployed policies deny:\n" + "\n".join(denied)
+    # And what its policies refuse: a whole function (unqualified), or a version of a function not opted in.
+    (deleted,) = [item.request for item in translated if item.request.action == "lambda:DeleteFunction"]
+    whole = dataclasses.replace(deleted, resource=deleted.resource.rsplit(":", 1)[0])
+    untagged = dataclasses.replace(deleted, resource=account.arn("lambda", "function:not-opted-in:2"), context=())
+    assert [decision.allowed for decision in evaluate([whole, untagged])] == [False, False]

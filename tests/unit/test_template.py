@@ -73,6 +73,7 @@ MUTATING_LAMBDA_ACTIONS = {"lambda:UpdateFunctionConfiguration", "lambda:Publish
 # Actions that IAM only grants on Resource "*" (no resource-level permissions).
 STAR_ONLY_ACTIONS = {
     "lambda:ListFunctions",
+    "lambda:ListLayerVersions",
     "tag:GetResources",
     "cloudformation:DescribeStackResources",
     "cloudwatch:GetMetricData",
