@@ -77,6 +77,24 @@ def test_a_tenant_sessions_alias_update_is_on_the_qualified_arn_with_the_functio
     assert request.principal == f"arn:aws:sts::{ACCOUNT}:assumed-role/layershift-TenantRole-X/layershift-common"
 
 
+def test_a_version_deletion_is_on_the_qualified_arn_and_a_path_read_on_its_parameter_path() -> None:
+    """What CleanUpVersions' policy is written against: DeleteFunction of a version is evaluated on
+    ``function:NAME:VERSION`` with the function's tags; GetParametersByPath on the path's ARN."""
+    deletion = _translated(_call("lambda", "DeleteFunction", {"FunctionName": "target", "Qualifier": "3"}))
+    assert deletion == [
+        (
+            "lambda:DeleteFunction",
+            f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:target:3",
+            deletion[0][2] | {"aws:ResourceTag/layershift:layer": "billing common"},
+        )
+    ]
+    [(action, resource, _)] = _translated(_call("ssm", "GetParametersByPath", {"Path": "/layershift/common"}))
+    assert (action, resource) == (
+        "ssm:GetParametersByPath",
+        f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/layershift/common",
+    )
+
+
 def test_an_update_brings_its_layers_as_lambda_layer() -> None:
     layers = [f"arn:aws:lambda:us-east-1:{ACCOUNT}:layer:layershift-common:2"]
     [(action, resource, context)] = _translated(
@@ -148,8 +166,8 @@ def test_a_transaction_needs_each_items_action_on_its_table() -> None:
 
 
 def test_an_operation_not_described_fails_loudly() -> None:
-    with pytest.raises(UnknownOperation, match=r"lambda\.DeleteFunction"):
-        _translated(_call("lambda", "DeleteFunction", {"FunctionName": "target"}))
+    with pytest.raises(UnknownOperation, match=r"lambda\.DeleteAlias"):
+        _translated(_call("lambda", "DeleteAlias", {"FunctionName": "target", "Name": "live"}))
 
 
 def test_a_call_signed_by_unknown_credentials_fails_loudly() -> None:
