@@ -23,6 +23,8 @@ from layershift.controlplane import ControlPlane
 from layershift.local.deploy import DeployedStack
 from layershift.local.server import LocalAws
 from layershift_core.cleanup import CleanupPolicy, apply, gather, plan_cleanup
+from layershift_core.models import RolloutPlan
+from layershift_core.planner import plan_key, save_plan
 from layershift_core.registry import Registry
 from tests.iam.deployed import DeployedAccount
 from tests.iam.recorded_calls import iam_requests, load_calls
@@ -126,7 +128,8 @@ def awkward_fleet(control_plane: ControlPlane) -> dict[str, Any]:
       5 ""  /layershift/gc-fleet/arn                    kept: promoted
       6 ""  the running rollout's layer version         kept: in a running rollout
       7 x86 free, recorded (VERSION# and BUILD#)        deleted, its records too
-      8 arm free, recorded                              deleted, its records too
+      8 arm recorded; the running rollout's plan has it on a target's $LATEST before the rollout
+                                                        kept: its rollback restores it
       9 ""  only gc-published:1 (no alias) runs it      deleted
       10 x86, 11 arm, 12 "": the newest of each group   no candidates
     Function versions layershift published (keep 1 per function):
@@ -180,6 +183,9 @@ def awkward_fleet(control_plane: ControlPlane) -> dict[str, Any]:
         registry = Registry(cp.table)
         registry.acquire_lock(LAYER, RUNNING, 3600)
         registry.put_rollout(LAYER, RUNNING, status="shifting", layer_version_arns=arns[5])
+        target = {"function_name": "gc-moved", "alias": "live", "verdict": "target", "current_layers": [arns[7]]}
+        plan = {"rollout_id": RUNNING, "layer": LAYER, "layer_versions": [], "alias": "live", "steps": []}
+        save_plan(cp.bucket, plan_key(LAYER, RUNNING), RolloutPlan.model_validate(plan | {"targets": [target]}))
     return {"arns": arns}
 
 
@@ -206,7 +212,7 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     assert main(["gc", "--local", "--layer", LAYER, "--keep", "1", "--grace-hours", "0", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert f"  delete {arns[6]} (" in text and f"  keep   {arns[3]}: shared with" in text
-    assert "layer versions: 3 to delete, 6 kept beyond the newest 1" in text
+    assert "layer versions: 2 to delete, 7 kept beyond the newest 1" in text
     assert "function versions: 1 to delete, 2 kept beyond the newest 1" in text
     assert "frees " in text and text.rstrip().endswith("dry run: nothing deleted")
 
@@ -218,7 +224,6 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     deleted = {(d["kind"], d["arn"]) for d in real["plan"]["deletions"]}
     assert deleted == {
         ("layer_version", arns[6]),
-        ("layer_version", arns[7]),
         ("layer_version", arns[8]),
         ("function_version", f"{published_arn}:1"),
     }
@@ -229,6 +234,7 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     assert kept[arns[3]].startswith("shared with") and OTHER_ACCOUNT in kept[arns[3]]
     assert f"promoted (/layershift/{LAYER}/arn)" in kept[arns[4]]
     assert f"in running rollout {RUNNING}" in kept[arns[5]]
+    assert kept[arns[7]] == f"running rollout {RUNNING} restores it on $LATEST if it rolls back"
     weighted_arn = lam.get_function(FunctionName="gc-weighted")["Configuration"]["FunctionArn"]
     assert kept[f"{weighted_arn}:1"] == "alias live routes to it"
     assert kept[f"{published_arn}:2"] == "alias stable routes to it"
@@ -236,7 +242,7 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     assert all(outcome["status"] == "deleted" for outcome in real["outcomes"]), real["outcomes"]
 
     # Lambda afterwards: exactly the planned versions are gone; every version in use is there.
-    assert _layer_versions(cp, LAYER) == {1, 2, 3, 4, 5, 6, 10, 11, 12}
+    assert _layer_versions(cp, LAYER) == {1, 2, 3, 4, 5, 6, 8, 10, 11, 12}
     assert _function_versions(cp, "gc-published") == {"$LATEST", "2", "3", "4", "5"}
     assert _function_versions(cp, "gc-weighted") == {"$LATEST", "1", "2"}
     assert lam.get_alias(FunctionName="gc-weighted", Name="live")["RoutingConfig"]["AdditionalVersionWeights"] == {
@@ -244,8 +250,8 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     }
     # The registry forgets what was deleted (FindReusableBuild can never offer it) and keeps the rest.
     keys = _registry_sort_keys(cp, LAYER)
-    assert not {"VERSION#000007", "VERSION#000008", f"BUILD#bk-{LAYER}-7", f"BUILD#bk-{LAYER}-8"} & keys
-    assert {"VERSION#000010", "VERSION#000011", f"BUILD#bk-{LAYER}-10", f"BUILD#bk-{LAYER}-11"} <= keys
+    assert not {"VERSION#000007", f"BUILD#bk-{LAYER}-7"} & keys
+    assert {"VERSION#000008", "VERSION#000010", f"BUILD#bk-{LAYER}-8", f"BUILD#bk-{LAYER}-10"} <= keys
 
     # The record: the plan and what was done, with the bytes freed.
     record = json.loads(cp.client("s3").get_object(Bucket=cp.bucket, Key=real["record_key"])["Body"].read())
@@ -253,7 +259,7 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     assert {o["arn"] for o in record["outcomes"] if o["status"] == "deleted"} == {arn for _, arn in deleted}
     layer_bytes = sum(d["code_size"] for d in real["plan"]["deletions"] if d["kind"] == "layer_version")
     function_bytes = sum(d["code_size"] for d in real["plan"]["deletions"] if d["kind"] == "function_version")
-    assert layer_bytes > 20_000 * (7 + 8 + 9) and function_bytes > 0
+    assert layer_bytes > 20_000 * (7 + 9) and function_bytes > 0
     assert record["bytes_freed"] == real["bytes_freed"] == layer_bytes + function_bytes
     with capsys.disabled():
         print(f"\ngc freed {layer_bytes} bytes of layer versions and {function_bytes} bytes of function versions")

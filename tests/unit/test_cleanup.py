@@ -124,8 +124,15 @@ def random_fleet(rng: random.Random) -> Fleet:
             chosen = rng.sample(own, k=min(len(own), rng.randint(0, 2)))
             previous = rng.sample(arns, k=rng.randint(0, 1))
             run = rng.choice(rollouts[layer] or [f"{layer}-running"])
+            restores = rng.choice([None, [], rng.sample(arns, k=min(len(arns), 2))])
             running.append(
-                RunningRollout(layer=layer, rollout_id=run, layer_version_arns=chosen, previous_promoted=previous)
+                RunningRollout(
+                    layer=layer,
+                    rollout_id=run,
+                    layer_version_arns=chosen,
+                    previous_promoted=previous,
+                    restores=restores,
+                )
             )
     inventory = Inventory(layer_arn_prefix=PREFIX, complete=rng.random() > 0.1, functions=functions)
     facts = CleanupFacts(
@@ -165,8 +172,8 @@ def expected_layer_deletions(fleet: Fleet) -> set[str]:
     protected = set(facts.promoted.values())
     locked_whole = set()
     for run in facts.running:
-        protected |= set(run.layer_version_arns) | set(run.previous_promoted)
-        if not run.layer_version_arns:
+        protected |= set(run.layer_version_arns) | set(run.previous_promoted) | set(run.restores or [])
+        if not run.layer_version_arns or run.restores is None:
             locked_whole.add(run.layer)
     free = set()
     groups: dict[tuple[str, str], list[LayerVersionFact]] = {}
@@ -225,7 +232,7 @@ def test_random_fleet_never_loses_a_version_in_use_and_frees_every_free_one(seed
     assert not deleted_layers & in_use
     assert not deleted_layers & set(fleet.facts.promoted.values())
     for run in fleet.facts.running:
-        assert not deleted_layers & set(run.layer_version_arns + run.previous_promoted)
+        assert not deleted_layers & set(run.layer_version_arns + run.previous_promoted + (run.restores or []))
     for function in fleet.facts.inventory.functions:
         for qualifier in fleet.aliased[function.name]:
             assert f"{function.arn}:{qualifier}" not in deleted_functions
@@ -251,7 +258,16 @@ def test_the_random_fleets_exercise_every_rule() -> None:
         for kept in plan.kept:
             reasons |= {reason.split(" ")[0] + " " + reason.split(" ")[1] for reason in kept.reasons}
     assert deleted[LAYER_VERSION] > 100 and deleted[FUNCTION_VERSION] > 100
-    for expected in ("in use", "promoted (/layershift/p0/arn)", "in running", "within the", "shared with", "alias a0"):
+    expected_reasons = (
+        "in use",
+        "promoted (",
+        "in running",
+        "running rollout",
+        "within the",
+        "shared with",
+        "alias a0",
+    )
+    for expected in expected_reasons:
         assert any(reason.startswith(expected.split(" (")[0]) for reason in reasons), expected
 
 
@@ -307,7 +323,7 @@ def test_each_kept_candidate_says_why_and_bytes_are_summed() -> None:
             _fact(9),
         ],
         promoted={"/layershift/lib/arn": f"{PREFIX}lib:6"},
-        running=[RunningRollout(layer="lib", rollout_id="r9", layer_version_arns=[f"{PREFIX}lib:7"])],
+        running=[RunningRollout(layer="lib", rollout_id="r9", layer_version_arns=[f"{PREFIX}lib:7"], restores=[])],
         now=NOW,
     )
     plan = plan_cleanup(facts, CleanupPolicy(keep=2))

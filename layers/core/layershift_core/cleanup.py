@@ -39,7 +39,7 @@ from .aws import client, error_code
 from .inventory import LATEST, Inventory, layer_arn_parts, scan
 from .observability import logger
 from .pacing import OutOfTime, set_deadline
-from .planner import own_lambda_arn
+from .planner import load_plan, own_lambda_arn, plan_key
 from .registry import Registry
 from .settings import Settings
 from .traffic import NONE_PROMOTED
@@ -83,6 +83,9 @@ class RunningRollout(BaseModel):
     rollout_id: str
     layer_version_arns: list[str] = []  # empty: it has not chosen its layer versions yet
     previous_promoted: list[str] = []  # what a failure after its promotion puts back
+    # The layers its targets' $LATEST had before it, which its rollback puts back ([] before its plan
+    # is written, when no $LATEST has changed yet); None: its plan could not be read.
+    restores: list[str] | None = None
 
 
 class CleanupFacts(BaseModel):
@@ -168,14 +171,7 @@ def _layer_version_reasons(
     reasons = [f"in use by {how}" for how in users.get(fact.arn, [])]
     reasons += [f"promoted ({name})" for name in promoted_by.get(fact.arn, [])]
     for rollout in facts.running:
-        if rollout.layer == fact.layer and not rollout.layer_version_arns:
-            reasons.append(
-                f"running rollout {rollout.rollout_id} has not chosen its layer versions yet (it may reuse any)"
-            )
-        if fact.arn in rollout.layer_version_arns:
-            reasons.append(f"in running rollout {rollout.rollout_id}")
-        if fact.arn in rollout.previous_promoted:
-            reasons.append(f"running rollout {rollout.rollout_id} restores it if it fails after promotion")
+        reasons += _running_rollout_reasons(fact.arn, fact.layer, rollout)
     grace = timedelta(hours=policy.grace_hours)
     if _younger(fact.created, facts.now, grace):
         reasons.append(f"within the {policy.grace_hours:g} h grace period (created {fact.created.isoformat()})")
@@ -183,6 +179,22 @@ def _layer_version_reasons(
         reasons.append("its grants to other accounts were not read")
     elif fact.shared_with and not policy.include_shared:
         reasons.append(f"shared with {', '.join(fact.shared_with)} (their use cannot be seen from here)")
+    return reasons
+
+
+def _running_rollout_reasons(arn: str, layer: str, rollout: RunningRollout) -> list[str]:
+    """Why a running rollout needs this layer version: it runs on it, or may attach or restore it."""
+    reasons = []
+    if rollout.layer == layer and not rollout.layer_version_arns:
+        reasons.append(f"running rollout {rollout.rollout_id} has not chosen its layer versions yet (it may reuse any)")
+    if rollout.layer == layer and rollout.restores is None:
+        reasons.append(f"running rollout {rollout.rollout_id}: its plan could not be read (it may restore any)")
+    if arn in rollout.layer_version_arns:
+        reasons.append(f"in running rollout {rollout.rollout_id}")
+    if arn in rollout.previous_promoted:
+        reasons.append(f"running rollout {rollout.rollout_id} restores it if it fails after promotion")
+    if arn in (rollout.restores or []):
+        reasons.append(f"running rollout {rollout.rollout_id} restores it on $LATEST if it rolls back")
     return reasons
 
 
@@ -350,8 +362,19 @@ def _grants(lam: Any, name: str, version: int) -> list[str]:
     return _principals(answer["Policy"])
 
 
-def running_rollout(registry: Registry, layer: str, now: float) -> RunningRollout | None:
-    """The rollout holding ``layer``'s lock, when its lease has not run out."""
+def _restored_layers(bucket: str, layer: str, rollout_id: str) -> list[str] | None:
+    """The layers the rollout's rollback puts back on its targets' ``$LATEST`` (its plan's
+    ``current_layers``); [] when it has no plan yet; None when the plan cannot be read."""
+    try:
+        plan = load_plan(bucket, plan_key(layer, rollout_id))
+    except ClientError as exc:
+        return [] if error_code(exc) == "NoSuchKey" else None
+    return sorted({arn for target in plan.targets for arn in target.current_layers})
+
+
+def running_rollout(settings: Settings, registry: Registry, layer: str, now: float) -> RunningRollout | None:
+    """The rollout holding ``layer``'s lock, when its lease has not run out, and what it may still
+    attach or restore."""
     holder = registry.lock_holder(layer)
     if holder is None or float(holder.get("expires_at") or 0) < now:
         return None
@@ -364,6 +387,7 @@ def running_rollout(registry: Registry, layer: str, now: float) -> RunningRollou
         rollout_id=owner,
         layer_version_arns=arns,
         previous_promoted=sorted(str(v) for v in previous.values() if v != NONE_PROMOTED),
+        restores=_restored_layers(settings.bucket, layer, owner),
     )
 
 
@@ -431,7 +455,7 @@ def gather(settings: Settings, policy: CleanupPolicy, scan_deadline: float | Non
     for layer in layers:
         facts.layer_versions += _layer_versions(settings, registry, layer, policy.keep)
         facts.promoted.update(promoted_arns(layer))
-        rollout = running_rollout(registry, layer, now)
+        rollout = running_rollout(settings, registry, layer, now)
         if rollout is not None:
             facts.running.append(rollout)
         facts.rollouts[layer] = sorted(str(item["sk"]).removeprefix("ROLLOUT#") for item in registry.rollouts(layer))
@@ -450,11 +474,8 @@ def _rollout_blocks(deletion: Deletion, planned: RunningRollout | None, now: Run
         return None
     if planned is None or planned.rollout_id != now.rollout_id:
         return f"rollout {now.rollout_id} of {deletion.owner} started since the plan (it may reuse any version)"
-    if not now.layer_version_arns:
-        return f"rollout {now.rollout_id} of {deletion.owner} has not chosen its layer versions yet"
-    if deletion.arn in now.layer_version_arns or deletion.arn in now.previous_promoted:
-        return f"in running rollout {now.rollout_id}"
-    return None
+    reasons = _running_rollout_reasons(deletion.arn, deletion.owner, now)
+    return "; ".join(reasons) if reasons else None
 
 
 def _still_blocked(
@@ -468,13 +489,18 @@ def _still_blocked(
 
 
 def _delete_layer_version(
-    registry: Registry, deletion: Deletion, *, fact: LayerVersionFact | None, planned: RunningRollout | None
+    settings: Settings,
+    registry: Registry,
+    deletion: Deletion,
+    *,
+    fact: LayerVersionFact | None,
+    planned: RunningRollout | None,
 ) -> str:
     """Forget the registry's builds of it first, so no rollout starting from now can pick it up; then
     check the lock again (a rollout may have read a build record just before) and delete."""
     for key in fact.build_keys if fact else []:
         registry.forget_build_of(deletion.owner, key, deletion.arn)
-    blocked = _rollout_blocks(deletion, planned, running_rollout(registry, deletion.owner, time.time()))
+    blocked = _rollout_blocks(deletion, planned, running_rollout(settings, registry, deletion.owner, time.time()))
     if blocked:
         # The version stays; a later publication of its build key builds again instead of reusing it.
         return blocked
@@ -511,7 +537,7 @@ def _apply_layer_versions(
             outcomes += [_not_reached(deletion) for deletion in deletions]
             continue
         planned = next((rollout for rollout in facts.running if rollout.layer == layer), None)
-        now = running_rollout(registry, layer, time.time())
+        now = running_rollout(settings, registry, layer, time.time())
         promoted = promoted_arns(layer)
         for deletion in deletions:
             why = _still_blocked(deletion, planned, now, promoted)
@@ -520,7 +546,7 @@ def _apply_layer_versions(
                     deletion,
                     deadline,
                     why,
-                    partial(_delete_layer_version, registry, fact=by_arn.get(deletion.arn), planned=planned),
+                    partial(_delete_layer_version, settings, registry, fact=by_arn.get(deletion.arn), planned=planned),
                 )
             )
 
