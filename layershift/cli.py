@@ -1,5 +1,6 @@
 """`layershift`: build, validate and push layers; see rollouts (status, ls, history, get --watch);
-approve, reject, abort or retry them; free a dead rollout's lock; run the demo."""
+approve, reject, abort or retry them; free a dead rollout's lock; delete the versions nothing runs
+(gc); run the demo."""
 
 from __future__ import annotations
 

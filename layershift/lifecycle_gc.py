@@ -82,11 +82,11 @@ def cmd_gc(args: argparse.Namespace, cp: ControlPlane) -> int:
         }
         print(json.dumps(document, indent=2))
     else:
-        _print_text(result, args.dry_run)
+        _print_text(result, args.dry_run, cp.bucket)
     return 1 if result.plan.refused else 0
 
 
-def _print_text(result: CleanupResult, dry_run: bool) -> None:
+def _print_text(result: CleanupResult, dry_run: bool, bucket: str) -> None:
     print("\n".join(plan_lines(result.plan)))
     if dry_run:
         print("dry run: nothing deleted")
@@ -97,7 +97,7 @@ def _print_text(result: CleanupResult, dry_run: bool) -> None:
     deleted = sum(1 for outcome in result.outcomes if outcome.status == "deleted")
     print(f"deleted {deleted} of {len(result.plan.deletions)}, freed {mebibytes(result.bytes_freed)}")
     if result.record_key:
-        print(f"recorded in s3://.../{result.record_key}")
+        print(f"recorded in s3://{bucket}/{result.record_key}")
 
 
 def register(sub: Any, add_target: AddTarget, control_plane_of: ControlPlaneOf) -> None:

@@ -10,14 +10,20 @@ and a version an alias routes to breaks the alias. So cleanup is three steps:
    of every layer this control plane published (ListLayerVersions; for the versions beyond the newest
    N of their group, GetLayerVersion for the code size and GetLayerVersionPolicy for grants to other
    accounts), the promoted ARNs (the SSM parameters under ``/layershift/<layer>/``), the running
-   rollouts (a LOCK whose lease has not run out, and its ROLLOUT# record) and the rollouts the
-   registry knows (which tell a function version layershift published from another one);
+   rollouts (a LOCK whose lease has not run out, its ROLLOUT# record, and its plan: the layers its
+   rollback puts back on ``$LATEST``) and the rollouts the registry knows (which tell a function
+   version layershift published from another one). Only layers with a registry record are cleaned
+   unless one is named, so the control plane's own layer (``<stack>-core``) is never touched;
 2. ``plan_cleanup``: pure, no AWS call: every deletion with its reason, every candidate beyond the
    newest N that is kept with why; the dry run prints this plan and stops;
 3. ``apply``: re-checks what may have changed since the scan right before deleting (a fresh
-   ListAliases per function; per layer the lock and the promoted parameters), deletes, forgets the
-   registry records of a deleted layer version, and records the plan and the outcome in S3
-   (``gc/<timestamp>.json``).
+   ListAliases per function; per layer the promoted parameters and the lock: a rollout that started
+   since the plan may reuse any version), forgets a layer version's BUILD# items, reads the lock once
+   more (a rollout may have read a build record just before), deletes it and its VERSION# item, and
+   records the plan and each outcome in S3 (``gc/<timestamp>.json``).
+
+A rollout's new layer versions are not yet used by anything until its aliases move: the grace
+period (``grace_hours``) is what keeps them, and the versions of a layer that is rolling out.
 """
 
 from __future__ import annotations
