@@ -66,6 +66,7 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "UpdateItem": None,
         "DeleteItem": None,
         "Query": None,
+        "Scan": None,
         "TransactWriteItems": None,
     },
     "stepfunctions": {
@@ -86,10 +87,11 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "PutParameter": None,
         "DeleteParameter": None,
         "DescribeParameters": None,
+        "GetParametersByPath": None,
         "AddTagsToResource": None,
     },
     "resourcegroupstaggingapi": {"GetResources": None},
-    "cloudformation": {"GetTemplate": None, "ListStackResources": None, "DescribeStackResources": None},
+    "cloudformation": {"ListStacks": None, "GetTemplate": None, "ListStackResources": None, "DescribeStackResources": None},
     "codecommit": {"GetDifferences": None, "GetFile": None, "GetCommit": None},
     "sts": {"AssumeRole": None},
 }
@@ -238,7 +240,7 @@ def _resource(service: str, operation: str, params: dict[str, Any], account: Dep
     if service == "sns":
         return str(params.get("TopicArn") or params.get("TargetArn") or "*")
     if service == "ssm":
-        name = params.get("Name") or params.get("ResourceId")
+        name = params.get("Name") or params.get("ResourceId") or params.get("Path")
         if not name:
             return "*"
         return account.arn("ssm", "parameter" + (name if str(name).startswith("/") else f"/{name}"))
