@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import write_json
@@ -136,7 +137,7 @@ def last_plan(
     newest = max(planned, key=lambda r: str(r.get("updated_at") or ""))
     try:
         return newest, load_plan(settings.bucket, str(newest["plan_key"]))
-    except Exception:  # a plan that cannot be read leaves the reasons out, not the report
+    except (ClientError, ValueError):  # unreadable or invalid (a pydantic error is a ValueError): no reasons
         logger.warning("plan unreadable", extra={"layer": layer, "key": newest.get("plan_key")})
         return None
 
