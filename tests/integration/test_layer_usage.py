@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from layershift import lifecycle_usage
 from layershift.controlplane import ControlPlane
 from layershift_core.layer_usage import UsageReport, usage_report
+from layershift_core.usage import USAGE, lambda_calls
 
 from .support import create_consumer, publish_bootstrap_layer, run_rollout, session_function
 
@@ -87,13 +89,16 @@ def _what_lambda_says(cp: ControlPlane, prefix: str) -> tuple[dict[str, set[str]
     return latest, aliases
 
 
-def _report(cp: ControlPlane) -> UsageReport:
+def _report(cp: ControlPlane) -> tuple[UsageReport, dict[str, int]]:
+    """The report, and the Lambda requests it took, by operation."""
+    USAGE.take()
     with cp.domain_clients():
-        return usage_report(cp.settings(), LAYER)
+        report = usage_report(cp.settings(), LAYER)
+    return report, lambda_calls(USAGE.take())
 
 
 def test_usage_agrees_with_lambda_for_a_fleet_in_mixed_states(
-    control_plane: ControlPlane, capsys: pytest.CaptureFixture[str]
+    control_plane: ControlPlane, capsys: pytest.CaptureFixture[str], record_property: Callable[[str, Any], None]
 ) -> None:
     cp = control_plane
     bootstrap = publish_bootstrap_layer(cp, LAYER)
@@ -103,8 +108,18 @@ def test_usage_agrees_with_lambda_for_a_fleet_in_mixed_states(
     _change_by_hand(cp, bootstrap)
     _pin_in_a_stack(cp, bootstrap)
 
-    report = _report(cp)
+    report, spent = _report(cp)
     assert report.complete and report.functions_seen >= 50
+    # One ListFunctions page per 50 function versions of the account, one ListAliases per function that
+    # uses a layer of this control plane or is opted in for the layer: never a request per version.
+    versions = sum(
+        len(page["Functions"])
+        for page in cp.client("lambda").get_paginator("list_functions").paginate(FunctionVersion="ALL")
+    )
+    assert spent["ListFunctions"] <= -(-versions // 50) + 1, (spent, versions)
+    assert set(spent) == {"ListFunctions", "ListAliases"}, spent
+    assert 50 <= spent["ListAliases"] <= report.functions_seen, spent
+    record_property("usage_scan", f"{versions} function versions: {spent}")
     (usage,) = report.layers
     new_arn = usage.promoted[f"/layershift/{LAYER}/arn"]
     layer_prefix = bootstrap.rpartition(":")[0] + ":"
