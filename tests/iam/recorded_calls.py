@@ -91,7 +91,12 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "AddTagsToResource": None,
     },
     "resourcegroupstaggingapi": {"GetResources": None},
-    "cloudformation": {"ListStacks": None, "GetTemplate": None, "ListStackResources": None, "DescribeStackResources": None},
+    "cloudformation": {
+        "ListStacks": None,
+        "GetTemplate": None,
+        "ListStackResources": None,
+        "DescribeStackResources": None,
+    },
     "codecommit": {"GetDifferences": None, "GetFile": None, "GetCommit": None},
     "sts": {"AssumeRole": None},
 }

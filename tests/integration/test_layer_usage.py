@@ -45,11 +45,11 @@ def _fleet(cp: ControlPlane, bootstrap: str) -> None:
 
 
 def _change_by_hand(cp: ControlPlane, bootstrap: str) -> None:
-    """After the promotion: 30-31 get their old layer back in $LATEST, 32-33 get 10% of ``live`` routed
-    back to the old version, 34's ``live`` is pointed back at it."""
+    """After the promotion: 30 loses the layer from $LATEST, 31 gets its old layer back there, 32-33 get
+    10% of ``live`` routed back to the old version, 34's ``live`` is pointed back at it."""
     lam = cp.client("lambda")
-    for name in (_name(30), _name(31)):
-        lam.update_function_configuration(FunctionName=name, Layers=[bootstrap])
+    lam.update_function_configuration(FunctionName=_name(30), Layers=[])
+    lam.update_function_configuration(FunctionName=_name(31), Layers=[bootstrap])
     for name in (_name(32), _name(33)):
         lam.update_alias(FunctionName=name, Name="live", RoutingConfig={"AdditionalVersionWeights": {"1": 0.1}})
     lam.update_alias(FunctionName=_name(34), Name="live", FunctionVersion="1")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import write_json
 from .aws import client
-from .inventory import FunctionUse, Inventory, layer_arn_parts, scan
+from .inventory import LATEST, FunctionUse, Inventory, layer_arn_parts, scan
 from .models import RolloutPlan, Verdict
 from .observability import logger
 from .pins import find_pins, resolve_hint
@@ -192,8 +192,8 @@ def _version_usage(arn: str, record: dict[str, Any] | None, inventory: Inventory
         status=str((record or {}).get("status") or ""),
         promoted=arn in promoted,
         functions=sorted({name for name, _ in users}),
-        latest=sorted(name for name, how in users if how == "$LATEST"),
-        aliases=sorted(f"{name}:{how.removeprefix('alias ')}" for name, how in users if how != "$LATEST"),
+        latest=sorted(name for name, how in users if how == LATEST),
+        aliases=sorted(f"{name}:{how.removeprefix('alias ')}" for name, how in users if how != LATEST),
     )
 
 
@@ -222,8 +222,8 @@ def layer_report(
         if not runs and layer not in opted:
             continue
         wanted = promoted_for(promoted, layer, function)
-        if runs and all(arn == wanted for arn, _ in runs):
-            continue
+        if runs and all(arn == wanted for arn, _ in runs) and any(how == LATEST for _, how in runs):
+            continue  # $LATEST and every alias on the promoted version (a $LATEST without it would drop it)
         shown = [f"{how}: {arn}" for arn, how in runs] or ["nothing: it does not use the layer"]
         drift.append(
             Drift(
