@@ -4,8 +4,9 @@ a resource policy, trust policies) by @cloud-copilot/iam-simulate (tests/iam).
 
 Two rollouts on two functions each: one promoted through an approval, one rolled back by its
 gating alarm, so the restore path runs too; then the scheduled usage report. The local functions
-record each call, its parameters and who signed it (`layershift/local/call_recorder.py`): the execution role, or the tenant role's
-session with its layershift:layer tag, which must be the one to change every target.
+record each call, its parameters and who signed it (`layershift/local/call_recorder.py`): the
+execution role, or the tenant role's session with its layershift:layer tag, which must be the one
+to change every target.
 """
 
 from __future__ import annotations
