@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .artifacts import write_json
 from .aws import client
 from .inventory import LATEST, FunctionUse, Inventory, layer_arn_parts, scan
+from .lockfile import promoted_parameters
 from .models import RolloutPlan, Verdict
 from .observability import logger
 from .pins import find_pins, resolve_hint
@@ -107,17 +108,6 @@ def opted_in() -> dict[str, list[str]]:
             tags = {tag["Key"]: tag["Value"] for tag in item.get("Tags", [])}
             found[item["ResourceARN"].split(":")[6]] = opted_in_layers(tags)
     return found
-
-
-def promoted_parameters(layer: str) -> dict[str, str]:
-    """``/layershift/<layer>/arn`` and each ``/layershift/<layer>/<runtime>/<architecture>/arn``: name -> ARN."""
-    found: dict[str, str] = {}
-    paginator = client("ssm").get_paginator("get_parameters_by_path")
-    for page in paginator.paginate(Path=f"/layershift/{layer}", Recursive=True):
-        for parameter in page["Parameters"]:
-            if parameter["Name"].endswith("/arn"):
-                found[parameter["Name"]] = parameter["Value"]
-    return dict(sorted(found.items()))
 
 
 def promoted_for(promoted: dict[str, str], layer: str, function: FunctionUse) -> str | None:
