@@ -13,7 +13,7 @@ from pathlib import Path
 from layershift_core.builder import command as build_command
 from layershift_core.errors import NothingWaiting, UnlockRefused
 
-from . import controlplane, lifecycle_gc, operator_commands, operator_views
+from . import controlplane, lifecycle_gc, lifecycle_lock, lifecycle_usage, operator_commands, operator_views
 from .controlplane import ControlPlane, ControlPlaneNotFound, NothingToRetry
 
 
@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     operator_commands.register(sub, _add_target, _control_plane)
+    lifecycle_usage.register(sub, _add_target, _control_plane)
+    lifecycle_lock.register(sub, _add_target, _control_plane)
     lifecycle_gc.register(sub, _add_target, _control_plane)
 
     for name, help_text, reason, func in (

@@ -39,6 +39,7 @@ OUTPUT_KEYS = {
     "layer_name_prefix": "LayerNamePrefix",
     "approve_function": "ApproveRolloutFunctionName",
     "dead_letter_queue_url": "TriggerDeadLetterQueueUrl",
+    "lambda_budget": "LambdaRequestsPerSecond",
 }
 
 
@@ -59,6 +60,7 @@ class ControlPlane:
     layer_name_prefix: str = ""
     approve_function: str | None = None
     dead_letter_queue_url: str | None = None
+    lambda_budget: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -91,10 +93,14 @@ class ControlPlane:
 
     @contextlib.contextmanager
     def domain_clients(self) -> Iterator[None]:
-        """Point the domain package's AWS clients at this control plane for the block."""
-        from layershift_core import aws
+        """Point the domain package's AWS clients at this control plane for the block. Their Lambda
+        requests take slots of the control plane's shared budget (its LambdaRequestsPerSecond output),
+        so a scan from the command line does not starve the rollouts."""
+        from layershift_core import aws, pacing
 
-        wanted = {"AWS_DEFAULT_REGION": self.region}
+        wanted = {"AWS_DEFAULT_REGION": self.region, "LAYERSHIFT_TABLE": self.table}
+        if self.lambda_budget:
+            wanted["LAYERSHIFT_LAMBDA_BUDGET"] = self.lambda_budget
         if self.endpoint_url:
             wanted.update(
                 AWS_ENDPOINT_URL=self.endpoint_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"
@@ -102,6 +108,7 @@ class ControlPlane:
         saved = {key: os.environ.get(key) for key in wanted}
         os.environ.update({key: value for key, value in wanted.items() if value})
         aws.client.cache_clear()
+        pacing.reset()
         try:
             yield
         finally:
@@ -111,6 +118,7 @@ class ControlPlane:
                 else:
                     os.environ[key] = value
             aws.client.cache_clear()
+            pacing.reset()
 
     def save_local(self, path: Path = LOCAL_STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

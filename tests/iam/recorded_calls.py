@@ -93,7 +93,12 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "AddTagsToResource": None,
     },
     "resourcegroupstaggingapi": {"GetResources": None},
-    "cloudformation": {"GetTemplate": None, "ListStackResources": None, "DescribeStackResources": None},
+    "cloudformation": {
+        "ListStacks": None,
+        "GetTemplate": None,
+        "ListStackResources": None,
+        "DescribeStackResources": None,
+    },
     "codecommit": {"GetDifferences": None, "GetFile": None, "GetCommit": None},
     "sts": {"AssumeRole": None},
 }

@@ -1,5 +1,6 @@
 """The CLI against the local control plane, as a user runs it: push, status, approve, reject, abort, unlock."""
 
+import json
 import time
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def test_layershift_build_writes_zip_manifest_and_sbom(tmp_path: Path, capsys: p
     args = ["build", "-r", str(requirements), "--runtime", "python3.13", "--arch", "x86_64", "-o", str(out)]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["layer.zip", "manifest.json", "sbom.cdx.json"]
+    # Each package's hashes are the sha256 of the wheel pip installed: PyPI's, for six-1.16.0-py2.py3-none-any.whl.
+    packages = json.loads((out / "manifest.json").read_text())["packages"]
+    assert [(p["name"], p["hashes"]) for p in packages] == [
+        ("six", ["sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"])
+    ]
     assert main(args) == 0
     assert "cache hit" in capsys.readouterr().out.lower()
     requirements.write_text("six\n")

@@ -344,9 +344,12 @@ def test_the_scheduled_function_applies_the_same_rules_with_only_the_permissions
         RoutingConfig={"AdditionalVersionWeights": {"1": 0.2}},
     )
     # The session's stack has the default CleanupSchedule (""): the function is there, no schedule rule.
-    rules = cp.client("events").list_rules()["Rules"]
-    assert not [rule for rule in rules if "CleanupSchedule" in rule["Name"] or rule.get("ScheduleExpression")]
     function = session_function(cp, "CleanUpVersionsFunction")
+    events = cp.client("events")
+    rules = events.list_rules()["Rules"]
+    targets = [t["Arn"] for rule in rules for t in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]]
+    assert not [rule for rule in rules if "CleanupSchedule" in rule["Name"]]
+    assert not [arn for arn in targets if arn.endswith(f":function:{function}")]
 
     started = time.time()
     payload = {"keep": 1, "grace_hours": 0, "layer": SCHEDULED_LAYER}

@@ -3,9 +3,10 @@ policies as deployed, evaluated for real (conditions, tags, policy variables, th
 a resource policy, trust policies) by @cloud-copilot/iam-simulate (tests/iam).
 
 Two rollouts on two functions each: one promoted through an approval, one rolled back by its
-gating alarm, so the restore path runs too. The local functions record each call, its parameters
-and who signed it (`layershift/local/call_recorder.py`): the execution role, or the tenant role's
-session with its layershift:layer tag, which must be the one to change every target.
+gating alarm, so the restore path runs too; then the scheduled usage report. The local functions
+record each call, its parameters and who signed it (`layershift/local/call_recorder.py`): the
+execution role, or the tenant role's session with its layershift:layer tag, which must be the one
+to change every target.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .support import (
     create_consumer,
     finish_rollout,
     publish_bootstrap_layer,
+    session_function,
     spec,
     start_rollout,
     wait_until,
@@ -53,6 +55,11 @@ REQUIRED = {
     ("OnAlarmFunction", "states:SendTaskFailure"),
     ("RestoreTargetsFunction", "lambda:UpdateAlias"),
     ("RestoreTargetsFunction", "lambda:UpdateFunctionConfiguration"),
+    ("ReportUsageFunction", "lambda:ListFunctions"),
+    ("ReportUsageFunction", "lambda:ListAliases"),
+    ("ReportUsageFunction", "ssm:GetParametersByPath"),
+    ("ReportUsageFunction", "cloudformation:ListStacks"),
+    ("ReportUsageFunction", "s3:PutObject"),
 }
 MUTATIONS = {"lambda:UpdateFunctionConfiguration", "lambda:PublishVersion", "lambda:UpdateAlias"}
 QUIET_SECONDS = 3.0
@@ -102,6 +109,14 @@ def _rolled_back_by_its_alarm(cp: ControlPlane) -> None:
     assert rollout.status == "FAILED" and rollout.error == "RolloutUnhealthy", rollout.lines
 
 
+def _usage_reported(cp: ControlPlane) -> None:
+    """The scheduled usage report, as its rule invokes it, after both rollouts."""
+    answer = cp.client("lambda").invoke(
+        FunctionName=session_function(cp, "ReportUsageFunction"), InvocationType="Event", Payload=b"{}"
+    )
+    assert answer["StatusCode"] == 202
+
+
 def _wait_until_quiet(call_log: Path) -> None:
     """After the executions end, the reaper still runs (EventBridge): until no call for a while."""
     last = (-1, time.monotonic())
@@ -144,6 +159,7 @@ def test_every_call_of_a_rollout_is_allowed_by_the_deployed_policies(
     started, clock = time.time(), time.monotonic()
     _promoted_through_an_approval(cp)
     _rolled_back_by_its_alarm(cp)
+    _usage_reported(cp)
     _wait_until_quiet(call_log)
 
     calls = load_calls(call_log, since=started)

@@ -1287,6 +1287,38 @@ def test_native_results_get_a_layer_per_architecture_sharing_minors_when_they_fi
     assert "did not run" in (arm_manifest.binaries.import_note or "")
 
 
+def _wheel_digest(name: str, abi: str) -> str:
+    """A stand-in wheel sha256: the pure wheel is one file for every target, a native one differs per ABI."""
+    return hashlib.sha256(f"{name}-{abi if name == 'gamma' else 'py3'}".encode()).hexdigest()
+
+
+@needs_312_313
+def test_the_manifest_records_the_sha256_of_every_wheel_installed_and_the_zip_does_not_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "resolve", fake_resolver({"alpha": "1.0", "gamma": "3.0"}, pure=False))
+    monkeypatch.setattr(build_module, "check_shared_objects", _elf_check_that())
+    targets = [("python3.12", "x86_64"), ("python3.13", "x86_64")]
+    unreported, _ = counting_installer(native_layout_for)
+    monkeypatch.setattr(install, "install", unreported)
+    (without,) = build_matrix("gamma==3.0\n", targets=targets, out_dir=tmp_path / "without", use_cache=False).variants
+
+    def reporting(reqs, target, dest, work):
+        result = unreported(reqs, target, dest, work)
+        result.wheels = {name: {"url": "", "sha256": _wheel_digest(name, target.abi)} for name in ("alpha", "gamma")}
+        return result
+
+    monkeypatch.setattr(install, "install", reporting)
+    (variant,) = build_matrix("gamma==3.0\n", targets=targets, out_dir=tmp_path / "with", use_cache=False).variants
+    hashes = {p.name: p.hashes for p in Manifest.read(tmp_path / "with" / variant.manifest).packages}
+    assert hashes["alpha"] == [f"sha256:{_wheel_digest('alpha', 'cp312')}"], "one wheel served both minors"
+    assert hashes["gamma"] == sorted(f"sha256:{_wheel_digest('gamma', abi)}" for abi in ("cp312", "cp313"))
+    assert hashes["beta-tools"] == [], "pip reported no wheel for it: no hash is made up"
+    # What pip reports goes into the manifest only: the layer zip is byte-identical.
+    assert variant.sha256 == without.sha256
+    assert (tmp_path / "with" / variant.zip).read_bytes() == (tmp_path / "without" / without.zip).read_bytes()
+
+
 @needs_312_313
 def test_native_minors_over_the_budget_together_get_a_layer_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

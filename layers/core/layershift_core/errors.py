@@ -112,3 +112,15 @@ class ApprovalRejected(LayershiftError):
 
 class NothingWaiting(LayershiftError):
     """No rollout of the layer is waiting for that signal."""
+
+
+class LockFileInvalid(LayershiftError):
+    """A lock file (`layershift lock`) is missing, not JSON, of an unknown format, or not a lock document."""
+
+
+class TemplateUnreadable(LayershiftError):
+    """`layershift lock check` was given a template it cannot read as text."""
+
+
+class LockExportFailed(LayershiftError):
+    """The promoted parameters, the registry and the build manifests disagree: no lock file is written."""

@@ -134,6 +134,11 @@ def pacer() -> Pacer | None:
     return _state["pacer"]
 
 
+def reset() -> None:
+    """Forget the process's pacer, so the next client reads the budget from the environment again."""
+    _state["pacer"] = None
+
+
 def pace(client: Any) -> Any:
     """Make every Lambda request of ``client`` take a slot of the shared budget first."""
     shared = pacer()

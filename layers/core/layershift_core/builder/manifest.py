@@ -22,6 +22,11 @@ class PackageEntry(BaseModel):
     python_versions: list[str] = Field(
         default_factory=list, description="the Python minors whose package folder holds this version"
     )
+    hashes: list[str] = Field(
+        default_factory=list,
+        description="'sha256:<hex>' of each wheel file pip installed for it (one per Python minor when they differ), "
+        "as pip's --require-hashes takes them",
+    )
 
 
 class PruneCategory(BaseModel):

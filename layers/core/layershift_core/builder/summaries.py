@@ -81,8 +81,12 @@ def packages_of(variant: VariantBuild) -> list[PackageEntry]:
                     "wheel_tags": set(),
                     "top_level_modules": set(),
                     "python_versions": set(),
+                    "hashes": set(),
                 },
             )
+            wheel = (site.installed.wheels if site.installed else {}).get(dist.name) or {}
+            if wheel.get("sha256"):
+                entry["hashes"].add(f"sha256:{wheel['sha256']}")
             entry["unzipped_bytes"] += sizes.get(dist.name, 0)
             entry["wheel_tags"].update(dist.tags)
             entry["top_level_modules"].update(dist.top_level)
@@ -95,6 +99,7 @@ def packages_of(variant: VariantBuild) -> list[PackageEntry]:
             wheel_tags=sorted(e["wheel_tags"]),
             top_level_modules=sorted(e["top_level_modules"]),
             python_versions=sorted(e["python_versions"], key=_version_key),
+            hashes=sorted(e["hashes"]),
         )
         for _, e in sorted(merged.items())
     ]
