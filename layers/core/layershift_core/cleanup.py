@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 from .artifacts import write_json
 from .aws import client, error_code
 from .inventory import LATEST, Inventory, layer_arn_parts, scan
+from .lockfile import promoted_parameters
 from .observability import logger
 from .pacing import OutOfTime, set_deadline
 from .planner import load_plan, own_lambda_arn, plan_key
@@ -397,17 +398,6 @@ def running_rollout(settings: Settings, registry: Registry, layer: str, now: flo
     )
 
 
-def promoted_arns(layer: str) -> dict[str, str]:
-    """``/layershift/<layer>/arn`` and ``/layershift/<layer>/<runtime>/<architecture>/arn``: name -> ARN."""
-    found: dict[str, str] = {}
-    pages = client("ssm").get_paginator("get_parameters_by_path").paginate(Path=f"/layershift/{layer}", Recursive=True)
-    for page in pages:
-        for parameter in page["Parameters"]:
-            if parameter["Name"].endswith("/arn"):
-                found[parameter["Name"]] = str(parameter["Value"])
-    return found
-
-
 def _layer_versions(settings: Settings, registry: Registry, layer: str, keep: int) -> list[LayerVersionFact]:
     lam = client("lambda")
     name = settings.published_name(layer)
@@ -460,7 +450,7 @@ def gather(settings: Settings, policy: CleanupPolicy, scan_deadline: float | Non
     facts = CleanupFacts(inventory=inventory, layers=layers, now=datetime.fromtimestamp(now, UTC))
     for layer in layers:
         facts.layer_versions += _layer_versions(settings, registry, layer, policy.keep)
-        facts.promoted.update(promoted_arns(layer))
+        facts.promoted.update(promoted_parameters(layer))
         rollout = running_rollout(settings, registry, layer, now)
         if rollout is not None:
             facts.running.append(rollout)
@@ -544,7 +534,7 @@ def _apply_layer_versions(
             continue
         planned = next((rollout for rollout in facts.running if rollout.layer == layer), None)
         now = running_rollout(settings, registry, layer, time.time())
-        promoted = promoted_arns(layer)
+        promoted = promoted_parameters(layer)
         for deletion in deletions:
             why = _still_blocked(deletion, planned, now, promoted)
             outcomes.append(
