@@ -4,11 +4,12 @@
 
 * EventBridge's, for an event it could not deliver to a rule's target: the body is the event, the
   ``TARGET_ARN`` and ``RULE_ARN`` message attributes say where it was going.
-* Lambda's, for an event StartRollout, OnAlarm or ReapRollout still failed on after Lambda's
+* Lambda's, for an event a function its rules invoke asynchronously still failed on after Lambda's
   retries: the body is the event, the attributes (``RequestID``, ``ErrorCode``, ``ErrorMessage``)
   do not name the function. Its target is found as EventBridge found it: the stack's rules (those
   whose targets dead-letter into this queue) are asked which of them match the event
-  (``TestEventPattern``), and their targets are the event's.
+  (``TestEventPattern``), and their targets are the event's. A scheduled event (ReportUsage's,
+  CleanUpVersions') matches no pattern: it names its rule in ``resources``.
 
 Each event is re-driven to its target as the rule would deliver it (the stack's targets take the
 event whole): a function is invoked synchronously, so its answer is known, a state machine gets a
@@ -56,13 +57,22 @@ def stack_rules(cp: ControlPlane, queue_arn: str) -> list[tuple[str, str, list[d
     found = []
     for page in events.get_paginator("list_rules").paginate():
         for rule in page.get("Rules", []):
-            if not rule.get("EventPattern"):
-                continue
             targets = events.list_targets_by_rule(Rule=rule["Name"]).get("Targets", [])
             ours = [t for t in targets if (t.get("DeadLetterConfig") or {}).get("Arn") == queue_arn]
             if ours:
-                found.append((rule["Arn"], rule["EventPattern"], ours))
+                found.append((rule["Arn"], rule.get("EventPattern") or "", ours))
     return found
+
+
+def _scheduled_by(body: str) -> list[str]:
+    """The rule ARNs a scheduled event names (its ``resources``), or none for another event."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(event, dict) or event.get("detail-type") != "Scheduled Event":
+        return []
+    return [str(arn) for arn in event.get("resources") or []]
 
 
 def targets_for(
@@ -73,9 +83,13 @@ def targets_for(
     if named:
         return [named]
     events = cp.client("events")
+    scheduled_by = _scheduled_by(message["Body"])
     found: list[str] = []
-    for _, pattern, targets in rules:
-        if events.test_event_pattern(EventPattern=pattern, Event=message["Body"]).get("Result"):
+    for rule_arn, pattern, targets in rules:
+        if scheduled_by:  # a schedule's event matches no pattern: it names its rule
+            if rule_arn in scheduled_by:
+                found.extend(str(t["Arn"]) for t in targets)
+        elif pattern and events.test_event_pattern(EventPattern=pattern, Event=message["Body"]).get("Result"):
             found.extend(str(t["Arn"]) for t in targets)
     return found
 
