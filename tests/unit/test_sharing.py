@@ -284,3 +284,17 @@ def test_the_task_reconciles_the_prefixed_layer_of_a_rollout_that_holds_its_lock
     assert shared.sharing.model_dump() == {"layer_versions": 3, "grants": 1, "added": 3, "removed": 0}
     assert all(current_grants(LAYER, v) == [Grant(sid=f"layershift-account-{A}", principal=A)] for v in (1, 2, 3))
     assert json.loads(json.dumps(shared.model_dump(mode="json")))["sharing"]["layer_versions"] == 3
+
+
+def test_grants_that_cannot_be_read_fail_clearly(lam: object) -> None:
+    def deny(**_: object) -> None:
+        raise ClientError(
+            {"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "GetLayerVersionPolicy"
+        )
+
+    aws.client("lambda").meta.events.register("before-call.lambda.GetLayerVersionPolicy", deny)
+    with pytest.raises(LayerShareFailed) as caught:
+        reconcile_layer(LAYER, [])
+    assert str(caught.value) == (
+        f"could not read the grants of layer {LAYER} version 3: AccessDeniedException: not allowed"
+    )

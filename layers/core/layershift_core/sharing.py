@@ -142,12 +142,13 @@ def current_grants(layer_name: str, version: int) -> list[Grant]:
     return grants_of_policy(json.loads(answer["Policy"]))
 
 
-def _failure(verb: str, grant: Grant, layer_name: str, version: int, exc: ClientError) -> LayerShareFailed:
+def _failure(what: str, exc: ClientError) -> LayerShareFailed:
     message = (exc.response.get("Error") or {}).get("Message", str(exc))
-    return LayerShareFailed(
-        f"could not {verb} {grant.describe()} (statement {grant.sid}) on layer {layer_name} version {version}: "
-        f"{error_code(exc)}: {message}"
-    )
+    return LayerShareFailed(f"could not {what}: {error_code(exc)}: {message}")
+
+
+def _on(grant: Grant, layer_name: str, version: int) -> str:
+    return f"{grant.describe()} (statement {grant.sid}) on layer {layer_name} version {version}"
 
 
 def _add(layer_name: str, version: int, grant: Grant) -> bool:
@@ -166,7 +167,7 @@ def _add(layer_name: str, version: int, grant: Grant) -> bool:
     except ClientError as exc:
         if error_code(exc) == "ResourceNotFoundException":
             return False  # deleted since it was listed: a version that is gone needs no grant
-        raise _failure("grant", grant, layer_name, version, exc) from None
+        raise _failure(f"grant {_on(grant, layer_name, version)}", exc) from None
     return True
 
 
@@ -177,13 +178,16 @@ def _remove(layer_name: str, version: int, grant: Grant) -> None:
         )
     except ClientError as exc:
         if error_code(exc) != "ResourceNotFoundException":  # already gone, or the version is
-            raise _failure("revoke", grant, layer_name, version, exc) from None
+            raise _failure(f"revoke {_on(grant, layer_name, version)}", exc) from None
 
 
 def reconcile(layer_name: str, version: int, desired: list[Grant]) -> VersionChange:
     """Make the version's grants exactly ``desired``: add the missing, then remove every other statement
     (a statement whose id a desired grant uses, but which grants something else, is replaced after that)."""
-    current = current_grants(layer_name, version)
+    try:
+        current = current_grants(layer_name, version)
+    except ClientError as exc:
+        raise _failure(f"read the grants of layer {layer_name} version {version}", exc) from None
     wanted = set(desired)
     stale = [grant for grant in current if grant not in wanted]
     held = {grant.sid for grant in current}
@@ -213,8 +217,12 @@ def layer_versions(layer_name: str) -> list[int]:
 
 def reconcile_layer(layer_name: str, desired: list[Grant]) -> list[VersionChange]:
     """``reconcile`` every version of the layer: each one carries exactly ``desired`` afterwards."""
+    try:
+        versions = layer_versions(layer_name)
+    except ClientError as exc:
+        raise _failure(f"list the versions of layer {layer_name}", exc) from None
     changes = []
-    for version in layer_versions(layer_name):
+    for version in versions:
         change = reconcile(layer_name, version, desired)
         if change.added or change.removed:
             logger.info(
