@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from layershift.controlplane import ControlPlane
+from layershift.invariants import check_invariants
 from layershift_core.sharing import grants_of_policy
 
 from .support import create_consumer, publish_bootstrap_layer, run_rollout, session_function, set_fault
@@ -62,6 +63,9 @@ def test_every_version_carries_exactly_the_share_of_the_last_rollout_built_or_re
         Action="lambda:GetLayerVersion",
         Principal="*",
     )
+    # ... which the invariants (checked after every rollout of the suite) see as a violation.
+    (problem,) = check_invariants(cp, built.execution_arn, settle_seconds=0)
+    assert problem.startswith(f"{cp.published_name(layer)}:1 grants ['by-hand', ") and "exactly" in problem
     reused = run_rollout(cp, layer, "six==1.16.0\n", _config(f'accounts = ["{B}"]\norganization = "{ORG}"'))
 
     assert reused.status == "SUCCEEDED", reused.lines
