@@ -188,10 +188,10 @@ def reconcile(layer_name: str, version: int, desired: list[Grant]) -> VersionCha
         current = current_grants(layer_name, version)
     except ClientError as exc:
         raise _failure(f"read the grants of layer {layer_name} version {version}", exc) from None
-    wanted = set(desired)
+    wanted, present = set(desired), set(current)
     stale = [grant for grant in current if grant not in wanted]
     held = {grant.sid for grant in current}
-    missing = [grant for grant in dict.fromkeys(desired) if grant not in set(current)]
+    missing = [grant for grant in dict.fromkeys(desired) if grant not in present]
     change = VersionChange(version=version)
     for grant in [g for g in missing if g.sid not in held]:
         if not _add(layer_name, version, grant):
