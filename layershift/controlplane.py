@@ -409,6 +409,13 @@ def describe_event(event: dict[str, Any]) -> str | None:
         if name == "PublishLayerVersion":
             versions = [v for v in output.get("layer_versions", []) if not v.get("reused")]
             return "published " + "; ".join(f"{v['arn']} ({v.get('variant')})" for v in versions)
+        if name == "ShareLayerVersions" and output.get("sharing"):
+            sharing = output["sharing"]
+            return (
+                f"shared: {sharing.get('layer_versions', 0)} layer version(s) carry exactly [share]'s "
+                f"{sharing.get('grants', 0)} grant(s) ({sharing.get('added', 0)} added, "
+                f"{sharing.get('removed', 0)} removed)"
+            )
         if name in ("PlanRollout", "RecordPreparedVersions"):
             plan = output.get("plan", {})
             if name == "RecordPreparedVersions":

@@ -6,6 +6,8 @@
 - The registry agrees with Lambda and SSM: `/layershift/<layer>/arn` names the layer version if and
   only if it was promoted.
 - The pushed spec and the built artifact are kept.
+- Once a rollout has planned (ShareLayerVersions comes before the plan), every version of its layer
+  carries exactly the grants of its [share], whether it was promoted or rolled back.
 
 Used by the demo and by the tests: one definition of "nothing was left half-done". The reaper
 finishes what an execution could not (its lock, a stopped rollout) just after it ends, so the
@@ -18,7 +20,8 @@ import json
 import time
 from typing import Any
 
-from layershift_core.models import RolloutPlan, RolloutState
+from layershift_core.models import LayerSpec, RolloutPlan, RolloutState
+from layershift_core.sharing import desired_grants, grants_of_policy
 
 from .controlplane import ControlPlane
 
@@ -135,4 +138,29 @@ def _violations(cp: ControlPlane, execution_arn: str) -> list[str]:
             problems.append(f"{parameter_name} is {parameter}, put there by rollout {name}, which was not promoted")
     if promoted and arns and f"/layershift/{layer}/arn" not in parameters:
         problems.append(f"/layershift/{layer}/arn is not set, but rollout {name} was promoted")
+    if plan is not None:
+        problems += _grant_violations(cp, layer, name)
+    return problems
+
+
+def _grant_violations(cp: ControlPlane, layer: str, name: str) -> list[str]:
+    """Every version of the layer whose grants are not exactly those of the rollout's validated [share]."""
+    body = cp.client("s3").get_object(Bucket=cp.bucket, Key=f"rollouts/{layer}/{name}/spec.json")["Body"].read()
+    share = LayerSpec.model_validate_json(body).share
+    wanted = set(desired_grants(share, allow_public=True))  # validated: a public share was allowed
+    lam, published = cp.client("lambda"), cp.published_name(layer)
+    problems = []
+    for page in lam.get_paginator("list_layer_versions").paginate(LayerName=published):
+        for entry in page["LayerVersions"]:
+            version = int(entry["Version"])
+            try:
+                policy = json.loads(lam.get_layer_version_policy(LayerName=published, VersionNumber=version)["Policy"])
+            except lam.exceptions.ResourceNotFoundException:
+                policy = {}
+            held = set(grants_of_policy(policy))
+            if held != wanted:
+                problems.append(
+                    f"{published}:{version} grants {sorted(g.sid for g in held)}, but the [share] of rollout {name} "
+                    f"grants exactly {sorted(g.sid for g in wanted)}"
+                )
     return problems

@@ -16,7 +16,7 @@ from .operator_data import iso
 
 # States entered once a traffic step's bake has ended healthy (rollout.asl.json).
 _AFTER_A_STEP = {"StepHealthy", "NextTrafficStep", "AwaitApproval", "PromoteAliases"}
-_BUILDING = {"FindReusableBuild", "BuildLayer", "PublishLayerVersion"}
+_BUILDING = {"FindReusableBuild", "BuildLayer", "PublishLayerVersion", "ShareLayerVersions"}
 _PLANNING = {"FindCandidates", "AssessCandidates", "PlanRollout", "PrepareFunctionVersions"}
 _ENDINGS = {
     "ExecutionFailed": "executionFailedEventDetails",

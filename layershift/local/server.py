@@ -53,8 +53,9 @@ DEFAULT_REGION = "us-east-1"
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 # Adapters that live beside this module and are installed when present, each with
-# install([aws]) / uninstall(): the codebuild:startBuild(.sync) integration, Lambda RevisionId.
-OPTIONAL_ADAPTERS = ("codebuild", "revisions", "codecommit")
+# install([aws]) / uninstall(): the codebuild:startBuild(.sync) integration, Lambda RevisionId,
+# CodeCommit, layer version permissions as Lambda checks and stores them.
+OPTIONAL_ADAPTERS = ("codebuild", "revisions", "codecommit", "layer_policies")
 
 _active_lock = threading.Lock()
 _active: list[LocalAws] = []

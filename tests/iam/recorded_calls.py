@@ -49,6 +49,7 @@ KNOWN_OPERATIONS: dict[str, dict[str, str | None]] = {
         "PublishLayerVersion": None,
         "ListLayerVersions": None,
         "AddLayerVersionPermission": None,
+        "RemoveLayerVersionPermission": None,
         "GetLayerVersionPolicy": None,
         "DeleteLayerVersion": None,
         "DeleteFunction": None,

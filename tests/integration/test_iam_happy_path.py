@@ -45,6 +45,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.network]
 REQUIRED = {
     ("PublishLayerFunction", "lambda:PublishLayerVersion"),
     ("PublishLayerFunction", "s3:PutObject"),
+    ("ShareLayerVersionsFunction", "lambda:ListLayerVersions"),
+    ("ShareLayerVersionsFunction", "lambda:GetLayerVersionPolicy"),
+    ("ShareLayerVersionsFunction", "lambda:AddLayerVersionPermission"),
+    ("ShareLayerVersionsFunction", "lambda:RemoveLayerVersionPermission"),
     ("PrepareVersionsFunction", "sts:AssumeRole"),
     ("PrepareVersionsFunction", "sts:TagSession"),
     ("PrepareVersionsFunction", "lambda:UpdateFunctionConfiguration"),
@@ -82,12 +86,21 @@ def _wait_for_the_signal_wait(cp: ControlPlane, layer: str, kind: str) -> None:
 
 
 def _promoted_through_an_approval(cp: ControlPlane) -> None:
+    """Shared with an account ([share]): the version made by hand carries a statement to remove."""
     layer = "iam-promoted"
     first = publish_bootstrap_layer(cp, layer)
+    cp.client("lambda").add_layer_version_permission(
+        LayerName=cp.published_name(layer),
+        VersionNumber=1,
+        StatementId="by-hand",
+        Action="lambda:GetLayerVersion",
+        Principal="*",
+    )
     create_consumer(cp, f"{layer}-fn", [first])
     create_consumer(cp, f"{layer}-shared", [first], tags={"layershift:layer": f"other {layer}"})
     create_alarm(cp, f"{layer}-errors", f"{layer}-fn")
-    arn = start_rollout(cp, layer, "six==1.16.0\n", spec(alarms=f'["{layer}-errors"]', extra="approval = true"))
+    config = spec(alarms=f'["{layer}-errors"]', extra="approval = true") + '[share]\naccounts = ["111122223333"]\n'
+    arn = start_rollout(cp, layer, "six==1.16.0\n", config)
     _wait_for_the_signal_wait(cp, layer, "approval")
     controlplane.approve(cp, layer)
     rollout = finish_rollout(cp, arn)

@@ -325,3 +325,35 @@ def test_only_the_approver_role_may_approve(
     assert len(others) > 20, f"the stack's roles were not found: {others}"
     expectations += [invoke(plane.session(role), f"{role} invokes ApproveRollout", DENIED) for role in others]
     _assert_met(expectations)
+
+
+def test_only_the_sharing_function_changes_layer_grants_and_only_on_this_stacks_layers(default_plane: Plane) -> None:
+    """[share] is granted by ShareLayerVersionsFunction alone, on the versions of <prefix><layer> names only:
+    a layer of the account outside the stack's prefix cannot be made public through the control plane."""
+    plane = default_plane
+    sharer = plane.session("ShareLayerVersionsFunctionRole")
+    publisher = plane.session("PublishLayerFunctionRole")
+    own = plane.layer(f"{plane.stack.stack_name}-{LAYER}")
+    outside = plane.layer("team-utils", 9)
+    expectations = []
+    for action in (
+        "lambda:AddLayerVersionPermission",
+        "lambda:RemoveLayerVersionPermission",
+        "lambda:GetLayerVersionPolicy",
+    ):
+        expectations += [
+            Expect(
+                f"the sharing function, a layer of this stack: {action}",
+                sharer.request(plane.account, action, own, {}),
+                ALLOWED,
+            ),
+            Expect(
+                f"the sharing function, a layer outside the stack's prefix: {action}",
+                sharer.request(plane.account, action, outside, {}),
+                DENIED,
+            ),
+            Expect(
+                f"another control-plane function: {action}", publisher.request(plane.account, action, own, {}), DENIED
+            ),
+        ]
+    _assert_met(expectations)

@@ -307,6 +307,7 @@ ABORT_STATES = [
     "FindReusableBuild",
     "BuildLayer",
     "PublishLayerVersion",
+    "ShareLayerVersions",
     "PlanRollout",
     "PrepareFunctionVersions",
     "SetTrafficWeight",

@@ -38,6 +38,7 @@ def test_every_state_that_changes_aws_leads_to_the_rollback_on_any_error() -> No
         "FindReusableBuild",
         "BuildLayer",
         "PublishLayerVersion",
+        "ShareLayerVersions",
         "FindCandidates",
         "AssessCandidates",
         "PlanRollout",
@@ -179,3 +180,29 @@ def test_state_names_are_unique_across_scopes() -> None:
     for machine in (ASL, RESTORE):
         names = [name for scope in _scopes(machine["States"]) for name in scope]
         assert len(names) == len(set(names))
+
+
+def test_every_rollout_shares_its_layer_versions_before_any_function_moves() -> None:
+    """Built or reused, the layer's versions get [share]'s grants on the way to the plan: without
+    ShareLayerVersions, no path from the build leads to a function (AnyCandidates onwards)."""
+    top = ASL["States"]
+
+    def reachable(start: str, without: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            name = todo.pop()
+            if name in seen or name == without:
+                continue
+            seen.add(name)
+            state = top[name]
+            todo += [state[key] for key in ("Next", "Default") if key in state]
+            todo += [rule["Next"] for rule in state.get("Choices", [])]
+            todo += [rule["Next"] for rule in state.get("Catch", []) if rule["Next"] != "AnythingToRestore"]
+        return seen
+
+    assert "AnyCandidates" in reachable("FindReusableBuild", without="")
+    assert "AnyCandidates" not in reachable("FindReusableBuild", without="ShareLayerVersions")
+    assert {"ReuseOrBuild", "PublishLayerVersion"} <= {
+        name for name, state in top.items() if "ShareLayerVersions" in (state.get("Next"), state.get("Default"))
+    }

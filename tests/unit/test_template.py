@@ -25,6 +25,7 @@ FUNCTIONS = {
     "ReleaseLockFunction": "release_lock",
     "FindReusableBuildFunction": "find_reusable_build",
     "PublishLayerFunction": "publish_layer",
+    "ShareLayerVersionsFunction": "share_layer_versions",
     "FindCandidatesFunction": "find_candidates",
     "AssessTargetsFunction": "assess_targets",
     "PlanRolloutFunction": "plan_rollout",
@@ -68,6 +69,11 @@ CONTRACT_ENVIRONMENT = {
     "LAYERSHIFT_FANOUT_BATCH_SIZE",
     "LAYERSHIFT_FANOUT_CONCURRENCY",
     "LAYERSHIFT_TOLERATED_FAILURE_PERCENT",
+}
+LAYER_GRANT_ACTIONS = {
+    "lambda:AddLayerVersionPermission",
+    "lambda:RemoveLayerVersionPermission",
+    "lambda:GetLayerVersionPolicy",
 }
 MUTATING_LAMBDA_ACTIONS = {"lambda:UpdateFunctionConfiguration", "lambda:PublishVersion", "lambda:UpdateAlias"}
 # Actions that IAM only grants on Resource "*" (no resource-level permissions).
@@ -390,6 +396,9 @@ def test_function_permissions_are_narrow(resources: dict[str, Any], logical_id: 
         if "lambda:PublishLayerVersion" in actions:  # only this stack's <prefix><layer> names
             template, values = statement["Resource"]["Fn::Sub"]
             assert template.endswith(":layer:${Prefix}*") and "LayerNamePrefix" in json.dumps(values)
+        if actions & LAYER_GRANT_ACTIONS:  # only the versions of this stack's <prefix><layer> names
+            template, values = statement["Resource"]["Fn::Sub"]
+            assert template.endswith(":layer:${Prefix}*:*") and "LayerNamePrefix" in json.dumps(values)
         if "ssm:PutParameter" in actions:
             assert statement["Resource"] == {
                 "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/layershift/*"

@@ -56,6 +56,11 @@ class BinaryCheckFailed(BuildFailed):
     library that neither the layer nor the Lambda base image has, or a glibc/libstdc++ newer than the image's."""
 
 
+class LayerShareFailed(LayershiftError):
+    """A layer version's grants could not be made exactly what layer.toml's [share] says (a grant refused, a
+    statement that could not be removed, or a public grant the template does not allow). No function moves."""
+
+
 class ArtifactMissing(LayershiftError):
     """A build reported success but its layer zip or manifest is not in the artifact bucket."""
 

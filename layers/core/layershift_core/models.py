@@ -3,7 +3,7 @@
 Every Lambda task receives the execution state and returns it with its own section filled in, so
 the state reads top to bottom in the Step Functions console: `request` (what was pushed),
 `rollout` (the validated request), `candidates`, `matrix` (what to build), `layer_versions` (one per
-variant), `plan`, then `outcome`. The plan
+variant), `sharing` (the grants they carry), `plan`, then `outcome`. The plan
 itself lives in S3 and DynamoDB; the state carries only its key and counts, far below Step
 Functions' 256 KB payload limit.
 """
@@ -74,6 +74,45 @@ class CanaryAnalysis(BaseModel):
     )
 
 
+ACCOUNT_ID_PATTERN = r"^[0-9]{12}$"
+ORGANIZATION_ID_PATTERN = r"^o-[a-z0-9]{10,32}$"
+# Each statement of a layer version's policy takes about 250 bytes of Lambda's 20 KB policy limit;
+# past this many accounts, sharing with the organization is the way.
+MAX_SHARED_ACCOUNTS = 50
+
+
+def _account_id(value: str) -> str:
+    if not re.fullmatch(ACCOUNT_ID_PATTERN, value):
+        raise ValueError('an AWS account id is 12 digits, as a string (e.g. "111122223333")')
+    return value
+
+
+def _organization_id(value: str) -> str:
+    if not re.fullmatch(ORGANIZATION_ID_PATTERN, value):
+        raise ValueError(
+            'an AWS Organizations id is "o-" and 10 to 32 lower-case letters or digits (e.g. "o-a1b2c3d4e5")'
+        )
+    return value
+
+
+AccountId = Annotated[str, AfterValidator(_account_id)]
+OrganizationId = Annotated[str, AfterValidator(_organization_id)]
+
+
+class ShareSpec(BaseModel):
+    """layer.toml's [share]: who besides this account may use the layer's versions (lambda:GetLayerVersion)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accounts: list[AccountId] = Field(
+        default_factory=list, max_length=MAX_SHARED_ACCOUNTS, description="other AWS accounts, by 12-digit id"
+    )
+    organization: OrganizationId | None = Field(
+        default=None, description="every account of this AWS Organizations organization"
+    )
+    public: bool = Field(default=False, description="every AWS account; only where AllowPublicLayers is true")
+
+
 class LayerSpec(BaseModel):
     """layer.toml, resolved against the template's defaults."""
 
@@ -111,6 +150,9 @@ class LayerSpec(BaseModel):
     )
     audit: AuditPolicy = Field(
         default_factory=AuditPolicy, description="the vulnerability gate of the build ([audit] fail_on, unavailable)"
+    )
+    share: ShareSpec = Field(
+        default_factory=ShareSpec, description="the grants every version of the layer carries ([share])"
     )
 
     @field_validator("alias")
@@ -285,6 +327,15 @@ class PlanSummary(Model):
     variant_counts: dict[str, int] = Field(default_factory=dict, description="active targets per layer variant")
 
 
+class ShareSummary(Model):
+    """ShareLayerVersions' answer: the layer's versions now carry exactly [share]'s grants."""
+
+    layer_versions: int = Field(default=0, description="versions of the layer reconciled")
+    grants: int = Field(default=0, description="grants each version carries")
+    added: int = Field(default=0, description="grants added, over every version")
+    removed: int = Field(default=0, description="statements removed, over every version")
+
+
 class CandidateList(Model):
     """FindCandidates' answer: the functions to assess, one item each in S3."""
 
@@ -393,6 +444,7 @@ class RolloutState(Model):
     lock_wait: LockWait | None = None
     matrix: BuildMatrix | None = None
     layer_versions: list[LayerVersionRef] = Field(default_factory=list)
+    sharing: ShareSummary | None = None
     candidates: CandidateList | None = None
     plan: PlanSummary | None = None
     preflight: Preflight | None = None

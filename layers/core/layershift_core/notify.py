@@ -155,7 +155,7 @@ def usage_line(usage: dict[str, Any]) -> str:
 PHASES = {
     "validate": ("ValidateRequest",),
     "lock_wait": ("AcquireLayerLock", "WaitForLayerLock"),
-    "build": ("FindReusableBuild", "BuildLayer", "PublishLayerVersion"),
+    "build": ("FindReusableBuild", "BuildLayer", "PublishLayerVersion", "ShareLayerVersions"),
     "plan": ("FindCandidates", "AssessCandidates", "PlanRollout"),
     "prepare": ("PrepareFunctionVersions", "RecordPreparedVersions"),
     "traffic": ("SetTrafficWeight", "StartBake", "BakeAndWatch", "ReadCanaryMetrics", "CheckHealth"),

@@ -50,6 +50,12 @@ class Settings(BaseModel):
     floor_required_alarms: str = ""
     floor_require_analysis: bool = False
     floor_require_approval: bool = False
+    allow_public_layers: bool = False
+
+    @property
+    def own_account(self) -> str:
+        """This account's id, from ``own_lambda_arn`` (empty outside the template)."""
+        return self.own_lambda_arn.split(":")[4] if self.own_lambda_arn else ""
 
     @property
     def third_party_layers(self) -> list[str]:
@@ -90,6 +96,8 @@ class Settings(BaseModel):
                 inconclusive=self.canary_inconclusive,
             ),
             audit=AuditPolicy(fail_on=self.audit_fail_on, unavailable=self.audit_unavailable),
+            allow_public=self.allow_public_layers,
+            own_account=self.own_account,
         )
 
 
@@ -135,6 +143,7 @@ _ENV = {
     "floor_required_alarms": "LAYERSHIFT_FLOOR_REQUIRED_ALARMS",
     "floor_require_analysis": "LAYERSHIFT_FLOOR_REQUIRE_ANALYSIS",
     "floor_require_approval": "LAYERSHIFT_FLOOR_REQUIRE_APPROVAL",
+    "allow_public_layers": "LAYERSHIFT_ALLOW_PUBLIC_LAYERS",
 }
 
 

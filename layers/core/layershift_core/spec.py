@@ -34,7 +34,14 @@ inconclusive = "rollback"       # or "promote", once the extension is used up
 fail_on = "high"                # none, low, moderate, high or critical: a known vulnerability at or above
                                 # it fails the build before publication (unknown severity counts as at it)
 unavailable = "warn"            # or "fail": when the audit cannot run or reach its service
+
+[share]                         # who else may use every version of the layer (lambda:GetLayerVersion)
+accounts = ["111122223333"]     # AWS account ids (this account needs none: it is left out)
+organization = "o-a1b2c3d4e5"   # every account of an AWS Organizations organization
+public = false                  # every AWS account: refused unless the template's AllowPublicLayers is "true"
 ```
+Leave [share] out and no other account may use the layer: each rollout makes every version of the
+layer carry exactly these grants, and removes any other statement (see ``sharing.py``).
 Every key is optional; what is missing comes from the template's defaults. Without runtimes or
 architectures, a rollout builds for those of the layer's functions (see ``targets.py``); the
 template's DefaultRuntime and DefaultArchitecture apply only when no function uses the layer yet.
@@ -51,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .builder.audit import AuditPolicy
 from .errors import InvalidLayerSpec
-from .models import CanaryAnalysis, LayerSpec, TrafficStep
+from .models import MAX_SHARED_ACCOUNTS, AccountId, CanaryAnalysis, LayerSpec, OrganizationId, TrafficStep
 from .requirements import decode_text
 
 MAX_SPEC_BYTES = 64 * 1024
@@ -82,6 +89,8 @@ class SpecDefaults(BaseModel):
     tolerated_failure_percent: float = 5.0
     analysis: CanaryAnalysis = CanaryAnalysis()
     audit: AuditPolicy = AuditPolicy()
+    allow_public: bool = False
+    own_account: str = ""
 
 
 class _Section(BaseModel):
@@ -128,12 +137,21 @@ class _Audit(_Section):
     unavailable: str | None = None
 
 
+class _Share(_Section):
+    accounts: list[AccountId] = []
+    organization: OrganizationId | None = None
+    public: bool = False
+    # Not a setting: named here so that asking for it gets its own answer (``_check_share``).
+    organizational_units: Any = None
+
+
 class _File(_Section):
     build: _Build = _Build()
     targets: _Targets = _Targets()
     rollout: _Rollout = _Rollout()
     analysis: _Analysis = _Analysis()
     audit: _Audit = _Audit()
+    share: _Share = _Share()
 
 
 def strategy_steps(strategy: str) -> list[TrafficStep]:
@@ -252,6 +270,29 @@ def _check_floors(source: str, floors: Floors, strategy: str, steps: list[Traffi
         )
 
 
+def _check_share(source: str, share: _Share, defaults: SpecDefaults) -> dict[str, Any]:
+    """[share] as the spec keeps it: accounts without repeats or this account, and what Lambda cannot grant refused."""
+    if share.organizational_units is not None:
+        raise InvalidLayerSpec(
+            f"{source}: share.organizational_units: Lambda layer permissions cannot be scoped to an organizational "
+            "unit (AddLayerVersionPermission takes an account or an organization id only); share with the whole "
+            "organization (share.organization) or list the accounts (share.accounts)"
+        )
+    if share.public and not defaults.allow_public:
+        raise InvalidLayerSpec(
+            f"{source}: share.public: true would let every AWS account use the layer, and this control plane does "
+            'not allow public layer versions (template parameter AllowPublicLayers is "false"); share with '
+            "share.accounts or share.organization instead"
+        )
+    accounts = [account for account in dict.fromkeys(share.accounts) if account != defaults.own_account]
+    if len(accounts) > MAX_SHARED_ACCOUNTS:
+        raise InvalidLayerSpec(
+            f"{source}: share.accounts: {len(accounts)} accounts, more than the {MAX_SHARED_ACCOUNTS} a layer "
+            "version's policy holds; share with their organization (share.organization) instead"
+        )
+    return {"accounts": accounts, "organization": share.organization, "public": share.public}
+
+
 def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: str = "layer.toml") -> LayerSpec:
     """Parse and validate layer.toml; raise InvalidLayerSpec naming the offending line or field.
 
@@ -328,6 +369,7 @@ def parse_layer_spec(text: str | bytes | None, defaults: SpecDefaults, source: s
             **defaults.audit.model_dump(),
             **parsed.audit.model_dump(exclude_none=True),
         },
+        "share": _check_share(source, parsed.share, defaults),
     }
     if rollout.approval_timeout_seconds is not None:
         candidate["approval_timeout_seconds"] = rollout.approval_timeout_seconds
