@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ import pytest
 from moto import mock_aws
 
 from layershift_core import aws, reaper
+from layershift_core.artifacts import read_json
 from layershift_core.fanout import items_key, write_items
+from layershift_core.history import history_key
 from layershift_core.models import (
     ExecutionStatusChange,
     LayerVersionRef,
@@ -224,6 +227,11 @@ def test_an_execution_that_stopped_mid_shift_is_rolled_back(world: World, status
         f"released the lock on {LAYER}",
         "published the rolled_back notification",
     ]
+    # the record is archived as it ended, then expires; the layer version it published does not
+    record = registry.rollout(LAYER, ROLLOUT)
+    assert record is not None and record["expires_at"] > time.time() + 89 * 86_400
+    assert read_json(world.settings.bucket, history_key(LAYER, ROLLOUT)) == record
+    assert "expires_at" not in registry.versions(LAYER)[0]
 
 
 def test_an_alias_the_reaper_cannot_restore_pages_with_the_fix(world: World) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from .aws import client
 from .fanout import items_key
+from .history import ENDINGS, close_rollout
 from .models import ExecutionStatusChange, Model, RestoreSummary, RolloutState
 from .notify import publish_ending, usage_of
 from .observability import MetricUnit, emit, logger
@@ -35,7 +36,6 @@ from .registry import Registry, is_missing
 from .settings import Settings
 from .traffic import RestoreRequest, unrestored_lines
 
-ENDINGS = frozenset({"promoted", "rolled_back", "rejected", "rollback_incomplete"})
 # The workflow's own Fail state for a refusal it could not announce.
 UNNOTIFIED_REJECTION = "RequestRejectedUnnotified"
 ROLLING_BACK = "rolling_back"
@@ -124,6 +124,7 @@ def _finish(
         body["unrestored"] = summary.unrestored
         body["unrestored_count"] = summary.unrestored_count
         body["unrestored_key"] = summary.unrestored_key
+    close_rollout(settings, layer, rollout_id)
     return ending, body
 
 
@@ -135,6 +136,7 @@ def _announce(
     publish_ending(settings, event, layer, body)
     registry.put_rollout(layer, rollout_id, notified_at=datetime.now(UTC).isoformat())
     result.actions.append(f"published the {event} notification")
+    close_rollout(settings, layer, rollout_id)  # archived again with its notification's time
 
 
 def _reap_restore(change: ExecutionStatusChange, settings: Settings, result: ReapResult) -> None:

@@ -32,6 +32,8 @@ class Settings(BaseModel):
     canary_inconclusive: Literal["promote", "rollback"] = "rollback"
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
     lock_wait_seconds: int = Field(default=3600, ge=0, le=86_400)
+    # Days an ended rollout's registry items are kept before DynamoDB's TTL deletes them (history.py).
+    registry_retention_days: int = Field(default=90, ge=1)
     codecommit_repository: str | None = None
     codecommit_branch: str = "main"
     restore_state_machine_arn: str | None = None
@@ -117,6 +119,7 @@ _ENV = {
     "canary_inconclusive": "LAYERSHIFT_CANARY_INCONCLUSIVE",
     "lock_lease_seconds": "LAYERSHIFT_LOCK_LEASE_SECONDS",
     "lock_wait_seconds": "LAYERSHIFT_LOCK_WAIT_SECONDS",
+    "registry_retention_days": "LAYERSHIFT_REGISTRY_RETENTION_DAYS",
     "codecommit_repository": "LAYERSHIFT_CODECOMMIT_REPOSITORY",
     "codecommit_branch": "LAYERSHIFT_CODECOMMIT_BRANCH",
     "restore_state_machine_arn": "LAYERSHIFT_RESTORE_STATE_MACHINE_ARN",

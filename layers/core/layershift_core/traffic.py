@@ -39,6 +39,7 @@ from .fanout import (
     run_pass,
     until_out_of_time,
 )
+from .history import close_rollout
 from .models import FanOut, MapRunRef, Outcome, RestoreSummary, RolloutState, ShiftStep, TargetPlan, variant_for
 from .observability import logger
 from .pacing import OutOfTime
@@ -182,6 +183,7 @@ def _record_end(settings: Settings, state: RolloutState, status: str, reason: st
     registry.put_rollout(rollout.layer, rollout.rollout_id, status=status, reason=reason or "")
     for version in state.layer_versions:
         registry.set_version_status(rollout.layer, version.version, status, reason)
+    close_rollout(settings, rollout.layer, rollout.rollout_id)
 
 
 NONE_PROMOTED = "-"
