@@ -53,6 +53,12 @@ REQUIRED = {
     ("OnAlarmFunction", "states:SendTaskFailure"),
     ("RestoreTargetsFunction", "lambda:UpdateAlias"),
     ("RestoreTargetsFunction", "lambda:UpdateFunctionConfiguration"),
+    # each ending archives its rollout's record in history/, then lets its registry items expire
+    ("PromoteLayerFunction", "s3:PutObject"),
+    ("RollBackFunction", "s3:PutObject"),
+    ("RollBackFunction", "dynamodb:DeleteItem"),
+    ("NotifyFunction", "s3:PutObject"),
+    ("ReleaseLockFunction", "s3:PutObject"),
 }
 MUTATIONS = {"lambda:UpdateFunctionConfiguration", "lambda:PublishVersion", "lambda:UpdateAlias"}
 QUIET_SECONDS = 3.0
