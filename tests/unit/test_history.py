@@ -104,7 +104,7 @@ def test_closing_again_archives_the_fuller_record_and_keeps_the_first_expiry(set
     # the notification, later, on a control plane whose retention has since been changed
     registry.put_rollout(LAYER, ROLLOUT, notified_at="2026-12-07T12:00:00+00:00")
     registry.add_usage(LAYER, ROLLOUT, {"transitions_parent": 2})
-    again = close_rollout(settings.model_copy(update={"registry_retention_days": 1}), LAYER, ROLLOUT)
+    again = close_rollout(settings.model_copy(update={"registry_retention_days": 15}), LAYER, ROLLOUT)
 
     assert again == first
     final = registry.rollout(LAYER, ROLLOUT)

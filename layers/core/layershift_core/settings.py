@@ -32,8 +32,9 @@ class Settings(BaseModel):
     canary_inconclusive: Literal["promote", "rollback"] = "rollback"
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
     lock_wait_seconds: int = Field(default=3600, ge=0, le=86_400)
-    # Days an ended rollout's registry items are kept before DynamoDB's TTL deletes them (history.py).
-    registry_retention_days: int = Field(default=90, ge=1)
+    # Days an ended rollout's registry items are kept before DynamoDB's TTL deletes them (history.py):
+    # at least the 14 days its execution can be redriven, whose steps read its record.
+    registry_retention_days: int = Field(default=90, ge=15)
     codecommit_repository: str | None = None
     codecommit_branch: str = "main"
     restore_state_machine_arn: str | None = None
