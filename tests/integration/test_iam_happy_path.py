@@ -53,11 +53,9 @@ REQUIRED = {
     ("OnAlarmFunction", "states:SendTaskFailure"),
     ("RestoreTargetsFunction", "lambda:UpdateAlias"),
     ("RestoreTargetsFunction", "lambda:UpdateFunctionConfiguration"),
-    # each ending archives its rollout's record in history/, then lets its registry items expire
-    ("PromoteLayerFunction", "s3:PutObject"),
-    ("RollBackFunction", "s3:PutObject"),
-    ("RollBackFunction", "dynamodb:DeleteItem"),
+    # after each ending, the rollout's record is archived in history/, then its registry items expire
     ("NotifyFunction", "s3:PutObject"),
+    ("NotifyFunction", "dynamodb:DeleteItem"),
     ("ReleaseLockFunction", "s3:PutObject"),
 }
 MUTATIONS = {"lambda:UpdateFunctionConfiguration", "lambda:PublishVersion", "lambda:UpdateAlias"}

@@ -286,6 +286,11 @@ def test_a_promotion_whose_lock_and_notification_were_lost_is_finished(world: Wo
     assert json.loads(message)["event"] == "promoted"
     assert registry.rollout(LAYER, ROLLOUT)["notified_at"]  # type: ignore[index]
     assert result.actions == [f"released the lock on {LAYER}", "published the promoted notification"]
+    # the workflow's last tasks could not archive the ending: the reaper did (as notified), then set it to expire
+    record = registry.rollout(LAYER, ROLLOUT)
+    assert record is not None and record["expires_at"] > time.time() + 89 * 86_400
+    archived = read_json(world.settings.bucket, history_key(LAYER, ROLLOUT))
+    assert archived["notified_at"] and archived == {k: v for k, v in record.items() if k != "expires_at"}
 
 
 def test_an_ending_the_workflow_announced_is_not_announced_again(world: World) -> None:

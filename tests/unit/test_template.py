@@ -540,20 +540,15 @@ def test_only_the_control_plane_writes_its_records(
     assert exempt == _writers(resources, prefixes)
 
 
-def test_ended_rollouts_expire_after_the_retention_and_the_tasks_that_end_them_know_it(
+def test_ended_rollouts_expire_after_the_retention_and_the_tasks_that_archive_them_know_it(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
-    """RegistryRetentionDays reaches every task that ends a rollout, and each may archive its record."""
+    """RegistryRetentionDays reaches every task that archives an ended rollout's record (the ones after
+    its ending, and the reaper), and only they may write the archive."""
     parameter = template["Parameters"]["RegistryRetentionDays"]
     # a redriven execution (14 days after it ended, at most) still finds its record
     assert parameter["Type"] == "Number" and parameter["MinValue"] > 14 and parameter["Default"] == 90
-    ending = {
-        "PromoteLayerFunction",
-        "RollBackFunction",
-        "NotifyFunction",
-        "ReleaseLockFunction",
-        "ReapRolloutFunction",
-    }
+    ending = {"NotifyFunction", "ReleaseLockFunction", "ReapRolloutFunction"}
     for logical_id in ending:
         variables = resources[logical_id]["Properties"]["Environment"]["Variables"]
         assert variables["LAYERSHIFT_REGISTRY_RETENTION_DAYS"] == {"Ref": "RegistryRetentionDays"}, logical_id

@@ -1,12 +1,16 @@
 """An ended rollout leaves the registry for S3: its record is archived, then its registry items expire.
 
 The registry table would otherwise only grow: every rollout adds its record, and its waits leave a
-task token and an alarm index behind. So each ending (promoted, rolled_back, rejected,
-rollback_incomplete) closes the rollout (`close_rollout`):
+task token and an alarm index behind. So once a rollout has ended (promoted, rolled_back, rejected,
+rollback_incomplete), the tasks after its ending close it (`close_rollout`): Notify, then
+ReleaseLayerLock, and the reaper for the endings it writes or announces, or that the workflow could
+not close. (PromoteLayer and RollBack, which write the endings, do not: they change aliases and
+parameters, and a failed archive write must not roll back a healthy promotion.) Closing:
 
 1. its ROLLOUT# record, whole (usage counters included), is written as JSON to
-   ``history/<layer>/<rollout id>.json`` in the artifact bucket (versioned: every archive of it is
-   kept), where `layershift history` reads it once the registry has forgotten it;
+   ``history/<layer>/<rollout id>.json`` in the artifact bucket, where `layershift history` reads
+   it once the registry has forgotten it (the current version is never expired; the bucket keeps
+   the earlier archives of it as noncurrent versions for NoncurrentVersionRetentionDays);
 2. then the record gets ``expires_at``, the table's TTL attribute, ``RegistryRetentionDays`` after
    its ending, and so does the rollout's ABORT# request;
 3. the layer's WAIT item and the ALARM# index items the rollout registered are deleted while they
@@ -15,10 +19,10 @@ rollback_incomplete) closes the rollout (`close_rollout`):
    would keep them for ever).
 
 Archive first, then expire: a task that dies between the two leaves a record that never expires,
-never one that expires unarchived. Closing is idempotent, so every task that writes to an ended
-rollout's record closes it again (the notification, the lock's release, the reaper): each archive
-is the record as it is then, fuller each time, and the expiry stays the first one. What closing
-itself spends is not counted (``USAGE.paused``): after the last task, the archive equals the record.
+never one that expires unarchived. Closing is idempotent: each archive is the record as it is then,
+fuller each time (the notification's time, the last usage counters), and the expiry stays the first
+one. What closing itself spends is not counted (``USAGE.paused``), so after the last task the
+archive equals the record.
 
 VERSION# and BUILD# items never expire here: they describe layer versions that still exist. The
 LOCK item's ``expires_at`` is its lease.

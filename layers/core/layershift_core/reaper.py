@@ -11,6 +11,8 @@ this runs then, under its own role, outside the workflow:
   told, a notification sent (a page when an alias could not be restored), the lock released.
 - The layer lock the execution holds is released, so a later push never waits on a dead one.
 - An ending whose notification the workflow could not publish is published here.
+- An ended rollout's record is archived and set to expire (history.py) when the reaper wrote to it,
+  or when the workflow's last tasks could not.
 
 A succeeded execution whose final state says it sent its notification and released its lock
 needs nothing: no AWS call is made for it. The workflow's own restores (``started_by`` workflow)
@@ -136,7 +138,6 @@ def _announce(
     publish_ending(settings, event, layer, body)
     registry.put_rollout(layer, rollout_id, notified_at=datetime.now(UTC).isoformat())
     result.actions.append(f"published the {event} notification")
-    close_rollout(settings, layer, rollout_id)  # archived again with its notification's time
 
 
 def _reap_restore(change: ExecutionStatusChange, settings: Settings, result: ReapResult) -> None:
@@ -170,6 +171,7 @@ def _reap_restore(change: ExecutionStatusChange, settings: Settings, result: Rea
     if registry.release_lock(request.layer, request.rollout_id):
         result.actions.append(f"released the lock on {request.layer}")
     _announce(settings, registry, request.layer, request.rollout_id, body, result)
+    close_rollout(settings, request.layer, request.rollout_id)  # archived again, as notified
 
 
 def reap(change: ExecutionStatusChange, settings: Settings) -> ReapResult:
@@ -226,6 +228,10 @@ def reap(change: ExecutionStatusChange, settings: Settings) -> ReapResult:
                 {"event": event, "layer": layer, "rollout_id": rollout_id, "sent_by": "reaper", **body},
             )
             result.actions.append(f"published the {event} notification")
+    if record and ending in ENDINGS and (body is not None or "expires_at" not in record):
+        # Archived again after what the reaper wrote, or for the first time when the workflow's last
+        # tasks could not (closing is idempotent).
+        close_rollout(settings, layer, rollout_id)
     _log(result)
     return result
 

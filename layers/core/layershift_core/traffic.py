@@ -39,7 +39,6 @@ from .fanout import (
     run_pass,
     until_out_of_time,
 )
-from .history import close_rollout
 from .models import FanOut, MapRunRef, Outcome, RestoreSummary, RolloutState, ShiftStep, TargetPlan, variant_for
 from .observability import logger
 from .pacing import OutOfTime
@@ -183,7 +182,8 @@ def _record_end(settings: Settings, state: RolloutState, status: str, reason: st
     registry.put_rollout(rollout.layer, rollout.rollout_id, status=status, reason=reason or "")
     for version in state.layer_versions:
         registry.set_version_status(rollout.layer, version.version, status, reason)
-    close_rollout(settings, rollout.layer, rollout.rollout_id)
+    # Archived and set to expire by the tasks after it (Notify, ReleaseLayerLock, or the reaper):
+    # they change no alias, so a failed archive write there never rolls back a healthy promotion.
 
 
 NONE_PROMOTED = "-"
