@@ -303,6 +303,21 @@ def test_an_ending_the_workflow_announced_is_not_announced_again(world: World) -
     assert world.messages() == []
 
 
+def test_a_rejection_announced_before_its_notify_task_failed_is_archived_not_announced_again(world: World) -> None:
+    registry = Registry(world.settings.table)
+    registry.put_rollout(LAYER, ROLLOUT, status="rejected", notified_at="2026-11-23T00:00:00+00:00")
+    registry.release_lock(LAYER, ROLLOUT)
+    world.end("FAILED", error=reaper.UNNOTIFIED_REJECTION)
+
+    reaper.reap(world.change("FAILED"), world.settings)
+
+    assert world.messages() == []
+    record = registry.rollout(LAYER, ROLLOUT)
+    assert record is not None and record["expires_at"] > time.time() + 89 * 86_400
+    archived = read_json(world.settings.bucket, history_key(LAYER, ROLLOUT))
+    assert archived == {k: v for k, v in record.items() if k != "expires_at"}
+
+
 def test_a_lock_taken_by_the_next_rollout_is_left_to_it(world: World) -> None:
     registry = Registry(world.settings.table)
     registry.put_rollout(LAYER, ROLLOUT, status="rolled_back", notified_at="2026-11-23T00:00:00+00:00")

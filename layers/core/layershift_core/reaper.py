@@ -213,7 +213,9 @@ def reap(change: ExecutionStatusChange, settings: Settings) -> ReapResult:
         result.actions.append(f"released the lock on {layer}")
 
     unannounced = record and ending in ENDINGS and not record.get("notified_at")
-    if body is None and (unannounced or described.get("error") == UNNOTIFIED_REJECTION):
+    # A refusal whose Notify failed after it announced it (its record says so) is not announced twice.
+    unannounced_rejection = described.get("error") == UNNOTIFIED_REJECTION and not record.get("notified_at")
+    if body is None and (unannounced or unannounced_rejection):
         cause = record.get("reason") or described.get("cause")
         body = {"outcome": {"status": ending or "rejected", "error": described.get("error"), "cause": cause}}
     if body is not None:
