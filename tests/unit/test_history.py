@@ -16,7 +16,7 @@ from layershift.operator_data import layer_history, registry_items
 from layershift_core import aws
 from layershift_core.artifacts import read_json
 from layershift_core.history import close_rollout, history_key
-from layershift_core.registry import Registry
+from layershift_core.registry import ABORT_KEPT_SECONDS, Registry
 from layershift_core.settings import Settings
 from layershift_core.usage import USAGE
 
@@ -122,7 +122,8 @@ def test_nothing_expires_when_the_archive_cannot_be_written(settings: Settings) 
         close_rollout(settings.model_copy(update={"bucket": "no-such-bucket"}), LAYER, ROLLOUT)
 
     assert "expires_at" not in registry.rollout(LAYER, ROLLOUT)  # type: ignore[operator]
-    assert "expires_at" not in registry.abort_request(LAYER, ROLLOUT)  # type: ignore[operator]
+    # the abort keeps the expiry it was written with, after the longest an execution can last
+    assert registry.abort_request(LAYER, ROLLOUT)["expires_at"] > time.time() + 365 * DAY  # type: ignore[index]
     assert registry.get_wait(LAYER) is not None
 
 
@@ -137,6 +138,16 @@ def test_the_next_rollouts_wait_and_alarm_index_are_left_to_it(settings: Setting
     assert registry.get_wait(LAYER)["rollout_id"] == NEXT  # type: ignore[index]
     assert registry.layers_gated_by("errors") == [{"layer": LAYER, "rollout_id": NEXT}]
     assert registry.layers_gated_by("latency") == []  # only the ended rollout's
+
+
+def test_an_abort_requested_after_the_ending_still_expires(settings: Settings) -> None:
+    registry = _a_rollout_that_waited(settings, status="rolled_back")
+    closed = close_rollout(settings, LAYER, ROLLOUT)
+    registry.request_abort(LAYER, ROLLOUT, "too late")  # the execution ended between the listing and this
+
+    abort = registry.abort_request(LAYER, ROLLOUT)
+    assert abort is not None and closed is not None
+    assert abort["expires_at"] <= time.time() + ABORT_KEPT_SECONDS and abort["expires_at"] > closed
 
 
 def test_closing_costs_the_rollout_nothing(settings: Settings) -> None:

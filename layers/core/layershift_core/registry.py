@@ -12,8 +12,9 @@ Items (pk / sk):
 - `LAYER#<name>` / `ABORT#<rollout id>`: an operator's abort request;
 - `ALARM#<alarm name>` / `LAYER#<name>`: the layers whose running rollout that alarm gates.
 
-When a rollout ends, its ROLLOUT# record and ABORT# request expire (`expires_at`, after its record
-is archived in S3) and its WAIT and ALARM# items are deleted (`expire_rollout`, history.py).
+When a rollout has ended, its ROLLOUT# record and ABORT# request expire (`expires_at`, once its
+record is archived in S3) and its WAIT and ALARM# items are deleted (`expire_rollout`, history.py);
+an ABORT# request carries an expiry from the start, for one written just after its rollout ended.
 VERSION# and BUILD# items never expire: they describe layer versions that exist.
 """
 
@@ -28,6 +29,8 @@ from .errors import LayerLocked
 from .usage import PREFIX as USAGE_PREFIX
 
 VersionStatus = str  # published | rolling_out | promoted | rolled_back
+# A Standard execution runs for a year at most, and can be redriven for 14 days after it ended.
+ABORT_KEPT_SECONDS = (365 + 15) * 86_400
 
 
 def _now_iso() -> str:
@@ -293,6 +296,9 @@ class Registry:
         ]
 
     def request_abort(self, layer: str, rollout_id: str, reason: str) -> None:
+        """Record an operator's abort. It expires even when its rollout ended just before it was
+        written (nothing closes the rollout again then): after the longest an execution can run and
+        then be redriven; the rollout's ending sets it to the record's own expiry."""
         self.ddb.put_item(
             TableName=self.table,
             Item={
@@ -300,6 +306,7 @@ class Registry:
                 "sk": {"S": f"ABORT#{rollout_id}"},
                 "reason": {"S": reason},
                 "requested_at": {"S": _now_iso()},
+                "expires_at": {"N": str(int(time.time()) + ABORT_KEPT_SECONDS)},
             },
         )
 
