@@ -54,7 +54,8 @@ def close_rollout(settings: Settings, layer: str, rollout_id: str) -> int | None
     """Archive an ended rollout's record in S3, then let its registry items expire.
 
     Returns the record's ``expires_at``, or None when the rollout has no record or has not ended
-    (a task that runs after a failed ending: the reaper finishes and closes it)."""
+    (the lock's release after a rollback that could not record its ending: the reaper finishes that
+    rollout, and closes it then)."""
     with USAGE.paused():
         registry = Registry(settings.table)
         record = registry.rollout(layer, rollout_id)
