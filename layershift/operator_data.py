@@ -1,5 +1,6 @@
-"""What the operator views read: the registry (paged), the executions, the plan in S3 and the
-aliases' live routing (`operator_tree` folds a rollout's history into its tree).
+"""What the operator views read: the registry (paged), the executions, the plan in S3, the
+archived records of rollouts the registry has let expire (``history/<layer>/``) and the aliases'
+live routing (`operator_tree` folds a rollout's history into its tree).
 
 Everything here returns plain data (dicts and lists that `--output json` prints as they are); the
 rendering is in `operator_views`.
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from layershift_core.history import history_prefix
 from layershift_core.trigger import execution_name
 
 from .controlplane import ControlPlane, execution_arn
@@ -136,6 +138,26 @@ def _newest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["started_at"] or r["updated_at"] or "", reverse=True)
 
 
+def archived_records(
+    cp: ControlPlane, layer: str, known: set[str], limit: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """The archived records (``history/<layer>/<id>.json``) of the layer's rollouts that are not in
+    ``known``: those whose registry record has expired. The newest ``limit`` of them, by when they
+    were archived (every one whose record expired ended before every one the registry still has)."""
+    s3, prefix = cp.client("s3"), history_prefix(layer)
+    found: list[tuple[datetime, str, str]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cp.bucket, Prefix=prefix):
+        for entry in page.get("Contents", []):
+            rollout_id = entry["Key"].removeprefix(prefix).removesuffix(".json")
+            if entry["Key"].endswith(".json") and "/" not in rollout_id and rollout_id not in known:
+                found.append((entry["LastModified"], rollout_id, entry["Key"]))
+    found.sort(reverse=True)
+    records: dict[str, dict[str, Any]] = {}
+    for _, rollout_id, key in found[:limit] if limit else found:
+        records[rollout_id] = json.loads(s3.get_object(Bucket=cp.bucket, Key=key)["Body"].read())
+    return records
+
+
 def layer_history(
     cp: ControlPlane,
     layer: str,
@@ -143,9 +165,11 @@ def layer_history(
     executions: dict[str, dict[str, Any]],
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The layer's rollouts, newest first: every ROLLOUT# record, and every execution of the layer
-    that ended before it had one (a push refused at validation)."""
+    """The layer's rollouts, newest first: every ROLLOUT# record, every archived record of a rollout
+    the registry has let expire, and every execution of the layer that ended before it had a record
+    (a push refused at validation)."""
     records = {i["sk"].removeprefix("ROLLOUT#"): i for i in _kind(items, "ROLLOUT#")}
+    records |= archived_records(cp, layer, set(records), limit)
     names = set(records) | {name for name in executions if _is_layers_execution(name, layer)}
     rows = _newest_first([rollout_row(layer, n, records.get(n), executions.get(n)) for n in names])
     rows = rows[:limit] if limit else rows

@@ -8,6 +8,7 @@ page with the exact function, alias and commands, and never report success.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pytest
 
 from layershift.controlplane import ControlPlane, abort, history_events, wait_for_end
 from layershift.invariants import check_invariants
+from layershift_core.artifacts import read_json
+from layershift_core.history import history_key
+from layershift_core.registry import Registry
 
 from .support import (
     create_consumer,
@@ -86,6 +90,18 @@ def test_a_console_stop_mid_bake_leaves_no_split_alias_and_no_lock(control_plane
     assert alias["FunctionVersion"] == old and not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
     body = json.loads(inbox.wait_for('"sent_by": "reaper"'))
     assert body["event"] == "rolled_back" and "the execution ended ABORTED" in body["outcome"]["cause"]
+    # the reaper's ending leaves the registry for S3 as the workflow's do: archived, then set to expire
+    wait_until(lambda: _archived_and_expiring(cp, "stopped", arn.rsplit(":", 1)[-1]))
+
+
+def _archived_and_expiring(cp: ControlPlane, layer: str, rollout_id: str) -> bool:
+    """Whether the rollout's record, notified, expires after the retention and equals its archive."""
+    with cp.domain_clients():
+        record = Registry(cp.table).rollout(layer, rollout_id) or {}
+        if not record.get("notified_at") or not record.get("expires_at"):
+            return False
+        assert abs(record["expires_at"] - (time.time() + 90 * 86_400)) < 3600, record
+        return bool(read_json(cp.bucket, history_key(layer, rollout_id)) == record)
 
 
 def test_a_rollback_that_cannot_restore_pages_and_never_succeeds(

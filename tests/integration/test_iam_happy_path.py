@@ -64,6 +64,10 @@ REQUIRED = {
     ("ReportUsageFunction", "ssm:GetParametersByPath"),
     ("ReportUsageFunction", "cloudformation:ListStacks"),
     ("ReportUsageFunction", "s3:PutObject"),
+    # after each ending, the rollout's record is archived in history/, then its registry items expire
+    ("NotifyFunction", "s3:PutObject"),
+    ("NotifyFunction", "dynamodb:DeleteItem"),
+    ("ReleaseLockFunction", "s3:PutObject"),
 }
 MUTATIONS = {"lambda:UpdateFunctionConfiguration", "lambda:PublishVersion", "lambda:UpdateAlias"}
 QUIET_SECONDS = 3.0

@@ -13,7 +13,10 @@ import pytest
 from layershift import controlplane
 from layershift.cli import main
 from layershift.controlplane import ControlPlane, wait_for_execution
+from layershift_core.artifacts import read_json
 from layershift_core.errors import NothingWaiting
+from layershift_core.history import history_key
+from layershift_core.registry import Registry
 from layershift_core.trigger import COMMIT_METADATA, SOURCE_METADATA, execution_name
 
 from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, wait_for_state
@@ -31,6 +34,29 @@ def _out(capsys: pytest.CaptureFixture[str]) -> str:
 def _json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> object:
     assert main([*argv, "--local", "--output", "json"]) == 0
     return json.loads(_out(capsys))
+
+
+def _ended_rollouts_are_archived_then_expire(cp: ControlPlane, rollout_ids: list[str]) -> None:
+    ddb = cp.client("dynamodb")
+    pages = ddb.get_paginator("query").paginate(
+        TableName=cp.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"LAYER#{LAYER}"}},
+        ConsistentRead=True,
+    )
+    items = {item["sk"]["S"]: item for page in pages for item in page["Items"]}
+    with cp.domain_clients():
+        registry = Registry(cp.table)
+        for rollout_id in rollout_ids:
+            record = registry.rollout(LAYER, rollout_id)
+            assert record is not None and record["status"] in {"promoted", "rolled_back"}
+            assert abs(record["expires_at"] - (time.time() + 90 * 86_400)) < 3600, record
+            assert read_json(cp.bucket, history_key(LAYER, rollout_id)) == record  # usage counters and all
+            assert any(name.startswith("usage:lambda:") for name in record)
+    kept = [sk for sk in items if sk.startswith(("VERSION#", "BUILD#", "LOCK"))]
+    assert [sk for sk in kept if sk.startswith("VERSION#")] and [sk for sk in kept if sk.startswith("BUILD#")]
+    assert all("expires_at" not in items[sk] for sk in kept if sk != "LOCK"), kept
+    assert "LOCK" not in items and "WAIT" not in items  # released, and the approval's wait deleted
 
 
 def test_ls_history_get_retry_on_one_layer(
@@ -139,6 +165,16 @@ def test_ls_history_get_retry_on_one_layer(
     assert newest["pushed_by"] == "123456789012"  # no pusher metadata: the account S3's event names
     assert oldest["pushed_by"] == controlplane.caller_identity(cp) and oldest["source"] == "s3"
     assert oldest["requirements_version"] and oldest["commit_id"] is None
+
+    # 4b. Both ended rollouts left the registry for S3: each record archived whole, then set to expire
+    # after RegistryRetentionDays (90, the default); the versions they published, their builds and the
+    # lock never expire, and the rejected approval's wait is gone with its rollout.
+    _ended_rollouts_are_archived_then_expire(cp, [promoted_id, rejected_id])
+    # the registry's TTL deletes the promotion's record: history still shows it, from its archive
+    cp.client("dynamodb").delete_item(
+        TableName=cp.table, Key={"pk": {"S": f"LAYER#{LAYER}"}, "sk": {"S": f"ROLLOUT#{promoted_id}"}}
+    )
+    assert _json(["history", LAYER], capsys) == history
 
     # 5. The rejected bytes pushed again: nothing new starts, and --wait does not report the old execution.
     assert main(["push", str(requirements), "--layer", LAYER, "--local", "--wait"]) == 1

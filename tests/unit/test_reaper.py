@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ import pytest
 from moto import mock_aws
 
 from layershift_core import aws, reaper
+from layershift_core.artifacts import read_json
 from layershift_core.fanout import items_key, write_items
+from layershift_core.history import history_key
 from layershift_core.models import (
     ExecutionStatusChange,
     LayerVersionRef,
@@ -224,6 +227,11 @@ def test_an_execution_that_stopped_mid_shift_is_rolled_back(world: World, status
         f"released the lock on {LAYER}",
         "published the rolled_back notification",
     ]
+    # the record is archived as it ended, then expires; the layer version it published does not
+    record = registry.rollout(LAYER, ROLLOUT)
+    assert record is not None and record["expires_at"] > time.time() + 89 * 86_400
+    assert read_json(world.settings.bucket, history_key(LAYER, ROLLOUT)) == record
+    assert "expires_at" not in registry.versions(LAYER)[0]
 
 
 def test_an_alias_the_reaper_cannot_restore_pages_with_the_fix(world: World) -> None:
@@ -278,6 +286,11 @@ def test_a_promotion_whose_lock_and_notification_were_lost_is_finished(world: Wo
     assert json.loads(message)["event"] == "promoted"
     assert registry.rollout(LAYER, ROLLOUT)["notified_at"]  # type: ignore[index]
     assert result.actions == [f"released the lock on {LAYER}", "published the promoted notification"]
+    # the workflow's last tasks could not archive the ending: the reaper did (as notified), then set it to expire
+    record = registry.rollout(LAYER, ROLLOUT)
+    assert record is not None and record["expires_at"] > time.time() + 89 * 86_400
+    archived = read_json(world.settings.bucket, history_key(LAYER, ROLLOUT))
+    assert archived["notified_at"] and archived == {k: v for k, v in record.items() if k != "expires_at"}
 
 
 def test_an_ending_the_workflow_announced_is_not_announced_again(world: World) -> None:
@@ -288,6 +301,21 @@ def test_an_ending_the_workflow_announced_is_not_announced_again(world: World) -
 
     assert reaper.reap(world.change("FAILED"), world.settings).actions == []
     assert world.messages() == []
+
+
+def test_a_rejection_announced_before_its_notify_task_failed_is_archived_not_announced_again(world: World) -> None:
+    registry = Registry(world.settings.table)
+    registry.put_rollout(LAYER, ROLLOUT, status="rejected", notified_at="2026-11-23T00:00:00+00:00")
+    registry.release_lock(LAYER, ROLLOUT)
+    world.end("FAILED", error=reaper.UNNOTIFIED_REJECTION)
+
+    reaper.reap(world.change("FAILED"), world.settings)
+
+    assert world.messages() == []
+    record = registry.rollout(LAYER, ROLLOUT)
+    assert record is not None and record["expires_at"] > time.time() + 89 * 86_400
+    archived = read_json(world.settings.bucket, history_key(LAYER, ROLLOUT))
+    assert archived == {k: v for k, v in record.items() if k != "expires_at"}
 
 
 def test_a_lock_taken_by_the_next_rollout_is_left_to_it(world: World) -> None:

@@ -514,13 +514,8 @@ def test_the_tenant_role_changes_only_functions_opted_in_for_its_sessions_layer(
     assert not any(set(_as_list(s["Action"])) & MUTATING_LAMBDA_ACTIONS for s in others)
 
 
-def test_only_the_control_plane_writes_rollouts_and_artifacts(resources: dict[str, Any]) -> None:
-    """Every role the template lets write rollouts/ or artifacts/ is exempt from the bucket's deny, and no other."""
-    statements = resources["ArtifactBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    deny = next(s for s in statements if s["Sid"] == "OnlyTheControlPlaneWritesRolloutsAndArtifacts")
-    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
-    assert {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"} <= set(deny["Action"])
-    exempt = {arn["Fn::GetAtt"][0] for arn in deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]}
+def _writers(resources: dict[str, Any], prefixes: tuple[str, ...]) -> set[str]:
+    """The roles the template lets put or delete objects under any of ``prefixes`` of the bucket."""
     writers = set()
     for logical_id, resource in resources.items():
         if resource["Type"] not in ("AWS::Serverless::Function", "AWS::Serverless::StateMachine", "AWS::IAM::Role"):
@@ -530,9 +525,46 @@ def test_only_the_control_plane_writes_rollouts_and_artifacts(resources: dict[st
                 continue
             writes = {"s3:PutObject", "s3:DeleteObject"} & set(_as_list(statement["Action"]))
             targets = json.dumps(statement["Resource"])
-            if writes and ("/rollouts/" in targets or "/artifacts/" in targets):
+            if writes and any(f"/{prefix}/" in targets for prefix in prefixes):
                 writers.add(logical_id if resource["Type"] == "AWS::IAM::Role" else f"{logical_id}Role")
-    assert exempt == writers
+    return writers
+
+
+@pytest.mark.parametrize(
+    ("sid", "prefixes"),
+    [
+        ("OnlyTheControlPlaneWritesRolloutsAndArtifacts", ("rollouts", "artifacts")),
+        ("OnlyTheEndingsWriteHistory", ("history",)),
+    ],
+)
+def test_only_the_control_plane_writes_its_records(
+    resources: dict[str, Any], sid: str, prefixes: tuple[str, ...]
+) -> None:
+    """Every role the template lets write rollouts/, artifacts/ or history/ is exempt from the bucket's
+    deny of that prefix, and no other."""
+    statements = resources["ArtifactBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    deny = next(s for s in statements if s["Sid"] == sid)
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"} <= set(deny["Action"])
+    denied = json.dumps(deny["Resource"])
+    assert all(f"/{prefix}/*" in denied for prefix in prefixes)
+    exempt = {arn["Fn::GetAtt"][0] for arn in deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]}
+    assert exempt == _writers(resources, prefixes)
+
+
+def test_ended_rollouts_expire_after_the_retention_and_the_tasks_that_archive_them_know_it(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """RegistryRetentionDays reaches every task that archives an ended rollout's record (the ones after
+    its ending, and the reaper), and only they may write the archive."""
+    parameter = template["Parameters"]["RegistryRetentionDays"]
+    # a redriven execution (14 days after it ended, at most) still finds its record
+    assert parameter["Type"] == "Number" and parameter["MinValue"] > 14 and parameter["Default"] == 90
+    ending = {"NotifyFunction", "ReleaseLockFunction", "ReapRolloutFunction"}
+    for logical_id in ending:
+        variables = resources[logical_id]["Properties"]["Environment"]["Variables"]
+        assert variables["LAYERSHIFT_REGISTRY_RETENTION_DAYS"] == {"Ref": "RegistryRetentionDays"}, logical_id
+    assert _writers(resources, ("history",)) == {f"{logical_id}Role" for logical_id in ending}
 
 
 # ---------------------------------------------------------------------------------------- hardening

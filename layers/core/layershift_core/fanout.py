@@ -115,10 +115,14 @@ def until_out_of_time(
 
 
 def flush_usage(settings: Settings, layer: str, rollout_id: str) -> None:
-    """Add what this invocation spent to the rollout's record."""
+    """Add what this invocation spent to the rollout's record.
+
+    The write itself is not counted: bookkeeping, as the archive of an ended record is (history.py),
+    so that a record flushed last and then archived stays equal to its archive."""
     counts = USAGE.take()
     if counts:
-        Registry(settings.table).add_usage(layer, rollout_id, counts)
+        with USAGE.paused():
+            Registry(settings.table).add_usage(layer, rollout_id, counts)
 
 
 # -- items and results in S3 -------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from .aborts import ensure_rollout_not_aborted
 from .artifacts import head_if_present, read_bytes
 from .aws import client
 from .errors import LayerLocked, RolloutAborted, Superseded, UnlockRefused
+from .fanout import flush_usage
+from .history import close_rollout
 from .models import LockWait, RolloutRequest, RolloutState
 from .observability import logger
 from .registry import Registry
@@ -158,10 +160,14 @@ def _same_push(request: RolloutRequest, current_version: str) -> bool:
 
 
 def release_layer_lock(state: RolloutState, settings: Settings) -> RolloutState:
+    """ReleaseLayerLock: the last task of every ending that held the lock; it archives the final record."""
     if state.rollout is not None:
-        held = Registry(settings.table).release_lock(state.rollout.layer, state.rollout.rollout_id)
+        layer, rollout_id = state.rollout.layer, state.rollout.rollout_id
+        held = Registry(settings.table).release_lock(layer, rollout_id)
         if not held:
-            logger.warning("lock was not held by this rollout", extra={"rollout_id": state.rollout.rollout_id})
+            logger.warning("lock was not held by this rollout", extra={"rollout_id": rollout_id})
+        flush_usage(settings, layer, rollout_id)  # the record is final now: archive it as it is
+        close_rollout(settings, layer, rollout_id)
     state.lock_released = True
     return state
 

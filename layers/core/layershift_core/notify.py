@@ -25,6 +25,7 @@ from typing import Any
 
 from .aws import client
 from .fanout import flush_usage
+from .history import close_rollout
 from .models import NotifyRequest, RolloutPlan, RolloutState, Verdict
 from .observability import MetricUnit, emit, logger
 from .planner import load_plan
@@ -324,5 +325,9 @@ def notify(request: NotifyRequest, settings: Settings) -> RolloutState:
     if rollout is not None:
         _emit_ending(request, state, events, body["usage"])  # once announced: a retried task counts once
         registry.put_rollout(rollout.layer, rollout.rollout_id, notified_at=datetime.now(UTC).isoformat())
+        # Archived again with the notification's time and usage. A rejection holds no lock, so this is
+        # its last task and the archive its final record (the other endings' is ReleaseLayerLock).
+        flush_usage(settings, rollout.layer, rollout.rollout_id)
+        close_rollout(settings, rollout.layer, rollout.rollout_id)
     logger.info("notified", extra={"event": request.event, "layer": layer})
     return state

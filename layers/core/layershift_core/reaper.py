@@ -11,6 +11,8 @@ this runs then, under its own role, outside the workflow:
   told, a notification sent (a page when an alias could not be restored), the lock released.
 - The layer lock the execution holds is released, so a later push never waits on a dead one.
 - An ending whose notification the workflow could not publish is published here.
+- An ended rollout's record is archived and set to expire (history.py) when the reaper wrote to it,
+  or when the workflow's last tasks could not.
 
 A succeeded execution whose final state says it sent its notification and released its lock
 needs nothing: no AWS call is made for it. The workflow's own restores (``started_by`` workflow)
@@ -27,6 +29,7 @@ from typing import Any
 
 from .aws import client
 from .fanout import items_key
+from .history import ENDINGS, close_rollout
 from .models import ExecutionStatusChange, Model, RestoreSummary, RolloutState
 from .notify import publish_ending, usage_of
 from .observability import MetricUnit, emit, logger
@@ -35,7 +38,6 @@ from .registry import Registry, is_missing
 from .settings import Settings
 from .traffic import RestoreRequest, unrestored_lines
 
-ENDINGS = frozenset({"promoted", "rolled_back", "rejected", "rollback_incomplete"})
 # The workflow's own Fail state for a refusal it could not announce.
 UNNOTIFIED_REJECTION = "RequestRejectedUnnotified"
 ROLLING_BACK = "rolling_back"
@@ -124,6 +126,7 @@ def _finish(
         body["unrestored"] = summary.unrestored
         body["unrestored_count"] = summary.unrestored_count
         body["unrestored_key"] = summary.unrestored_key
+    close_rollout(settings, layer, rollout_id)
     return ending, body
 
 
@@ -168,6 +171,7 @@ def _reap_restore(change: ExecutionStatusChange, settings: Settings, result: Rea
     if registry.release_lock(request.layer, request.rollout_id):
         result.actions.append(f"released the lock on {request.layer}")
     _announce(settings, registry, request.layer, request.rollout_id, body, result)
+    close_rollout(settings, request.layer, request.rollout_id)  # archived again, as notified
 
 
 def reap(change: ExecutionStatusChange, settings: Settings) -> ReapResult:
@@ -209,7 +213,9 @@ def reap(change: ExecutionStatusChange, settings: Settings) -> ReapResult:
         result.actions.append(f"released the lock on {layer}")
 
     unannounced = record and ending in ENDINGS and not record.get("notified_at")
-    if body is None and (unannounced or described.get("error") == UNNOTIFIED_REJECTION):
+    # A refusal whose Notify failed after it announced it (its record says so) is not announced twice.
+    unannounced_rejection = described.get("error") == UNNOTIFIED_REJECTION and not record.get("notified_at")
+    if body is None and (unannounced or unannounced_rejection):
         cause = record.get("reason") or described.get("cause")
         body = {"outcome": {"status": ending or "rejected", "error": described.get("error"), "cause": cause}}
     if body is not None:
@@ -224,6 +230,10 @@ def reap(change: ExecutionStatusChange, settings: Settings) -> ReapResult:
                 {"event": event, "layer": layer, "rollout_id": rollout_id, "sent_by": "reaper", **body},
             )
             result.actions.append(f"published the {event} notification")
+    if record and ending in ENDINGS and (body is not None or "expires_at" not in record):
+        # Archived again after what the reaper wrote, or for the first time when the workflow's last
+        # tasks could not (closing is idempotent).
+        close_rollout(settings, layer, rollout_id)
     _log(result)
     return result
 

@@ -2,14 +2,20 @@
 
 Items (pk / sk):
 - `LAYER#<name>` / `LOCK`: who holds the layer, until when (a lease, so a crashed execution
-  cannot block the layer for ever);
+  cannot block the layer for ever; `expires_at` is also the table's TTL attribute);
 - `LAYER#<name>` / `VERSION#<000042>`: one published layer version, its build key and status;
-- `LAYER#<name>` / `ROLLOUT#<rollout id>`: one rollout, its status and reason;
+- `LAYER#<name>` / `ROLLOUT#<rollout id>`: one rollout, its status and reason, its usage counters
+  and the alarms that gated its bakes (`gating_alarms`);
 - `LAYER#<name>` / `BUILD#<build key>`: the published version a build key produced, for reuse;
 - `LAYER#<name>` / `WAIT`: the task token of the bake or approval the running rollout waits in, so
   an alarm, an approval or an abort can end the wait at once;
 - `LAYER#<name>` / `ABORT#<rollout id>`: an operator's abort request;
 - `ALARM#<alarm name>` / `LAYER#<name>`: the layers whose running rollout that alarm gates.
+
+When a rollout has ended, its ROLLOUT# record and ABORT# request expire (`expires_at`, once its
+record is archived in S3) and its WAIT and ALARM# items are deleted (`expire_rollout`, history.py);
+an ABORT# request carries an expiry from the start, for one written just after its rollout ended.
+VERSION# and BUILD# items never expire: they describe layer versions that exist.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from .errors import LayerLocked
 from .usage import PREFIX as USAGE_PREFIX
 
 VersionStatus = str  # published | rolling_out | promoted | rolled_back
+# A Standard execution runs for a year at most, and can be redriven for 14 days after it ended.
+ABORT_KEPT_SECONDS = (365 + 15) * 86_400
 
 
 def _now_iso() -> str:
@@ -281,6 +289,14 @@ class Registry:
                 TableName=self.table,
                 Item={"pk": {"S": f"ALARM#{alarm}"}, "sk": {"S": f"LAYER#{layer}"}, "rollout_id": {"S": rollout_id}},
             )
+        if alarms:
+            # Named on the rollout too, so its ending finds every index item it registered.
+            self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}},
+                UpdateExpression="ADD gating_alarms :alarms",
+                ExpressionAttributeValues={":alarms": {"SS": sorted(set(alarms))}},
+            )
 
     def get_wait(self, layer: str) -> dict[str, Any] | None:
         item = self.ddb.get_item(
@@ -301,6 +317,9 @@ class Registry:
         ]
 
     def request_abort(self, layer: str, rollout_id: str, reason: str) -> None:
+        """Record an operator's abort. It expires even when its rollout ended just before it was
+        written (nothing closes the rollout again then): after the longest an execution can run and
+        then be redriven; the rollout's ending sets it to the record's own expiry."""
         self.ddb.put_item(
             TableName=self.table,
             Item={
@@ -308,6 +327,7 @@ class Registry:
                 "sk": {"S": f"ABORT#{rollout_id}"},
                 "reason": {"S": reason},
                 "requested_at": {"S": _now_iso()},
+                "expires_at": {"N": str(int(time.time()) + ABORT_KEPT_SECONDS)},
             },
         )
 
@@ -316,6 +336,43 @@ class Registry:
             TableName=self.table, Key={"pk": _layer_pk(layer), "sk": {"S": f"ABORT#{rollout_id}"}}, ConsistentRead=True
         ).get("Item")
         return _plain(item) if item else None
+
+    # -- an ended rollout's items ---------------------------------------------------------------
+    def expire_rollout(self, layer: str, rollout_id: str, expires_at: int, alarms: list[str]) -> None:
+        """Let an ended rollout's items go: its record and abort request expire at ``expires_at``
+        (the record keeps an expiry it has already), its wait and alarm index items are deleted.
+
+        Each write is conditional: it never creates an item, and it deletes the layer's WAIT and
+        ALARM# items only while they are still this rollout's (the next rollout overwrites them)."""
+        expire = {":at": {"N": str(expires_at)}}
+        self._conditional(
+            self.ddb.update_item,
+            Key={"pk": _layer_pk(layer), "sk": {"S": f"ROLLOUT#{rollout_id}"}},
+            UpdateExpression="SET expires_at = if_not_exists(expires_at, :at)",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues=expire,
+        )
+        self._conditional(
+            self.ddb.update_item,
+            Key={"pk": _layer_pk(layer), "sk": {"S": f"ABORT#{rollout_id}"}},
+            UpdateExpression="SET expires_at = :at",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues=expire,
+        )
+        mine = {"ConditionExpression": "rollout_id = :me", "ExpressionAttributeValues": {":me": {"S": rollout_id}}}
+        self._conditional(self.ddb.delete_item, Key={"pk": _layer_pk(layer), "sk": {"S": "WAIT"}}, **mine)
+        for alarm in alarms:
+            self._conditional(
+                self.ddb.delete_item, Key={"pk": {"S": f"ALARM#{alarm}"}, "sk": {"S": f"LAYER#{layer}"}}, **mine
+            )
+
+    def _conditional(self, write: Any, **kwargs: Any) -> bool:
+        """One conditional write; whether its condition held."""
+        try:
+            write(TableName=self.table, **kwargs)
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def rollouts(self, layer: str) -> list[dict[str, Any]]:
         return self._query(layer, "ROLLOUT#")

@@ -32,6 +32,9 @@ class Settings(BaseModel):
     canary_inconclusive: Literal["promote", "rollback"] = "rollback"
     lock_lease_seconds: int = Field(default=24 * 3600, ge=60)
     lock_wait_seconds: int = Field(default=3600, ge=0, le=86_400)
+    # Days an ended rollout's registry items are kept before DynamoDB's TTL deletes them (history.py):
+    # at least the 14 days its execution can be redriven, whose steps read its record.
+    registry_retention_days: int = Field(default=90, ge=15)
     codecommit_repository: str | None = None
     codecommit_branch: str = "main"
     restore_state_machine_arn: str | None = None
@@ -125,6 +128,7 @@ _ENV = {
     "canary_inconclusive": "LAYERSHIFT_CANARY_INCONCLUSIVE",
     "lock_lease_seconds": "LAYERSHIFT_LOCK_LEASE_SECONDS",
     "lock_wait_seconds": "LAYERSHIFT_LOCK_WAIT_SECONDS",
+    "registry_retention_days": "LAYERSHIFT_REGISTRY_RETENTION_DAYS",
     "codecommit_repository": "LAYERSHIFT_CODECOMMIT_REPOSITORY",
     "codecommit_branch": "LAYERSHIFT_CODECOMMIT_BRANCH",
     "restore_state_machine_arn": "LAYERSHIFT_RESTORE_STATE_MACHINE_ARN",

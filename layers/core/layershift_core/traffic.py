@@ -182,6 +182,8 @@ def _record_end(settings: Settings, state: RolloutState, status: str, reason: st
     registry.put_rollout(rollout.layer, rollout.rollout_id, status=status, reason=reason or "")
     for version in state.layer_versions:
         registry.set_version_status(rollout.layer, version.version, status, reason)
+    # Archived and set to expire by the tasks after it (Notify, ReleaseLayerLock, or the reaper):
+    # they change no alias, so a failed archive write there never rolls back a healthy promotion.
 
 
 NONE_PROMOTED = "-"

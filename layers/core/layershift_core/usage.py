@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # Error codes that mean "slow down": retried, never a failure.
@@ -49,14 +51,28 @@ class Usage:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._seconds = 0.0
+        self._paused = 0
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
-            self._counts[name] += amount
+            if not self._paused:
+                self._counts[name] += amount
 
     def waited(self, seconds: float) -> None:
         with self._lock:
-            self._seconds += seconds
+            if not self._paused:
+                self._seconds += seconds
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Count nothing meanwhile: the process's requests are bookkeeping, not a rollout's spend."""
+        with self._lock:
+            self._paused += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused -= 1
 
     def take(self) -> dict[str, float]:
         """What was counted since the last take, and start again from zero."""
