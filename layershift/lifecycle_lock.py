@@ -16,6 +16,7 @@ from typing import Any
 
 from layershift_core import lockfile
 from layershift_core.errors import LockExportFailed, LockFileInvalid, TemplateUnreadable
+from layershift_core.pins import find_pins
 
 from .controlplane import ControlPlane, ControlPlaneNotFound
 
@@ -64,15 +65,26 @@ def cmd_export(args: argparse.Namespace, control_plane_of: ControlPlaneOf) -> in
     return 0
 
 
-def _lock_to_check_against(args: argparse.Namespace, control_plane_of: ControlPlaneOf) -> tuple[lockfile.LockFile, str]:
+def _lock_to_check_against(
+    args: argparse.Namespace, control_plane_of: ControlPlaneOf, texts: list[str]
+) -> tuple[lockfile.LockFile, str]:
+    """The lock file, or the control plane's lock of the promoted layers the templates pin (only
+    those: another layer's records do not make this check fail)."""
     if args.lock is not None:
         return lockfile.load(Path(args.lock)), args.lock
     try:
         cp = control_plane_of(args)
     except ControlPlaneNotFound as exc:
         raise ControlPlaneNotFound(f"{exc}; or check offline against a lock file with --lock FILE") from None
+    pinned = {
+        pin.layer_name.removeprefix(cp.layer_name_prefix)
+        for text in texts
+        for pin in find_pins(text)
+        if pin.layer_name.startswith(cp.layer_name_prefix)
+    }
     with cp.domain_clients():
-        return lockfile.export(cp.settings(), usage=False), "the control plane"
+        promoted = [layer for layer in sorted(pinned) if lockfile.promoted_parameters(layer)]
+        return lockfile.export(cp.settings(), promoted, usage=False), "the control plane"
 
 
 def cmd_check(args: argparse.Namespace, control_plane_of: ControlPlaneOf) -> int:
@@ -81,9 +93,9 @@ def cmd_check(args: argparse.Namespace, control_plane_of: ControlPlaneOf) -> int
         return BAD_INPUT
     templates = [Path(name) for name in args.templates]
     try:
-        for path in templates:  # an unreadable template fails before the control plane is asked anything
-            lockfile.read_template(path)
-        lock, source = _lock_to_check_against(args, control_plane_of)
+        # an unreadable template fails before the control plane is asked anything
+        texts = [lockfile.read_template(path) for path in templates]
+        lock, source = _lock_to_check_against(args, control_plane_of, texts)
         findings = lockfile.check(templates, lock)
     except (LockFileInvalid, TemplateUnreadable, LockExportFailed) as exc:
         print(f"layershift: {exc}", file=sys.stderr)

@@ -61,6 +61,7 @@ REQUIRED = {
     ("RestoreTargetsFunction", "lambda:UpdateFunctionConfiguration"),
     ("ReportUsageFunction", "lambda:ListFunctions"),
     ("ReportUsageFunction", "lambda:ListAliases"),
+    ("ReportUsageFunction", "lambda:GetLayerVersionPolicy"),
     ("ReportUsageFunction", "ssm:GetParametersByPath"),
     ("ReportUsageFunction", "cloudformation:ListStacks"),
     ("ReportUsageFunction", "s3:PutObject"),

@@ -106,19 +106,27 @@ def test_usage_agrees_with_lambda_for_a_fleet_in_mixed_states(
     promoted = run_rollout(cp, LAYER, "six==1.16.0\n", ALL_AT_ONCE)
     assert promoted.status == "SUCCEEDED", promoted.lines
     _change_by_hand(cp, bootstrap)
+    cp.client("lambda").add_layer_version_permission(
+        LayerName=cp.published_name(LAYER),
+        VersionNumber=int(bootstrap.rsplit(":", 1)[1]),
+        StatementId="by-hand",
+        Action="lambda:GetLayerVersion",
+        Principal="111122223333",
+    )
     _pin_in_a_stack(cp, bootstrap)
 
     report, spent = _report(cp)
     assert report.complete and report.functions_seen >= 50
     # One ListFunctions page per 50 function versions of the account, one ListAliases per function that
-    # uses a layer of this control plane or is opted in for the layer: never a request per version.
+    # uses the layer or is opted in for it: never a request per function version.
     versions = sum(
         len(page["Functions"])
         for page in cp.client("lambda").get_paginator("list_functions").paginate(FunctionVersion="ALL")
     )
     assert spent["ListFunctions"] <= -(-versions // 50) + 1, (spent, versions)
-    assert set(spent) == {"ListFunctions", "ListAliases"}, spent
-    assert 50 <= spent["ListAliases"] <= report.functions_seen, spent
+    assert set(spent) == {"ListFunctions", "ListAliases", "GetLayerVersionPolicy"}, spent
+    assert spent["ListAliases"] == 50, spent  # the fleet; not the control plane's own functions
+    assert spent["GetLayerVersionPolicy"] == len(report.layers[0].versions), spent  # its grants, once per version
     record_property("usage_scan", f"{versions} function versions: {spent}")
     (usage,) = report.layers
     new_arn = usage.promoted[f"/layershift/{LAYER}/arn"]
@@ -133,6 +141,8 @@ def test_usage_agrees_with_lambda_for_a_fleet_in_mixed_states(
         assert {a for a in reported_aliases if a.split(":")[0] in ours} == aliases.get(version.arn, set()), version.arn
     assert {v.arn for v in usage.versions} >= {bootstrap, new_arn}
     assert [v.arn for v in usage.versions if v.promoted] == [new_arn]
+    grants = {v.arn: v.grants for v in usage.versions}
+    assert grants[bootstrap] == ["account 111122223333"] and grants[new_arn] == []
 
     # Drift: every function not wholly on the promoted version, each with its reason.
     reasons = {d.function: d.reason for d in usage.drift}

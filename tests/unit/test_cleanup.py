@@ -134,7 +134,7 @@ def random_fleet(rng: random.Random) -> Fleet:
                     restores=restores,
                 )
             )
-    inventory = Inventory(layer_arn_prefix=PREFIX, complete=rng.random() > 0.1, functions=functions)
+    inventory = Inventory(complete=rng.random() > 0.1, functions=functions)
     facts = CleanupFacts(
         inventory=inventory,
         layers=layers,
@@ -291,7 +291,7 @@ def test_keep_zero_is_refused_with_a_clear_message() -> None:
 
 
 def test_an_incomplete_inventory_deletes_nothing_and_says_why() -> None:
-    inventory = Inventory(layer_arn_prefix=PREFIX, complete=False, problems=["fn9: its aliases were not listed"])
+    inventory = Inventory(complete=False, problems=["fn9: its aliases were not listed"])
     facts = CleanupFacts(inventory=inventory, layers=["lib"], layer_versions=[_fact(n) for n in range(1, 6)], now=NOW)
     plan = plan_cleanup(facts, CleanupPolicy(keep=1))
     assert plan.deletions == [] and plan.refused is not None and "fn9" in plan.refused
@@ -309,7 +309,7 @@ def test_each_kept_candidate_says_why_and_bytes_are_summed() -> None:
         aliases_listed=True,
     )
     facts = CleanupFacts(
-        inventory=Inventory(layer_arn_prefix=PREFIX, functions=[latest_user]),
+        inventory=Inventory(functions=[latest_user]),
         layers=["lib"],
         layer_versions=[
             _fact(1),

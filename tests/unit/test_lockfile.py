@@ -266,7 +266,6 @@ def test_usage_counts_are_those_of_the_inventory() -> None:
         )
 
     inventory = Inventory(
-        layer_arn_prefix=f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:team-",
         functions=[
             # promoted: $LATEST and live on the new version
             function("a", [new], {"1": [old], "2": [new]}, [AliasUse(name="live", version="2")]),

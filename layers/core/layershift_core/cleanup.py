@@ -46,9 +46,10 @@ from .inventory import LATEST, Inventory, layer_arn_parts, scan
 from .lockfile import promoted_parameters
 from .observability import logger
 from .pacing import OutOfTime, set_deadline
-from .planner import load_plan, own_lambda_arn, plan_key
+from .planner import load_plan, plan_key, published_layer_arn
 from .registry import Registry
 from .settings import Settings
+from .sharing import current_grants
 from .traffic import NONE_PROMOTED
 
 # PrepareVersions' description of a version it publishes (versions.py).
@@ -347,28 +348,6 @@ def plan_cleanup(facts: CleanupFacts, policy: CleanupPolicy) -> CleanupPlan:
 # -- gathering the facts ---------------------------------------------------------------------------
 
 
-def _principals(policy_document: str) -> list[str]:
-    """The principals of a layer version policy's statements (an organization as ``org:<id>``)."""
-    found: list[str] = []
-    for statement in json.loads(policy_document).get("Statement", []):
-        principal = statement.get("Principal")
-        if isinstance(principal, dict):
-            principal = principal.get("AWS")
-        names = principal if isinstance(principal, list) else [principal]
-        org = (statement.get("Condition") or {}).get("StringEquals", {}).get("aws:PrincipalOrgID")
-        for name in names:
-            found.append(f"org:{org}" if org and name == "*" else str(name))
-    return sorted(set(found))
-
-
-def _grants(lam: Any, name: str, version: int) -> list[str]:
-    try:
-        answer = lam.get_layer_version_policy(LayerName=name, VersionNumber=version)
-    except lam.exceptions.ResourceNotFoundException:
-        return []
-    return _principals(answer["Policy"])
-
-
 def _restored_layers(bucket: str, layer: str, rollout_id: str) -> list[str] | None:
     """The layers the rollout's rollback puts back on its targets' ``$LATEST`` (its plan's
     ``current_layers``); [] when it has no plan yet; None when the plan cannot be read."""
@@ -436,7 +415,7 @@ def _layer_versions(settings: Settings, registry: Registry, layer: str, keep: in
             fact.code_size = int(
                 lam.get_layer_version(LayerName=name, VersionNumber=fact.version)["Content"]["CodeSize"]
             )
-            fact.shared_with = _grants(lam, name, fact.version)
+            fact.shared_with = sorted(grant.describe() for grant in current_grants(name, fact.version))
     return sorted(facts, key=lambda f: (f.variant, f.version))
 
 
@@ -444,8 +423,7 @@ def gather(settings: Settings, policy: CleanupPolicy, scan_deadline: float | Non
     """The facts a plan needs, read from AWS (paced Lambda calls, like a rollout's)."""
     registry = Registry(settings.table)
     layers = [policy.layer] if policy.layer else registry.layers()
-    prefix = f"{own_lambda_arn(settings)}:layer:{settings.layer_name_prefix}"
-    inventory = scan(prefix, deadline=scan_deadline)
+    inventory = scan([published_layer_arn(settings, layer) for layer in layers], deadline=scan_deadline)
     now = time.time()
     facts = CleanupFacts(inventory=inventory, layers=layers, now=datetime.fromtimestamp(now, UTC))
     for layer in layers:
@@ -645,7 +623,7 @@ def clean_up(
         )
         if dry_run:
             return CleanupResult(plan=refused)
-        facts = CleanupFacts(inventory=Inventory(layer_arn_prefix="", complete=False), layers=[], now=datetime.now(UTC))
+        facts = CleanupFacts(inventory=Inventory(complete=False), layers=[], now=datetime.now(UTC))
         return apply(settings, refused, facts, deadline)
     plan = plan_cleanup(facts, policy)
     if dry_run:

@@ -5,8 +5,9 @@ One scan of the account's functions, paced under the control plane's Lambda budg
 - ``ListFunctions(FunctionVersion=ALL)``, paginated: every function's ``$LATEST`` and every published
   version, each with its layers, code size and description, 50 per request, so a fleet of 1,000
   functions with a few versions each costs about a hundred requests, not one per version;
-- ``ListAliases`` for each function with a version that uses a layer of this control plane: each
-  alias's version, and the version its weighted routing sends traffic to.
+- ``ListAliases`` for each function with a version that uses one of the scanned layers (this control
+  plane's, as the registry knows them: not the control plane's own layer, whose name shares the
+  prefix): each alias's version, and the version its weighted routing sends traffic to.
 
 A scan that runs out of time (``deadline``) says so (``complete`` is False) instead of pretending: a
 cleanup refuses to delete anything on an incomplete inventory, since a function it did not see may
@@ -16,6 +17,7 @@ use what it would delete.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,15 +98,11 @@ class Inventory(BaseModel):
     """The account's functions that touch this control plane's layers, as one scan saw them."""
 
     taken_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    layer_arn_prefix: str  # arn:<partition>:lambda:<region>:<account>:layer:<LayerNamePrefix>
+    layers: list[str] = []  # the unversioned ARNs of the layers scanned for
     complete: bool = True
     functions_seen: int = 0
     functions: list[FunctionUse] = []
     problems: list[str] = []
-
-    def managed(self, layer_arn: str) -> bool:
-        parts = layer_arn_parts(layer_arn)
-        return parts is not None and parts[0].startswith(self.layer_arn_prefix)
 
     def users(self, layer_version_arn: str) -> list[tuple[str, str]]:
         """(function, how) for every use of one layer version: by a ``$LATEST`` or through an alias."""
@@ -116,6 +114,11 @@ class Inventory(BaseModel):
 
     def function(self, name: str) -> FunctionUse | None:
         return next((f for f in self.functions if f.name == name), None)
+
+
+def _unversioned(arn: str) -> str:
+    parts = layer_arn_parts(arn)
+    return parts[0] if parts else arn
 
 
 def _version_of(config: dict[str, Any]) -> FunctionVersionUse:
@@ -147,14 +150,16 @@ def _qualifier_order(version: FunctionVersionUse) -> tuple[int, int]:
     return (0, 0) if version.qualifier == LATEST else (1, int(version.qualifier))
 
 
-def scan(layer_arn_prefix: str, *, also: set[str] | None = None, deadline: float | None = None) -> Inventory:
-    """The functions whose ``$LATEST`` or a published version uses a layer under ``layer_arn_prefix``,
-    and those named in ``also`` (functions tagged for a layer), each with its aliases.
+def scan(layers: Iterable[str], *, also: set[str] | None = None, deadline: float | None = None) -> Inventory:
+    """The functions whose ``$LATEST`` or a published version uses a version of one of ``layers``
+    (unversioned layer ARNs), and those named in ``also`` (functions tagged for a layer), each with
+    its aliases.
 
     ``deadline`` (epoch seconds): past it, no more aliases are listed and the inventory is marked
     incomplete."""
     lam = client("lambda")
     wanted = set(also or ())
+    scanned = set(layers)
     by_name: dict[str, FunctionUse] = {}
     every: dict[str, FunctionUse] = {}
     for page in lam.get_paginator("list_functions").paginate(FunctionVersion="ALL"):
@@ -170,9 +175,9 @@ def scan(layer_arn_prefix: str, *, also: set[str] | None = None, deadline: float
                 )
             version = _version_of(config)
             function.versions.append(version)
-            if name in wanted or any(arn.startswith(layer_arn_prefix) for arn in version.layers):
+            if name in wanted or any(_unversioned(arn) in scanned for arn in version.layers):
                 by_name[name] = function
-    inventory = Inventory(layer_arn_prefix=layer_arn_prefix, functions_seen=len(every))
+    inventory = Inventory(layers=sorted(scanned), functions_seen=len(every))
     for name in sorted(by_name):
         function = by_name[name]
         function.versions.sort(key=_qualifier_order)

@@ -30,9 +30,10 @@ from .lockfile import promoted_parameters
 from .models import RolloutPlan, Verdict
 from .observability import logger
 from .pins import find_pins, resolve_hint
-from .planner import TARGET_TAG, load_plan, opted_in_layers, own_lambda_arn
+from .planner import TARGET_TAG, load_plan, opted_in_layers, own_lambda_arn, published_layer_arn
 from .registry import Registry
 from .settings import Settings
+from .sharing import current_grants
 
 REPORT_PREFIX = "reports/usage/"
 ROOT_PARAMETER = "arn"
@@ -175,7 +176,9 @@ def _layer_of(arn: str, prefix: str) -> str | None:
 def _version_usage(arn: str, record: dict[str, Any] | None, inventory: Inventory, promoted: set[str]) -> VersionUsage:
     parts = layer_arn_parts(arn)
     users = inventory.users(arn)
+    grants = current_grants(parts[0], parts[1]) if parts else []
     return VersionUsage(
+        grants=sorted(grant.describe() for grant in grants),
         arn=arn,
         version=parts[1] if parts else 0,
         variant=str((record or {}).get("variant") or ""),
@@ -267,10 +270,7 @@ def usage_report(
     tags = opted_in()
     layers = [layer] if layer else Registry(settings.table).layers()
     also = {name for name, named in tags.items() if set(named) & set(layers)}
-    inventory = scan(layer_prefix, also=also, deadline=deadline)
-    found = {_layer_of(arn, layer_prefix) for arn in inventory.in_use()} - {None}
-    if layer is None:
-        layers = sorted(set(layers) | {name for name in found if name})
+    inventory = scan([published_layer_arn(settings, name) for name in layers], also=also, deadline=deadline)
     report = UsageReport(
         complete=inventory.complete, functions_seen=inventory.functions_seen, problems=list(inventory.problems)
     )

@@ -33,7 +33,7 @@ from .errors import LockExportFailed, LockFileInvalid, TemplateUnreadable
 from .inventory import Inventory, scan
 from .models import platform_label
 from .pins import Pin, find_pins, resolve_hint
-from .planner import own_lambda_arn
+from .planner import published_layer_arn
 from .registry import Registry
 from .settings import Settings
 from .traffic import PARAMETER_NAME, VARIANT_PARAMETER_NAME
@@ -277,11 +277,6 @@ def export_layer(
     )
 
 
-def layer_arn_prefix(settings: Settings) -> str:
-    """``arn:<partition>:lambda:<region>:<account>:layer:<LayerNamePrefix>``: every layer of this control plane."""
-    return f"{own_lambda_arn(settings)}:layer:{settings.layer_name_prefix}"
-
-
 def export(settings: Settings, layers: Iterable[str] | None = None, *, usage: bool = True) -> LockFile:
     """The lock of ``layers`` (default: every layer in the registry that has a promoted version).
 
@@ -289,9 +284,10 @@ def export(settings: Settings, layers: Iterable[str] | None = None, *, usage: bo
     usage counts out (and the inventory scan with them)."""
     registry = Registry(settings.table)
     named = sorted(set(layers)) if layers is not None else None
-    inventory = scan(layer_arn_prefix(settings)) if usage else None
+    wanted = named if named is not None else registry.layers()
+    inventory = scan([published_layer_arn(settings, layer) for layer in wanted]) if usage else None
     lock = LockFile()
-    for layer in named if named is not None else registry.layers():
+    for layer in wanted:
         entry = export_layer(settings, layer, inventory, registry)
         if entry is not None:
             lock.layers[layer] = entry
