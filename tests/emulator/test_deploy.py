@@ -36,7 +36,9 @@ def stack(aws: LocalAws) -> Iterator[DeployedStack]:
 def test_every_resource_has_the_promised_name(stack: DeployedStack, template: dict[str, Any]) -> None:
     assert stack.names == local_resource_names(template)
     conditional = {lid for lid, resource in template["Resources"].items() if "Condition" in resource}
-    assert set(stack.skipped_by_condition) == conditional  # defaults switch the optional features off
+    # Defaults switch the optional features off, but for the daily usage report (UsageReportSchedule).
+    on_by_default = {"ReportUsageRule", "ReportUsagePermission"}
+    assert set(stack.skipped_by_condition) == conditional - on_by_default
 
 
 def _check_bucket(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
@@ -69,7 +71,11 @@ def _check_bucket_policy(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     # for the IAM evaluation, and named as not applied.
     bucket = stack.names["ArtifactBucket"]
     sids = [statement["Sid"] for statement in stack.bucket_policies[bucket]["Statement"]]
-    assert sids == ["DenyInsecureTransport", "OnlyTheControlPlaneWritesRolloutsAndArtifacts"]
+    assert sids == [
+        "DenyInsecureTransport",
+        "OnlyTheControlPlaneWritesRolloutsAndArtifacts",
+        "OnlyTheEndingsWriteHistory",
+    ]
     assert all(sid in stack.local_adaptations[lid] for sid in sids)
 
 
@@ -253,6 +259,8 @@ def _check_function(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
 # rule (or its permission) -> the function it invokes
 RULE_TARGETS = {
     "RolloutTriggerRule": "StartRolloutFunction",
+    "ReportUsageRule": "ReportUsageFunction",
+    "ReportUsagePermission": "ReportUsageFunction",
     "RolloutTriggerPermission": "StartRolloutFunction",
     "AlarmStateChangeRule": "OnAlarmFunction",
     "AlarmStateChangePermission": "OnAlarmFunction",
@@ -264,7 +272,16 @@ RULE_TARGETS = {
 def _check_rule(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     events = aws.client("events")
     rule = events.describe_rule(Name=stack.names[lid])
-    pattern = json.loads(rule["EventPattern"])
+    if lid == "ReportUsageRule":  # a schedule, not a pattern
+        assert rule["ScheduleExpression"] == "rate(1 day)" and "EventPattern" not in rule
+    else:
+        _check_pattern(aws, stack, lid, json.loads(rule["EventPattern"]))
+    (target,) = events.list_targets_by_rule(Rule=stack.names[lid])["Targets"]
+    assert target["Arn"] == stack.arns[RULE_TARGETS[lid]]
+    assert target["DeadLetterConfig"] == {"Arn": stack.arns["TriggerDeadLetterQueue"]}
+
+
+def _check_pattern(aws: LocalAws, stack: DeployedStack, lid: str, pattern: dict[str, Any]) -> None:
     if lid == "RolloutTriggerRule":
         assert pattern["detail"]["bucket"]["name"] == [stack.names["ArtifactBucket"]]
     elif lid == "ExecutionEndedRule":
@@ -276,9 +293,6 @@ def _check_rule(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
     else:
         assert pattern["detail-type"] == ["CloudWatch Alarm State Change"]
         assert pattern["account"] == [aws.account_id]
-    (target,) = events.list_targets_by_rule(Rule=stack.names[lid])["Targets"]
-    assert target["Arn"] == stack.arns[RULE_TARGETS[lid]]
-    assert target["DeadLetterConfig"] == {"Arn": stack.arns["TriggerDeadLetterQueue"]}
 
 
 def _check_permission(aws: LocalAws, stack: DeployedStack, lid: str) -> None:
@@ -331,6 +345,7 @@ def test_outputs_resolve_to_the_local_resources(stack: DeployedStack) -> None:
         "ApproveRolloutFunctionName": stack.physical_ids["ApproveRolloutFunction"],
         "TriggerDeadLetterQueueUrl": stack.physical_ids["TriggerDeadLetterQueue"],
         "TriggerDeadLetterQueueArn": stack.arns["TriggerDeadLetterQueue"],
+        "LambdaRequestsPerSecond": "10",
     }
 
 
@@ -339,7 +354,7 @@ def test_every_rule_target_dead_letters_to_a_queue_an_alarm_watches(aws: LocalAw
     that notifies the topic."""
     events, cloudwatch = aws.client("events"), aws.client("cloudwatch")
     rules = [lid for lid, rtype in stack.types.items() if rtype == "AWS::Events::Rule"]
-    assert sorted(rules) == ["AlarmStateChangeRule", "ExecutionEndedRule", "RolloutTriggerRule"]
+    assert sorted(rules) == ["AlarmStateChangeRule", "ExecutionEndedRule", "ReportUsageRule", "RolloutTriggerRule"]
     queues = set()
     for rule in rules:
         for target in events.list_targets_by_rule(Rule=stack.names[rule])["Targets"]:
