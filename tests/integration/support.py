@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from layershift.controlplane import (
     ControlPlane,
     HistoryTail,
@@ -216,3 +218,10 @@ def session_function(cp: ControlPlane, logical_id: str) -> str:
     names = [f["FunctionName"] for page in pages for f in page["Functions"]]
     (name,) = [name for name in names if name.startswith(f"layershift-{logical_id}-")]
     return str(name)
+
+
+def use_local_state(cp: ControlPlane, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``layershift ... --local`` find the session's control plane (its state file, in ``folder``)."""
+    state = folder / "control-plane.json"
+    cp.save_local(state)
+    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))

@@ -9,7 +9,15 @@ import pytest
 from layershift.cli import main
 from layershift.controlplane import ControlPlane, wait_for_execution
 
-from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, wait_for_state, wait_until
+from .support import (
+    create_consumer,
+    finish_rollout,
+    publish_bootstrap_layer,
+    spec,
+    use_local_state,
+    wait_for_state,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -17,9 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.network]
 def test_push_wait_and_status(
     control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = tmp_path / "control-plane.json"
-    control_plane.save_local(state)
-    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    use_local_state(control_plane, tmp_path, monkeypatch)
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("six==1.16.0\n")
     config = tmp_path / "layer.toml"
@@ -75,9 +81,7 @@ def test_layershift_build_writes_zip_manifest_and_sbom(tmp_path: Path, capsys: p
 def test_approve_and_abort_from_the_command_line(
     control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = tmp_path / "control-plane.json"
-    control_plane.save_local(state)
-    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    use_local_state(control_plane, tmp_path, monkeypatch)
     assert main(["approve", "cli-gated", "--local"]) == 1
     assert "no rollout of layer 'cli-gated' is waiting for approval" in capsys.readouterr().err
     assert main(["abort", "cli-gated", "--local"]) == 1
@@ -117,9 +121,7 @@ def test_unlock_frees_a_dead_rollouts_lock_and_refuses_a_running_ones(
     control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cp = control_plane
-    state = tmp_path / "control-plane.json"
-    cp.save_local(state)
-    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    use_local_state(cp, tmp_path, monkeypatch)
     assert main(["unlock", "cli-unlock", "--local"]) == 1
     assert "layer 'cli-unlock' is not locked: there is nothing to unlock" in capsys.readouterr().err
 

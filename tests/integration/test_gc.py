@@ -30,7 +30,7 @@ from tests.iam.deployed import DeployedAccount
 from tests.iam.recorded_calls import iam_requests, load_calls
 from tests.iam.simulator import evaluate, require_evaluator
 
-from .support import create_consumer, session_function
+from .support import create_consumer, session_function, use_local_state
 
 pytestmark = [pytest.mark.integration]
 
@@ -198,9 +198,7 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
 ) -> None:
     cp = control_plane
     arns = awkward_fleet["arns"]
-    state = tmp_path / "control-plane.json"
-    cp.save_local(state)
-    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    use_local_state(cp, tmp_path, monkeypatch)
     lam = cp.client("lambda")
     published_arn = lam.get_function(FunctionName="gc-published")["Configuration"]["FunctionArn"]
 

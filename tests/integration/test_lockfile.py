@@ -15,7 +15,7 @@ from layershift.controlplane import ControlPlane
 from layershift_core import lockfile
 from layershift_core.lockfile import UsedBy
 
-from .support import create_consumer, publish_bootstrap_layer, run_rollout
+from .support import create_consumer, publish_bootstrap_layer, run_rollout, use_local_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -72,9 +72,7 @@ def test_lock_export_agrees_with_lambda_the_registry_and_ssm_and_check_names_the
     control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cp = control_plane
-    state = tmp_path / "control-plane.json"
-    cp.save_local(state)
-    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    use_local_state(cp, tmp_path, monkeypatch)
     previous = publish_bootstrap_layer(cp, LAYER)
     for name in ALIASED:
         create_consumer(cp, name, [previous])

@@ -19,7 +19,7 @@ from layershift_core.history import history_key
 from layershift_core.registry import Registry
 from layershift_core.trigger import COMMIT_METADATA, SOURCE_METADATA, execution_name
 
-from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, wait_for_state
+from .support import create_consumer, finish_rollout, publish_bootstrap_layer, spec, use_local_state, wait_for_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -63,9 +63,7 @@ def test_ls_history_get_retry_on_one_layer(
     control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cp = control_plane
-    state = tmp_path / "control-plane.json"
-    cp.save_local(state)
-    monkeypatch.setenv("LAYERSHIFT_LOCAL_STATE", str(state))
+    use_local_state(cp, tmp_path, monkeypatch)
     assert main(["retry", "ops-never-pushed", "--local"]) == 1
     assert "layer 'ops-never-pushed' has never been pushed" in capsys.readouterr().err
     bootstrap = publish_bootstrap_layer(cp, LAYER)
