@@ -26,7 +26,8 @@ def _keep(text: str) -> int:
         raise argparse.ArgumentTypeError(f"--keep takes a whole number, not {text!r}") from None
     if keep < 1:
         raise argparse.ArgumentTypeError(
-            f"--keep {keep}: at least the newest version of each layer variant and function must stay (use 1 or more)"
+            f"--keep {keep}: at least the newest version of each layer, promoted variant and function "
+            "must stay (use 1 or more)"
         )
     return keep
 
@@ -107,7 +108,9 @@ def register(sub: Any, add_target: AddTarget, control_plane_of: ControlPlaneOf) 
         help="delete layer versions and layershift-published function versions beyond the newest N that nothing runs",
     )
     gc.add_argument("--layer", help="only this layer and the function versions of its rollouts")
-    gc.add_argument("--keep", type=_keep, default=3, help="newest versions kept per layer variant and function (>= 1)")
+    gc.add_argument(
+        "--keep", type=_keep, default=3, help="newest versions kept per layer, promoted variant and function (>= 1)"
+    )
     gc.add_argument("--grace-hours", type=_hours, default=72.0, help="versions younger than this are kept")
     gc.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     gc.add_argument(

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from layershift_core.layer_usage import LayerUsage, UsageReport, usage_report
+from layershift_core.layer_usage import LayerUsage, UsageReport, VersionUsage, usage_report
 
 from . import operator_views
 from .controlplane import ControlPlane
@@ -31,9 +31,8 @@ def _layer_lines(layer: LayerUsage) -> list[str]:
     promoted = sorted(set(layer.promoted.values()))
     lines.append("  promoted: " + (", ".join(promoted) if promoted else "(none yet)"))
     for version in layer.versions:
-        marks = [mark for mark in (version.status, "promoted" if version.promoted else "") if mark]
         label = f"  v{version.version}" + (f" {version.variant}" if version.variant else "")
-        label += f" [{', '.join(dict.fromkeys(marks))}]" if marks else ""
+        label += f" [{_standing(version)}]"
         lines.append(f"{label}: {len(version.functions)} function(s)")
         if version.latest:
             lines.append(f"      $LATEST: {', '.join(version.latest)}")
@@ -52,6 +51,15 @@ def _layer_lines(layer: LayerUsage) -> list[str]:
             f"use {pin.hint}"
         )
     return lines
+
+
+def _standing(version: VersionUsage) -> str:
+    """PROMOTED for the version the parameters name now; else what its last rollout made of it."""
+    if version.promoted:
+        return "PROMOTED"
+    if version.status == "promoted":
+        return "superseded"
+    return version.status or "not published by layershift"
 
 
 def cmd_usage(args: argparse.Namespace, cp: ControlPlane) -> int:

@@ -118,7 +118,8 @@ def _plan_of(document: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def awkward_fleet(control_plane: ControlPlane) -> dict[str, Any]:
-    """Layer gc-fleet, keep 1 per variant, and functions using it in every way that must keep a version.
+    """Layer gc-fleet, keep 1 (per layer and per promoted variant), and functions using it in every way
+    that must keep a version.
 
     Layer versions (variant groups: "" unrecorded, py313-x86_64, py313-arm64; the newest of each stays):
       1 ""  $LATEST of gc-old-latest                    kept: in use by $LATEST
@@ -131,7 +132,8 @@ def awkward_fleet(control_plane: ControlPlane) -> dict[str, Any]:
       8 arm recorded; the running rollout's plan has it on a target's $LATEST before the rollout
                                                         kept: its rollback restores it
       9 ""  only gc-published:1 (no alias) runs it      deleted
-      10 x86, 11 arm, 12 "": the newest of each group   no candidates
+      10 x86, 11 arm, 12 "": the newest of each group   no candidates (10 and 11 are promoted for their
+                                                        platforms: their variants keep their newest)
     Function versions layershift published (keep 1 per function):
       gc-weighted 1 (weighted routing), 2 (primary)     kept / newest
       gc-published 1 (no alias)                         deleted
@@ -178,7 +180,10 @@ def awkward_fleet(control_plane: ControlPlane) -> dict[str, Any]:
         Action="lambda:GetLayerVersion",
         Principal=OTHER_ACCOUNT,
     )
-    cp.client("ssm").put_parameter(Name=f"/layershift/{LAYER}/arn", Value=arns[4], Type="String", Overwrite=True)
+    ssm = cp.client("ssm")
+    ssm.put_parameter(Name=f"/layershift/{LAYER}/arn", Value=arns[4], Type="String", Overwrite=True)
+    for platform, number in (("python3.13/x86_64", 10), ("python3.13/arm64", 11)):  # each variant's promoted
+        ssm.put_parameter(Name=f"/layershift/{LAYER}/{platform}/arn", Value=arns[number - 1], Type="String")
     with cp.domain_clients():
         registry = Registry(cp.table)
         registry.acquire_lock(LAYER, RUNNING, 3600)

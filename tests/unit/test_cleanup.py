@@ -176,13 +176,18 @@ def expected_layer_deletions(fleet: Fleet) -> set[str]:
         if not run.layer_version_arns or run.restores is None:
             locked_whole.add(run.layer)
     free = set()
-    groups: dict[tuple[str, str], list[LayerVersionFact]] = {}
+    layers: dict[str, list[LayerVersionFact]] = {}
     for version in facts.layer_versions:
-        groups.setdefault((version.layer, version.variant), []).append(version)
-    for (layer, _variant), versions in groups.items():
+        layers.setdefault(version.layer, []).append(version)
+    promoted = set(facts.promoted.values())
+    for layer, versions in layers.items():
         if policy.layer not in (None, layer):
             continue
-        newest = sorted(versions, key=lambda v: -v.version)[: policy.keep]
+        # The layer's newest N stay, and the newest N of each variant that has a promoted version.
+        by_age = sorted(versions, key=lambda v: -v.version)
+        newest = by_age[: policy.keep]
+        for variant in {v.variant for v in versions if v.arn in promoted}:
+            newest += [v for v in by_age if v.variant == variant][: policy.keep]
         for version in versions:
             if version in newest or version.arn in used or version.arn in protected or layer in locked_whole:
                 continue
@@ -337,3 +342,25 @@ def test_each_kept_candidate_says_why_and_bytes_are_summed() -> None:
     assert kept[6] == ["promoted (/layershift/lib/arn)"]
     assert kept[7] == ["in running rollout r9"]
     assert 8 not in kept and 9 not in kept  # the newest two are no candidates
+
+
+def test_each_promoted_variant_keeps_its_newest_and_a_variant_no_longer_made_keeps_none_of_its_own() -> None:
+    """The fleet moved from one Python to two: the old variant's versions are not kept for ever."""
+    versions = [
+        _fact(1, variant="py313-x86_64"),
+        _fact(2, variant="py313-x86_64"),
+        _fact(3, variant="py312-x86_64"),
+        _fact(4, variant="py313-arm64"),
+        _fact(5, variant="py312-x86_64"),
+        _fact(6, variant="py313-arm64"),
+    ]
+    promoted = {
+        "/layershift/lib/python3.12/x86_64/arn": f"{PREFIX}lib:5",
+        "/layershift/lib/python3.13/arm64/arn": f"{PREFIX}lib:6",
+    }
+    facts = CleanupFacts(inventory=Inventory(), layers=["lib"], layer_versions=versions, promoted=promoted, now=NOW)
+    plan = plan_cleanup(facts, CleanupPolicy(keep=1))
+    assert sorted(d.version for d in plan.deletions) == [1, 2, 3, 4]
+    assert plan.kept == []  # 5 and 6: each the newest of a promoted variant (and promoted)
+    plan = plan_cleanup(facts, CleanupPolicy(keep=2))
+    assert sorted(d.version for d in plan.deletions) == [1, 2]  # x86_64 3.13 is made no more

@@ -8,7 +8,7 @@ and a version an alias routes to breaks the alias. So cleanup is three steps:
 
 1. ``gather``: the facts, read from AWS: one inventory scan (``inventory.scan``), the layer versions
    of every layer this control plane published (ListLayerVersions; for the versions beyond the newest
-   N of their group, GetLayerVersion for the code size and GetLayerVersionPolicy for grants to other
+   N (``newest_kept``), GetLayerVersion for the code size and GetLayerVersionPolicy for grants to other
    accounts), the promoted ARNs (the SSM parameters under ``/layershift/<layer>/``), the running
    rollouts (a LOCK whose lease has not run out, its ROLLOUT# record, and its plan: the layers its
    rollback puts back on ``$LATEST``) and the rollouts the registry knows (which tell a function
@@ -64,7 +64,9 @@ Kind = Literal["layer_version", "function_version"]
 class CleanupPolicy(BaseModel):
     """What to clean: ``keep`` newest versions per group are never candidates."""
 
-    keep: int = Field(default=3, ge=1, description="newest versions kept per layer variant and per function")
+    keep: int = Field(
+        default=3, ge=1, description="newest versions kept per layer, per promoted variant and per function"
+    )
     grace_hours: float = Field(default=72, ge=0, description="versions younger than this are kept")
     include_shared: bool = Field(default=False, description="also delete layer versions granted to other accounts")
     layer: str | None = Field(default=None, description="only this layer (and the function versions of its rollouts)")
@@ -206,6 +208,17 @@ def _running_rollout_reasons(arn: str, layer: str, rollout: RunningRollout) -> l
     return reasons
 
 
+def newest_kept(versions: list[LayerVersionFact], keep: int, promoted: set[str]) -> set[str]:
+    """The ARNs of one layer's versions that stay whatever else holds: its newest ``keep``, and the
+    newest ``keep`` of each variant a version is promoted for now. A variant no rollout makes any more
+    (the fleet moved to other runtimes) keeps no versions of its own beyond the layer's newest."""
+    newest = sorted(versions, key=lambda v: v.version, reverse=True)
+    kept = {fact.arn for fact in newest[:keep]}
+    for variant in {fact.variant for fact in versions if fact.arn in promoted}:
+        kept |= {fact.arn for fact in [f for f in newest if f.variant == variant][:keep]}
+    return kept
+
+
 def _plan_layer_versions(facts: CleanupFacts, policy: CleanupPolicy, plan: CleanupPlan) -> None:
     users: dict[str, list[str]] = defaultdict(list)
     for function in facts.inventory.functions:
@@ -218,14 +231,17 @@ def _plan_layer_versions(facts: CleanupFacts, policy: CleanupPolicy, plan: Clean
     promoted_by: dict[str, list[str]] = defaultdict(list)
     for name, arn in facts.promoted.items():
         promoted_by[arn].append(name)
-    groups: dict[tuple[str, str], list[LayerVersionFact]] = defaultdict(list)
+    by_layer: dict[str, list[LayerVersionFact]] = defaultdict(list)
     for fact in facts.layer_versions:
         if policy.layer is None or fact.layer == policy.layer:
-            groups[(fact.layer, fact.variant)].append(fact)
-    for (layer, variant), found in sorted(groups.items()):
-        for fact in sorted(found, key=lambda f: f.version, reverse=True)[policy.keep :]:
+            by_layer[fact.layer].append(fact)
+    for layer, found in sorted(by_layer.items()):
+        kept = newest_kept(found, policy.keep, set(promoted_by))
+        for fact in sorted(found, key=lambda f: (f.variant, f.version)):
+            if fact.arn in kept:
+                continue
             reasons = _layer_version_reasons(fact, facts, policy, users, promoted_by)
-            group = variant or "(no variant)"
+            group = fact.variant or "(no variant)"
             if reasons:
                 plan.kept.append(
                     Kept(
@@ -247,7 +263,8 @@ def _plan_layer_versions(facts: CleanupFacts, policy: CleanupPolicy, plan: Clean
                     group=group,
                     version=fact.version,
                     code_size=fact.code_size or 0,
-                    reason=f"beyond the newest {policy.keep} of {layer} {group}; no $LATEST or alias uses it, "
+                    reason=f"beyond the newest {policy.keep} of {layer} and of each variant promoted now; "
+                    "no $LATEST or alias uses it, "
                     f"not promoted, in no running rollout, older than {policy.grace_hours:g} h{shared}",
                 )
             )
@@ -377,7 +394,9 @@ def running_rollout(settings: Settings, registry: Registry, layer: str, now: flo
     )
 
 
-def _layer_versions(settings: Settings, registry: Registry, layer: str, keep: int) -> list[LayerVersionFact]:
+def _layer_versions(
+    settings: Settings, registry: Registry, layer: str, keep: int, promoted: set[str]
+) -> list[LayerVersionFact]:
     lam = client("lambda")
     name = settings.published_name(layer)
     records = {int(item["version"]): item for item in registry.versions(layer)}
@@ -406,11 +425,9 @@ def _layer_versions(settings: Settings, registry: Registry, layer: str, keep: in
                 build_keys=sorted(builds[str(entry["LayerVersionArn"])] | set(record.get("build_keys") or [])),
             )
         )
-    by_group: dict[str, list[LayerVersionFact]] = defaultdict(list)
+    kept = newest_kept(facts, keep, promoted)
     for fact in facts:
-        by_group[fact.variant].append(fact)
-    for group in by_group.values():
-        for fact in sorted(group, key=lambda f: f.version, reverse=True)[keep:]:
+        if fact.arn not in kept:
             # Only a candidate needs its size and grants: one GetLayerVersion and one GetLayerVersionPolicy.
             fact.code_size = int(
                 lam.get_layer_version(LayerName=name, VersionNumber=fact.version)["Content"]["CodeSize"]
@@ -427,8 +444,9 @@ def gather(settings: Settings, policy: CleanupPolicy, scan_deadline: float | Non
     now = time.time()
     facts = CleanupFacts(inventory=inventory, layers=layers, now=datetime.fromtimestamp(now, UTC))
     for layer in layers:
-        facts.layer_versions += _layer_versions(settings, registry, layer, policy.keep)
-        facts.promoted.update(promoted_parameters(layer))
+        promoted = promoted_parameters(layer)
+        facts.promoted.update(promoted)
+        facts.layer_versions += _layer_versions(settings, registry, layer, policy.keep, set(promoted.values()))
         rollout = running_rollout(settings, registry, layer, now)
         if rollout is not None:
             facts.running.append(rollout)
