@@ -13,6 +13,7 @@ import json
 import os
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,7 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     tmp_path: Any,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     cp = control_plane
     arns = awkward_fleet["arns"]
@@ -264,8 +266,7 @@ def test_gc_deletes_exactly_what_nothing_runs_and_the_dry_run_is_the_plan(
     function_bytes = sum(d["code_size"] for d in real["plan"]["deletions"] if d["kind"] == "function_version")
     assert layer_bytes > 20_000 * (7 + 9) and function_bytes > 0
     assert record["bytes_freed"] == real["bytes_freed"] == layer_bytes + function_bytes
-    with capsys.disabled():
-        print(f"\ngc freed {layer_bytes} bytes of layer versions and {function_bytes} bytes of function versions")
+    record_property("freed", f"{layer_bytes} bytes of layer versions, {function_bytes} bytes of function versions")
 
     # A second run finds nothing more to delete.
     assert main(["gc", "--local", "--layer", LAYER, "--keep", "1", "--grace-hours", "0"]) == 0

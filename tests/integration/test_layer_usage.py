@@ -141,6 +141,14 @@ def test_usage_agrees_with_lambda_for_a_fleet_in_mixed_states(
         assert {a for a in reported_aliases if a.split(":")[0] in ours} == aliases.get(version.arn, set()), version.arn
     assert {v.arn for v in usage.versions} >= {bootstrap, new_arn}
     assert [v.arn for v in usage.versions if v.promoted] == [new_arn]
+    # ... and each version's standing is the registry's.
+    records = cp.client("dynamodb").query(
+        TableName=cp.table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+        ExpressionAttributeValues={":pk": {"S": f"LAYER#{LAYER}"}, ":prefix": {"S": "VERSION#"}},
+    )["Items"]
+    assert {r["arn"]["S"]: r["status"]["S"] for r in records} == {v.arn: v.status for v in usage.versions if v.status}
+    assert {v.arn: v.variant for v in usage.versions if v.status} == {r["arn"]["S"]: r["variant"]["S"] for r in records}
     grants = {v.arn: v.grants for v in usage.versions}
     assert grants[bootstrap] == ["account 111122223333"] and grants[new_arn] == []
 
