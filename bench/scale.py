@@ -43,7 +43,9 @@ from layershift.local import lambda_limits
 from layershift.local.deploy import deploy_control_plane
 from layershift.local.lambda_limits import AwsLimits
 from layershift.local.server import LocalAws
-from layershift_core.usage import lambda_calls
+from layershift_core.cleanup import CleanupPolicy, clean_up
+from layershift_core.layer_usage import usage_report
+from layershift_core.usage import USAGE, lambda_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "Layershift/Scale"
@@ -393,14 +395,67 @@ def run_size(
     say(f"   {rollback['status']} ({rollback['error']}); aliases restored {restored_in} s after the decision")
     for run in (promotion, rollback):
         run.pop("_parent")
-    return {"size": size, "promotion": promotion, "rollback": rollback}
+    lifecycle = measure_lifecycle(cp, layer, size, budget)
+    return {"size": size, "promotion": promotion, "rollback": rollback, "lifecycle": lifecycle}
+
+
+def measure_lifecycle(cp: ControlPlane, layer: str, size: int, budget: dict[str, float]) -> dict[str, Any]:
+    """After the rollouts: ``layershift usage`` and ``layershift gc --dry-run`` of the layer, from the
+    command line's domain code, their Lambda requests paced by the stack's budget: wall time against the
+    ideal (control-plane requests ÷ the budget), requests by operation, and whether they agree with the
+    fleet (every function on the promoted version; nothing in use planned for deletion)."""
+    found: dict[str, Any] = {}
+    policy = CleanupPolicy(layer=layer, keep=1, grace_hours=0)
+    for name, run in (
+        ("usage", lambda: usage_report(cp.settings(), layer, stacks=False)),
+        ("gc_dry_run", lambda: clean_up(cp.settings(), policy, dry_run=True)),
+    ):
+        USAGE.take()
+        started = time.monotonic()
+        with cp.domain_clients():
+            answer = run()
+        seconds = time.monotonic() - started
+        requests = lambda_calls(USAGE.take())
+        control = sum(n for op, n in requests.items() if op != "GetFunction")
+        found[name] = {
+            "wall_seconds": round(seconds, 1),
+            "ideal_seconds": round(control / budget["control"], 1),
+            "lambda_requests": dict(sorted(requests.items())),
+            "answer": answer,
+        }
+    report, cleanup = found["usage"].pop("answer"), found["gc_dry_run"].pop("answer")
+    (usage,) = report.layers
+    promoted = [v for v in usage.versions if v.promoted]
+    found["usage"] |= {
+        "complete": report.complete,
+        "on_promoted": len(promoted[0].functions) if promoted else 0,
+        "drifted": len(usage.drift),
+    }
+    in_use = {version.arn for version in usage.versions if version.functions}
+    found["gc_dry_run"] |= {
+        "deletions": len(cleanup.plan.deletions),
+        "kept": len(cleanup.plan.kept),
+        "in_use_planned": len({d.arn for d in cleanup.plan.deletions} & in_use),
+        "bytes": cleanup.plan.bytes_freed,
+    }
+    say(
+        f"   usage: {found['usage']['on_promoted']} of {size} on the promoted version, "
+        f"{found['usage']['wall_seconds']} s (ideal {found['usage']['ideal_seconds']} s), "
+        f"{found['usage']['lambda_requests']}"
+    )
+    say(
+        f"   gc --dry-run: {found['gc_dry_run']['deletions']} to delete, {found['gc_dry_run']['kept']} kept, "
+        f"{found['gc_dry_run']['wall_seconds']} s (ideal {found['gc_dry_run']['ideal_seconds']} s), "
+        f"{found['gc_dry_run']['lambda_requests']}"
+    )
+    return found
 
 
 # -- the report ------------------------------------------------------------------------------------------
 
 
 def acceptance(result: dict[str, Any]) -> dict[str, bool]:
-    promotion, rollback = result["promotion"], result["rollback"]
+    promotion, rollback, lifecycle = result["promotion"], result["rollback"], result["lifecycle"]
     restore = rollback["restore"]
     return {
         "promoted and rolled back, 0 invariant violations": promotion["status"] == "SUCCEEDED"
@@ -420,6 +475,10 @@ def acceptance(result: dict[str, Any]) -> dict[str, bool]:
         <= 2000,
         "no state payload over 64 KB": max(promotion["largest_payload_bytes"], rollback["largest_payload_bytes"])
         <= 65536,
+        "usage complete, every function on the promoted version": lifecycle["usage"]["complete"]
+        and lifecycle["usage"]["on_promoted"] == result["size"]
+        and lifecycle["usage"]["drifted"] == 0,
+        "gc plans no version in use": lifecycle["gc_dry_run"]["in_use_planned"] == 0,
     }
 
 
