@@ -10,9 +10,12 @@ import pytest
 from botocore.stub import Stubber
 
 from layershift_core import aws
-from layershift_core.errors import InvalidLayerSpec
+from layershift_core.errors import InvalidLayerSpec, InvalidRequest
+from layershift_core.models import RolloutRequest
 from layershift_core.planner import foreign_layer_problem, opt_in_problem, replace_layer
+from layershift_core.settings import Settings
 from layershift_core.spec import Floors, SpecDefaults, parse_layer_spec
+from layershift_core.validation import check_request
 
 OWN = "arn:aws:lambda:us-east-1:111111111111"
 A = f"{OWN}:layer:ls-a"
@@ -113,3 +116,12 @@ def test_the_changing_tasks_act_in_a_session_tagged_with_their_layer(monkeypatch
         aws._tenant_clients[(role, "a")] = (datetime.now(UTC).timestamp() + 60, first)  # about to end
         assert aws.tenant_lambda(role, "a") is not first
         stubber.assert_no_pending_responses()
+
+
+def test_a_layer_that_would_publish_under_the_control_planes_own_layer_name_is_refused() -> None:
+    settings = Settings(bucket="bkt", table="tbl", layer_name_prefix="ls-", own_layer_name="ls-core")
+    request = RolloutRequest(layer="core", bucket="bkt", requirements_key="layers/core/requirements.txt")
+    with pytest.raises(InvalidRequest, match="'core' is reserved: it would publish as 'ls-core'"):
+        check_request(request, settings)
+    other = RolloutRequest(layer="corelib", bucket="bkt", requirements_key="layers/corelib/requirements.txt")
+    check_request(other, settings)  # only the exact name

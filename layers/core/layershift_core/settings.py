@@ -45,6 +45,7 @@ class Settings(BaseModel):
     audit_fail_on: FailOn = "high"
     audit_unavailable: Literal["fail", "warn"] = "warn"
     layer_name_prefix: str = ""
+    own_layer_name: str = ""
     own_lambda_arn: str = Field(default="", pattern=r"^$|^arn:[a-z-]+:lambda:[a-z0-9-]+:[0-9]{12}$")
     allow_managed_opt_in: bool = False
     third_party_layer_arns: str = ""
@@ -139,6 +140,7 @@ _ENV = {
     "audit_fail_on": "LAYERSHIFT_AUDIT_FAIL_ON",
     "audit_unavailable": "LAYERSHIFT_AUDIT_UNAVAILABLE",
     "layer_name_prefix": "LAYERSHIFT_LAYER_NAME_PREFIX",
+    "own_layer_name": "LAYERSHIFT_OWN_LAYER_NAME",
     "own_lambda_arn": "LAYERSHIFT_OWN_LAMBDA_ARN",
     "allow_managed_opt_in": "LAYERSHIFT_ALLOW_MANAGED_OPT_IN",
     "third_party_layer_arns": "LAYERSHIFT_THIRD_PARTY_LAYER_ARNS",

@@ -53,6 +53,11 @@ def check_layer_name(layer: str) -> None:
 def check_request(request: RolloutRequest, settings: Settings) -> None:
     """The layer name, and that the request names exactly that layer's keys in the artifact bucket."""
     check_layer_name(request.layer)
+    if settings.own_layer_name and settings.published_name(request.layer) == settings.own_layer_name:
+        raise InvalidRequest(
+            f"layer name {request.layer!r} is reserved: it would publish as {settings.own_layer_name!r}, the "
+            "control plane's own layer; choose another name"
+        )
     requirements_key, config_key = spec_keys(request.layer)
     if request.bucket != settings.bucket:
         raise InvalidRequest(f"bucket {request.bucket!r} is not the artifact bucket {settings.bucket!r}")
