@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from layershift_core.models import LayerSpec, RolloutPlan, RolloutState
-from layershift_core.sharing import desired_grants, grants_of_policy
+from layershift_core.sharing import Grant, desired_grants, grants_of_policy
 
 from .controlplane import ControlPlane
 
@@ -143,13 +143,10 @@ def _violations(cp: ControlPlane, execution_arn: str) -> list[str]:
     return problems
 
 
-def _grant_violations(cp: ControlPlane, layer: str, name: str) -> list[str]:
-    """Every version of the layer whose grants are not exactly those of the rollout's validated [share]."""
-    body = cp.client("s3").get_object(Bucket=cp.bucket, Key=f"rollouts/{layer}/{name}/spec.json")["Body"].read()
-    share = LayerSpec.model_validate_json(body).share
-    wanted = set(desired_grants(share, allow_public=True))  # validated: a public share was allowed
+def layer_grants(cp: ControlPlane, layer: str) -> dict[int, set[Grant]]:
+    """Each version of the layer, with the grants its policy holds (none without a policy)."""
     lam, published = cp.client("lambda"), cp.published_name(layer)
-    problems = []
+    found: dict[int, set[Grant]] = {}
     for page in lam.get_paginator("list_layer_versions").paginate(LayerName=published):
         for entry in page["LayerVersions"]:
             version = int(entry["Version"])
@@ -157,10 +154,19 @@ def _grant_violations(cp: ControlPlane, layer: str, name: str) -> list[str]:
                 policy = json.loads(lam.get_layer_version_policy(LayerName=published, VersionNumber=version)["Policy"])
             except lam.exceptions.ResourceNotFoundException:
                 policy = {}
-            held = set(grants_of_policy(policy))
-            if held != wanted:
-                problems.append(
-                    f"{published}:{version} grants {sorted(g.sid for g in held)}, but the [share] of rollout {name} "
-                    f"grants exactly {sorted(g.sid for g in wanted)}"
-                )
-    return problems
+            found[version] = set(grants_of_policy(policy))
+    return found
+
+
+def _grant_violations(cp: ControlPlane, layer: str, name: str) -> list[str]:
+    """Every version of the layer whose grants are not exactly those of the rollout's validated [share]."""
+    body = cp.client("s3").get_object(Bucket=cp.bucket, Key=f"rollouts/{layer}/{name}/spec.json")["Body"].read()
+    share = LayerSpec.model_validate_json(body).share
+    wanted = set(desired_grants(share, allow_public=True))  # validated: a public share was allowed
+    published = cp.published_name(layer)
+    return [
+        f"{published}:{version} grants {sorted(g.sid for g in held)}, but the [share] of rollout {name} "
+        f"grants exactly {sorted(g.sid for g in wanted)}"
+        for version, held in layer_grants(cp, layer).items()
+        if held != wanted
+    ]

@@ -4,14 +4,12 @@ be made stops the rollout before any function moves; a public layer is refused b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from layershift.controlplane import ControlPlane
-from layershift.invariants import check_invariants
-from layershift_core.sharing import grants_of_policy
+from layershift.invariants import check_invariants, layer_grants
 
 from .support import create_consumer, publish_bootstrap_layer, run_rollout, session_function, set_fault
 
@@ -27,18 +25,10 @@ def _config(share: str) -> str:
 
 def _grants(cp: ControlPlane, layer: str) -> dict[int, set[tuple[str, str | None]]]:
     """Each version of the layer: whom its policy lets use it, as (principal, organization)."""
-    lam = cp.client("lambda")
-    name = cp.published_name(layer)
-    found: dict[int, set[tuple[str, str | None]]] = {}
-    for page in lam.get_paginator("list_layer_versions").paginate(LayerName=name):
-        for entry in page["LayerVersions"]:
-            version = int(entry["Version"])
-            try:
-                policy = json.loads(lam.get_layer_version_policy(LayerName=name, VersionNumber=version)["Policy"])
-            except lam.exceptions.ResourceNotFoundException:
-                policy = {}
-            found[version] = {(grant.principal, grant.organization_id) for grant in grants_of_policy(policy)}
-    return found
+    return {
+        version: {(grant.principal, grant.organization_id) for grant in grants}
+        for version, grants in layer_grants(cp, layer).items()
+    }
 
 
 def test_every_version_carries_exactly_the_share_of_the_last_rollout_built_or_reused(

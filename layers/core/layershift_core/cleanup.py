@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field
 
 from .artifacts import write_json
 from .aws import client, error_code
-from .inventory import LATEST, Inventory, layer_arn_parts, scan
+from .inventory import LATEST, Inventory, layer_arn_parts, list_aliases, scan
 from .lockfile import promoted_parameters
 from .observability import logger
 from .pacing import OutOfTime, set_deadline
@@ -507,12 +507,19 @@ def _delete_layer_version(
 def _function_aliases(function: str) -> dict[str, list[str]]:
     """A fresh ListAliases: version -> the aliases that route to it."""
     routed: dict[str, list[str]] = defaultdict(list)
-    for page in client("lambda").get_paginator("list_aliases").paginate(FunctionName=function):
-        for alias in page["Aliases"]:
-            weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
-            for version in [alias["FunctionVersion"], *weights]:
-                routed[str(version)].append(alias["Name"])
+    for alias in list_aliases(client("lambda"), function):
+        for version in alias.versions:
+            routed[version].append(alias.name)
     return routed
+
+
+def _by_owner(plan: CleanupPlan, kind: str) -> dict[str, list[Deletion]]:
+    """The plan's deletions of one kind, by layer or function, in name order."""
+    found: dict[str, list[Deletion]] = defaultdict(list)
+    for deletion in plan.deletions:
+        if deletion.kind == kind:
+            found[deletion.owner].append(deletion)
+    return dict(sorted(found.items()))
 
 
 def _apply_layer_versions(
@@ -520,11 +527,7 @@ def _apply_layer_versions(
 ) -> None:
     registry = Registry(settings.table)
     by_arn = {fact.arn: fact for fact in facts.layer_versions}
-    by_layer: dict[str, list[Deletion]] = defaultdict(list)
-    for deletion in plan.deletions:
-        if deletion.kind == LAYER_VERSION:
-            by_layer[deletion.owner].append(deletion)
-    for layer, deletions in sorted(by_layer.items()):
+    for layer, deletions in _by_owner(plan, LAYER_VERSION).items():
         if _past(deadline):
             outcomes += [_not_reached(deletion) for deletion in deletions]
             continue
@@ -549,11 +552,7 @@ def _delete_function_version(deletion: Deletion) -> str:
 
 
 def _apply_function_versions(plan: CleanupPlan, deadline: float | None, outcomes: list[Outcome]) -> None:
-    by_function: dict[str, list[Deletion]] = defaultdict(list)
-    for deletion in plan.deletions:
-        if deletion.kind == FUNCTION_VERSION:
-            by_function[deletion.owner].append(deletion)
-    for function, deletions in sorted(by_function.items()):
+    for function, deletions in _by_owner(plan, FUNCTION_VERSION).items():
         if _past(deadline):
             outcomes += [_not_reached(deletion) for deletion in deletions]
             continue

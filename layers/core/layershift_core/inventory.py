@@ -104,13 +104,22 @@ class Inventory(BaseModel):
     functions: list[FunctionUse] = []
     problems: list[str] = []
 
+    def users_by_version(self) -> dict[str, list[tuple[str, str]]]:
+        """Layer version ARN -> (function, how) for each use: one pass over the fleet, for callers that
+        ask of many versions."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        for function in self.functions:
+            for arn, how in function.uses():
+                found.setdefault(arn, []).append((function.name, how))
+        return found
+
     def users(self, layer_version_arn: str) -> list[tuple[str, str]]:
         """(function, how) for every use of one layer version: by a ``$LATEST`` or through an alias."""
-        return [(f.name, how) for f in self.functions for arn, how in f.uses() if arn == layer_version_arn]
+        return self.users_by_version().get(layer_version_arn, [])
 
     def in_use(self) -> set[str]:
         """Every layer version ARN that a ``$LATEST`` runs or an alias sends traffic to."""
-        return {arn for f in self.functions for arn, _ in f.uses()}
+        return set(self.users_by_version())
 
     def function(self, name: str) -> FunctionUse | None:
         return next((f for f in self.functions if f.name == name), None)
@@ -131,7 +140,8 @@ def _version_of(config: dict[str, Any]) -> FunctionVersionUse:
     )
 
 
-def _aliases(lam: Any, name: str) -> list[AliasUse]:
+def list_aliases(lam: Any, name: str) -> list[AliasUse]:
+    """Every alias of the function, with the versions its routing sends traffic to (ListAliases, paged)."""
     found: list[AliasUse] = []
     for page in lam.get_paginator("list_aliases").paginate(FunctionName=name):
         for alias in page["Aliases"]:
@@ -186,7 +196,7 @@ def scan(layers: Iterable[str], *, also: set[str] | None = None, deadline: float
             inventory.problems.append(f"{name}: its aliases were not listed before the deadline")
         else:
             try:
-                function.aliases = _aliases(lam, name)
+                function.aliases = list_aliases(lam, name)
                 function.aliases_listed = True
             except lam.exceptions.ResourceNotFoundException:
                 continue  # deleted since ListFunctions listed it

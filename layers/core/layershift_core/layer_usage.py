@@ -30,7 +30,7 @@ from .lockfile import promoted_parameters
 from .models import RolloutPlan, Verdict
 from .observability import logger
 from .pins import find_pins, resolve_hint
-from .planner import TARGET_TAG, load_plan, opted_in_layers, own_lambda_arn, published_layer_arn
+from .planner import TARGET_TAG, load_plan, opted_in_functions, own_lambda_arn, published_layer_arn
 from .registry import Registry
 from .settings import Settings
 from .sharing import current_grants
@@ -100,17 +100,6 @@ class UsageReport(BaseModel):
 # -- the facts ------------------------------------------------------------------------------------------
 
 
-def opted_in() -> dict[str, list[str]]:
-    """Function name -> the layers its ``layershift:layer`` tag names: one tagging query, paginated."""
-    found: dict[str, list[str]] = {}
-    paginator = client("resourcegroupstaggingapi").get_paginator("get_resources")
-    for page in paginator.paginate(TagFilters=[{"Key": TARGET_TAG}], ResourceTypeFilters=["lambda:function"]):
-        for item in page["ResourceTagMappingList"]:
-            tags = {tag["Key"]: tag["Value"] for tag in item.get("Tags", [])}
-            found[item["ResourceARN"].split(":")[6]] = opted_in_layers(tags)
-    return found
-
-
 def promoted_for(promoted: dict[str, str], layer: str, function: FunctionUse) -> str | None:
     """The promoted version for the function's runtime and architecture, else the layer's default."""
     return promoted.get(f"/layershift/{layer}/{function.runtime}/{function.architecture}/arn") or promoted.get(
@@ -173,9 +162,10 @@ def _layer_of(arn: str, prefix: str) -> str | None:
 # -- the report ----------------------------------------------------------------------------------------
 
 
-def _version_usage(arn: str, record: dict[str, Any] | None, inventory: Inventory, promoted: set[str]) -> VersionUsage:
+def _version_usage(
+    arn: str, record: dict[str, Any] | None, users: list[tuple[str, str]], promoted: set[str]
+) -> VersionUsage:
     parts = layer_arn_parts(arn)
-    users = inventory.users(arn)
     grants = current_grants(parts[0], parts[1]) if parts else []
     return VersionUsage(
         grants=sorted(grant.describe() for grant in grants),
@@ -200,9 +190,10 @@ def layer_report(
     registry = Registry(settings.table)
     promoted = promoted_parameters(layer)
     records = {str(r["arn"]): r for r in registry.versions(layer) if r.get("arn")}
-    used = {arn for arn in inventory.in_use() if _layer_of(arn, layer_prefix) == layer}
+    users = inventory.users_by_version()
+    used = {arn for arn in users if _layer_of(arn, layer_prefix) == layer}
     versions = [
-        _version_usage(arn, records.get(arn), inventory, set(promoted.values()))
+        _version_usage(arn, records.get(arn), users.get(arn, []), set(promoted.values()))
         for arn in sorted(
             set(records) | used | set(promoted.values()), key=lambda a: (layer_arn_parts(a) or ("", 0))[1]
         )
@@ -267,7 +258,7 @@ def usage_report(
     """The usage of every layer of this control plane (or one), as Lambda, the registry and
     CloudFormation say now."""
     layer_prefix = f"{own_lambda_arn(settings)}:layer:{settings.layer_name_prefix}"
-    tags = opted_in()
+    tags = opted_in_functions()
     layers = [layer] if layer else Registry(settings.table).layers()
     also = {name for name, named in tags.items() if set(named) & set(layers)}
     inventory = scan([published_layer_arn(settings, name) for name in layers], also=also, deadline=deadline)

@@ -145,17 +145,21 @@ def save_plan(bucket: str, key: str, plan: RolloutPlan) -> None:
 # -- FindCandidates -----------------------------------------------------------------------------------
 
 
-def tagged_for(layer: str) -> set[str]:
-    """Functions whose `layershift:layer` tag names the layer (alone or in a list): one Resource Groups
-    Tagging query of the functions carrying the tag, not a ListTags call per function in the account."""
-    names: set[str] = set()
+def opted_in_functions() -> dict[str, list[str]]:
+    """Function name -> the layers its ``layershift:layer`` tag names: one Resource Groups Tagging query
+    of the functions carrying the tag (paginated), not a ListTags call per function in the account."""
+    found: dict[str, list[str]] = {}
     paginator = client("resourcegroupstaggingapi").get_paginator("get_resources")
     for page in paginator.paginate(TagFilters=[{"Key": TARGET_TAG}], ResourceTypeFilters=["lambda:function"]):
         for item in page["ResourceTagMappingList"]:
             tags = {tag["Key"]: tag["Value"] for tag in item.get("Tags", [])}
-            if layer in opted_in_layers(tags):
-                names.add(item["ResourceARN"].split(":")[6])
-    return names
+            found[item["ResourceARN"].split(":")[6]] = opted_in_layers(tags)
+    return found
+
+
+def tagged_for(layer: str) -> set[str]:
+    """Functions whose `layershift:layer` tag names the layer (alone or in a list)."""
+    return {name for name, layers in opted_in_functions().items() if layer in layers}
 
 
 def own_lambda_arn(settings: Settings) -> str:
